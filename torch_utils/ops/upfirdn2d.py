@@ -1,0 +1,384 @@
+"""Upsample, FIR-filter and downsample 2-D images, per channel (like `scipy.signal.upfirdn` in 2-D).
+
+`upfirdn2d(x, f, up, down, padding)` does, for every channel of `x [N, C, H, W]`:
+
+1. upsample: insert `up - 1` zeros after every sample (length `H -> H * up`, trailing zeros included);
+2. pad with zeros (`padding` entries that are negative crop instead);
+3. convolve with the FIR filter `f` ("valid" mode, i.e. no implicit border);
+4. downsample: keep every `down`-th sample, starting with the first.
+
+Step 3 is a *true convolution* (the filter is mirrored), exactly like `scipy.signal.upfirdn`;
+`flip_filter=True` turns it into a correlation. Filters are symmetric in practice, so this only
+matters for odd filters. Output size along one axis: `ceil((L * up + p0 + p1 - taps + 1) / down)`.
+
+Filters come from `setup_filter`: a 2-D tensor `[fh, fw]`, or a 1-D tensor `[taps]` standing for the
+separable filter `outer(f, f)`. The pure-PyTorch implementation never materialises the zero-inserted
+image: separable filters (and 2-D filters that are exactly rank 1) run as two 1-D depthwise passes,
+upsampling is fused into a strided transposed convolution and downsampling into a strided
+convolution. Everything is built from conv ops, so gradients of any order work through autograd.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["setup_filter", "upfirdn2d", "filter2d", "upsample2d", "downsample2d"]
+
+_IMPLS = ("ref", "cuda", "auto")
+
+# ---------------------------------------------------------------------------------------------------
+# Argument parsing.
+
+
+def _parse_scaling(name: str, value) -> tuple[int, int]:
+    """`int` or `[x, y]` -> (sx, sy), each a positive integer."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        sx = sy = int(value)
+    elif isinstance(value, Sequence) and len(value) == 2:
+        sx, sy = value
+    else:
+        raise ValueError(f"{name} must be a positive int or [x, y], got {value!r}")
+    for s in (sx, sy):
+        if not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s < 1:
+            raise ValueError(f"{name} must be a positive int or [x, y], got {value!r}")
+    return int(sx), int(sy)
+
+
+def _parse_padding(padding) -> tuple[int, int, int, int]:
+    """`int`, `[px, py]` or `[px0, px1, py0, py1]` -> (px0, px1, py0, py1)."""
+    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
+        p = [int(padding)] * 4
+    elif isinstance(padding, Sequence) and len(padding) in (2, 4):
+        p = list(padding)
+        if len(p) == 2:
+            p = [p[0], p[0], p[1], p[1]]
+    else:
+        raise ValueError(f"padding must be an int, [px, py] or [px0, px1, py0, py1], got {padding!r}")
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in p):
+        raise ValueError(f"padding entries must be ints, got {padding!r}")
+    px0, px1, py0, py1 = (int(v) for v in p)
+    return px0, px1, py0, py1
+
+
+def _get_filter_size(f: torch.Tensor | None) -> tuple[int, int]:
+    """(fw, fh) of a filter; a 1-D (separable) filter has the same size along both axes."""
+    if f is None:
+        return 1, 1
+    if not isinstance(f, torch.Tensor) or f.ndim not in (1, 2):
+        raise ValueError(f"f must be None or a 1-D/2-D tensor, got {type(f).__name__} "
+                         f"{list(f.shape) if isinstance(f, torch.Tensor) else ''}")
+    fw = int(f.shape[-1])
+    fh = int(f.shape[0])
+    return fw, fh
+
+
+def _check_impl(impl) -> str:
+    if impl is None:
+        impl = os.environ.get("SPATIALGAN_OPS", "auto") or "auto"
+    if impl not in _IMPLS:
+        raise ValueError(f"impl={impl!r} is not one of {list(_IMPLS)} (or None)")
+    return impl
+
+
+# ---------------------------------------------------------------------------------------------------
+# Filters.
+
+
+def setup_filter(f, device=torch.device("cpu"), normalize: bool = True, flip_filter: bool = False,
+                 gain: float = 1, separable: bool | None = None) -> torch.Tensor:
+    """Turn a list/array/tensor of taps into a float32 filter tensor for `upfirdn2d`.
+
+    A 1-D input stays 1-D (meaning the separable filter `outer(f, f)`) when `separable` is True, or
+    when `separable` is None and it has 8 or more taps; otherwise it becomes the 2-D outer product.
+    `normalize` scales it to sum 1 (of the full 2-D filter), `flip_filter` mirrors it, and `gain` is
+    applied as `gain ** (ndim / 2)` so that the full 2-D filter is scaled by `gain` either way.
+    `f=None` gives the identity filter `[1]`.
+    """
+    if f is None:
+        f = 1
+    f = torch.as_tensor(f, dtype=torch.float32).detach().clone()
+    if f.ndim not in (0, 1, 2):
+        raise ValueError(f"f must be a scalar, 1-D or 2-D, got shape {list(f.shape)}")
+    if f.numel() == 0:
+        raise ValueError("f must have at least one tap")
+    if f.ndim == 0:
+        f = f[None]
+    if separable is None:
+        separable = f.ndim == 1 and f.numel() >= 8
+    if separable and f.ndim != 1:
+        raise ValueError(f"separable=True needs a 1-D filter, got shape {list(f.shape)}")
+    if f.ndim == 1 and not separable:
+        f = torch.outer(f, f)
+    if normalize:
+        total = f.sum()
+        if total == 0:
+            raise ValueError("cannot normalize a filter whose taps sum to zero (pass normalize=False)")
+        # A 1-D separable filter is normalised so that the full outer product sums to 1.
+        f = f / total
+    if flip_filter:
+        f = f.flip(list(range(f.ndim)))
+    f = f * (gain ** (f.ndim / 2))
+    return f.to(device=device)
+
+
+def _separable_factors(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Return float64 CPU taps (fx [fw], fy [fh]) with `outer(fy, fx) == f`, or None.
+
+    1-D filters are separable by definition. 2-D filters are factored when they are rank 1 up to
+    float32 rounding (every `setup_filter` outer product is). The answer is cached on the tensor
+    itself, keyed by its version counter so that in-place edits are noticed.
+    """
+    if f.ndim == 1:
+        return None  # handled by the caller without factoring
+    if f.requires_grad:
+        return None  # keep the plain 2-D path so gradients w.r.t. the filter stay exact
+    cache = getattr(f, "_upfirdn2d_factors", None)
+    if cache is not None and cache[0] == f._version:
+        return cache[1]
+    g = f.detach().to("cpu", torch.float64)
+    i = int(g.abs().sum(dim=1).argmax())
+    row = g[i]
+    j = int(row.abs().argmax())
+    result = None
+    if row[j] != 0:
+        col = g[:, j] / row[j]
+        err = (torch.outer(col, row) - g).abs().max()
+        if err <= 1e-6 * g.abs().max():
+            result = (row, col)
+    try:
+        f._upfirdn2d_factors = (f._version, result)
+    except (AttributeError, RuntimeError):  # e.g. tensor subclasses that refuse attributes
+        pass
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# Core.
+
+
+def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up=1, down=1, padding=0, flip_filter: bool = False,
+              gain: float = 1, impl: str | None = None) -> torch.Tensor:
+    """Upsample, pad, FIR-filter and downsample every channel of `x [N, C, H, W]` (see module doc).
+
+    Args:
+        f: filter from `setup_filter`: `[fh, fw]`, or `[taps]` for a separable one; None = identity.
+        up, down: int or `[x, y]`; padding: int, `[px, py]` or `[px0, px1, py0, py1]` (negative crops).
+        flip_filter: False = convolution (as scipy), True = correlation.
+        gain: multiplies the output.
+        impl: None/'auto', 'ref' or 'cuda'; every choice currently runs the PyTorch implementation.
+    Returns `[N, C, (H*up + py0 + py1 - fh) // down + 1, (W*up + px0 + px1 - fw) // down + 1]`.
+    """
+    _check_impl(impl)
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        raise ValueError(f"x must be a 4-D tensor [N, C, H, W], got "
+                         f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    fw, fh = _get_filter_size(f)
+    upx, upy = _parse_scaling("up", up)
+    downx, downy = _parse_scaling("down", down)
+    px0, px1, py0, py1 = _parse_padding(padding)
+    out_w = x.shape[3] * upx + px0 + px1 - fw + 1
+    out_h = x.shape[2] * upy + py0 + py1 - fh + 1
+    if out_w < 1 or out_h < 1:
+        raise ValueError(f"upfirdn2d output would be empty: input {list(x.shape)}, filter {fh}x{fw}, "
+                         f"up={up}, down={down}, padding={padding}")
+    if f is None:
+        f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
+    return _upfirdn2d_torch(x, f, upx, upy, downx, downy, px0, px1, py0, py1, bool(flip_filter), float(gain))
+
+
+def _upfirdn2d_torch(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain):
+    """Dispatch to one 2-D pass or two 1-D passes, whichever needs fewer multiply-adds."""
+    num_channels = x.shape[1]
+    factors = None if f.ndim == 2 else (f, f)
+    if f.ndim == 2 and f.shape[0] > 1 and f.shape[1] > 1:
+        factors = _separable_factors(f)
+        if factors is not None:
+            factors = _cast_factors(f, factors, x)
+    if factors is None:  # non-separable 2-D filter (or a single row/column)
+        f2 = f.to(x.dtype)
+        f2 = f2 * gain if gain != 1 else f2
+        return _pass(x, f2, num_channels, (upy, upx), (downy, downx), (py0, py1, px0, px1), flip_filter)
+
+    fx, fy = factors
+    fx = fx.to(x.dtype) * gain if gain != 1 else fx.to(x.dtype)
+    fy = fy.to(x.dtype)
+    kw, kh = fx.numel(), fy.numel()
+    # Taps per output sample: one 2-D pass vs. a width pass and a height pass. 1-D passes cost an
+    # extra sweep over memory, so they win only for longer filters.
+    cost_2d = -(-kh // upy) * -(-kw // upx)
+    cost_sep = -(-kw // upx) + -(-kh // upy) + _SEPARABLE_OVERHEAD
+    if cost_2d <= cost_sep:
+        f2 = torch.outer(fy, fx)
+        return _pass(x, f2, num_channels, (upy, upx), (downy, downx), (py0, py1, px0, px1), flip_filter)
+    x = _pass(x, fx[None, :], num_channels, (1, upx), (1, downx), (0, 0, px0, px1), flip_filter)
+    return _pass(x, fy[:, None], num_channels, (upy, 1), (downy, 1), (py0, py1, 0, 0), flip_filter)
+
+
+# Extra cost (in taps per output sample) charged to the two-pass separable route.
+_SEPARABLE_OVERHEAD = 8
+
+
+def _cast_factors(f, factors, x):
+    """The float64 CPU factors converted to x's dtype/device, cached beside the factorisation."""
+    key = (x.dtype, x.device)
+    cache = f.__dict__.setdefault("_upfirdn2d_cast", {})
+    hit = cache.get(key)
+    if hit is not None and hit[0] == f._version:
+        return hit[1]
+    cast = tuple(t.to(device=x.device, dtype=x.dtype) for t in factors)
+    cache[key] = (f._version, cast)
+    return cast
+
+
+def _axis_phases(length, u, k, p0, p1):
+    """Polyphase decomposition of zero-insert(u) + pad(p0, p1) + filter(k taps) along one axis.
+
+    Output sample n = u * q + r only sees the input through phase r's short kernel. Returns
+    (out_len, q_len, phases): phases[r] is None (all-zero phase) or (taps, left) where `taps`
+    indexes the conv_transpose-ordered filter w (w = f for convolution semantics) so that
+    out[u * q + r] = sum_j x[q - left + j] * w[taps[j]], for q in [0, q_len).
+    """
+    out_len = length * u + p0 + p1 - k + 1
+    q_len = -(-out_len // u)
+    phases = []
+    for r in range(u):
+        s = r + k - 1 - p0
+        t_min, t_max = -(s // u), (k - 1 - s) // u
+        if t_min > t_max:
+            phases.append(None)
+        else:
+            phases.append(([u * (t_max - j) + s for j in range(t_max - t_min + 1)], t_max))
+    return out_len, q_len, phases
+
+
+def _pass(x, f, num_channels, up, down, pad, flip_filter):
+    """One depthwise upfirdn of `x [N, C, H, W]` with a 2-D kernel `f [kh, kw]` (either may be 1).
+
+    up/down are (y, x) factors and pad is (py0, py1, px0, px1). Without upsampling this is a single
+    strided depthwise conv2d. With upsampling, each of the uy * ux output phases is a small depthwise
+    conv2d on the *input* grid (polyphase form: no zero-inserted image, no wasted multiplies), and
+    the phases are written interleaved into the output.
+    """
+    kh, kw = f.shape
+    (uy, ux), (dy, dx) = up, down
+    py0, py1, px0, px1 = pad
+    if uy == 1 and ux == 1:
+        g = f if flip_filter else f.flip([0, 1])  # conv2d correlates
+        return _fir_valid(x, g, num_channels, (dy, dx), pad)
+
+    w = f.flip([0, 1]) if flip_filter else f  # conv_transpose order, see _axis_phases
+    n, h, wd = x.shape[0], x.shape[2], x.shape[3]
+    oh, qh, phases_y = _axis_phases(h, uy, kh, py0, py1)
+    ow, qw, phases_x = _axis_phases(wd, ux, kw, px0, px1)
+    out = x.new_empty([n, num_channels, qh, uy, qw, ux])
+    for ry, phy in enumerate(phases_y):
+        for rx, phx in enumerate(phases_x):
+            if phy is None or phx is None:
+                out[:, :, :, ry, :, rx] = 0
+                continue
+            (ty, ly), (tx, lx) = phy, phx
+            g = w[ty][:, tx]
+            gpad = (ly, qh + len(ty) - 1 - ly - h, lx, qw + len(tx) - 1 - lx - wd)
+            out[:, :, :, ry, :, rx] = _fir_valid(x, g, num_channels, (1, 1), gpad)
+    out = out.reshape(n, num_channels, qh * uy, qw * ux)
+    if qh * uy != oh or qw * ux != ow:
+        out = out[:, :, :oh, :ow]
+    return out[:, :, ::dy, ::dx] if dy > 1 or dx > 1 else out
+
+
+def _fir_valid(x, g, num_channels, stride, pad):
+    """Depthwise correlation of zero-padded (or cropped, for negative pads) `x` with `g [kh, kw]`.
+
+    Asymmetric padding is done by conv2d's own symmetric padding plus a cropped view of the result
+    (the crop is a whole number of strides), which avoids copying a padded input.
+    """
+    dy, dx = stride
+    py0, py1, px0, px1 = pad
+    h, w = x.shape[2], x.shape[3]
+    if min(py0, py1, px0, px1) < 0:
+        x = x[:, :, max(-py0, 0):h - max(-py1, 0), max(-px0, 0):w - max(-px1, 0)]
+        py0, py1, px0, px1 = max(py0, 0), max(py1, 0), max(px0, 0), max(px1, 0)
+    kh, kw = g.shape
+    conv_pad, crop = [], []
+    for length, k, d, p0, p1 in ((x.shape[2], kh, dy, py0, py1), (x.shape[3], kw, dx, px0, px1)):
+        a = -(-max(p1 - p0, 0) // d)  # extra strides of padding at the start, cropped away again
+        conv_pad.append(p0 + a * d)
+        crop.append((a, a + (length + p0 + p1 - k) // d + 1))
+    weight = g[None, None].expand(num_channels, 1, kh, kw)
+    if kh == 1 and kw == 1 and conv_pad == [0, 0] and dy == 1 and dx == 1:
+        y = x * g.reshape([])
+    else:
+        y = F.conv2d(x, weight, stride=(dy, dx), padding=tuple(conv_pad), groups=num_channels)
+    (y0, y1), (x0, x1) = crop
+    if y0 != 0 or x0 != 0 or y1 != y.shape[2] or x1 != y.shape[3]:
+        y = y[:, :, y0:y1, x0:x1]
+    return y
+
+
+def _upfirdn2d_simple(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
+    """Literal implementation (zero-insertion, pad, 2-D depthwise conv, decimation) for testing."""
+    upx, upy = _parse_scaling("up", up)
+    downx, downy = _parse_scaling("down", down)
+    px0, px1, py0, py1 = _parse_padding(padding)
+    if f is None:
+        f = torch.ones([1, 1])
+    if f.ndim == 1:
+        f = torch.outer(f, f)
+    n, c, h, w = x.shape
+    x = x.reshape(n, c, h, 1, w, 1)
+    x = F.pad(x, [0, upx - 1, 0, 0, 0, upy - 1]).reshape(n, c, h * upy, w * upx)
+    x = _pad(x, py0, py1, px0, px1)
+    f = f.to(x.dtype) * gain
+    g = f if flip_filter else f.flip([0, 1])
+    x = F.conv2d(x, g[None, None].repeat(c, 1, 1, 1), groups=c)
+    return x[:, :, ::downy, ::downx]
+
+
+def _pad(x, py0, py1, px0, px1):
+    """Zero-pad (positive) or crop (negative) the last two dims."""
+    if py0 == 0 and py1 == 0 and px0 == 0 and px1 == 0:
+        return x
+    h, w = x.shape[2], x.shape[3]
+    x = x[:, :, max(-py0, 0):h - max(-py1, 0), max(-px0, 0):w - max(-px1, 0)]
+    if max(py0, py1, px0, px1) > 0:
+        x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+    return x
+
+
+# ---------------------------------------------------------------------------------------------------
+# Helpers with padding chosen for the common cases.
+
+
+def filter2d(x, f, padding=0, flip_filter=False, gain=1, impl=None):
+    """Filter without resampling; output has the input size (plus `padding`)."""
+    px0, px1, py0, py1 = _parse_padding(padding)
+    fw, fh = _get_filter_size(f)
+    p = [px0 + fw // 2, px1 + (fw - 1) // 2, py0 + fh // 2, py1 + (fh - 1) // 2]
+    return upfirdn2d(x, f, padding=p, flip_filter=flip_filter, gain=gain, impl=impl)
+
+
+def upsample2d(x, f, up=2, padding=0, flip_filter=False, gain=1, impl=None):
+    """Upsample by `up` with filter `f`; output `[N, C, H * up, W * up]` (plus `padding`).
+
+    The filter is scaled by `up ** 2` (times `gain`) so a constant image keeps its value.
+    """
+    upx, upy = _parse_scaling("up", up)
+    px0, px1, py0, py1 = _parse_padding(padding)
+    fw, fh = _get_filter_size(f)
+    p = [px0 + (fw + upx - 1) // 2, px1 + (fw - upx) // 2, py0 + (fh + upy - 1) // 2, py1 + (fh - upy) // 2]
+    return upfirdn2d(x, f, up=up, padding=p, flip_filter=flip_filter, gain=gain * upx * upy, impl=impl)
+
+
+def downsample2d(x, f, down=2, padding=0, flip_filter=False, gain=1, impl=None):
+    """Filter and downsample by `down`; output `[N, C, H // down, W // down]` (plus `padding`)."""
+    downx, downy = _parse_scaling("down", down)
+    px0, px1, py0, py1 = _parse_padding(padding)
+    fw, fh = _get_filter_size(f)
+    p = [px0 + (fw - downx + 1) // 2, px1 + (fw - downx) // 2, py0 + (fh - downy + 1) // 2,
+         py1 + (fh - downy) // 2]
+    return upfirdn2d(x, f, down=down, padding=p, flip_filter=flip_filter, gain=gain, impl=impl)

@@ -1,0 +1,192 @@
+"""Presets (JSON files in `configs/`) and their resolution into the full run configuration.
+
+A preset holds resolution-independent hyper-parameters plus SpatialGAN switches. `resolve_options`
+combines it with the dataset, the world size and command-line overrides into one JSON-able dict —
+the `training_options.json` of a run — from which every object of the run is built.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+G_REG_INTERVAL = 4
+D_REG_INTERVAL = 16
+
+
+class ConfigError(ValueError):
+    """An unknown preset or an invalid option value."""
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    """Load a preset by name (`paper256`) or from a JSON file path."""
+    path = Path(name_or_path)
+    if not (path.suffix == ".json" and path.is_file()):
+        path = CONFIG_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        raise ConfigError(f"Unknown --cfg {name_or_path!r}; choose one of {', '.join(list_presets())} "
+                          f"or give a path to a JSON preset")
+    try:
+        with open(path) as f:
+            preset = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"Preset {path} is not valid JSON: {err}") from None
+    preset.setdefault("name", path.stem)
+    return preset
+
+
+def auto_hyperparameters(resolution: int, gpus: int) -> dict[str, Any]:
+    """StyleGAN2-ADA's `auto` formulas (facts §1.2)."""
+    mb = max(min(gpus * min(4096 // resolution, 32), 64), gpus)
+    return dict(ref_gpus=gpus, batch=mb, mbstd=min(mb // gpus, 4), fmaps=1 if resolution >= 512 else 0.5,
+                lrate=0.002 if resolution >= 1024 else 0.0025, gamma=0.0002 * resolution ** 2 / mb,
+                ema_kimg=mb * 10 / 32)
+
+
+def _channel_base(preset: dict[str, Any]) -> int:
+    if preset.get("channel_base") is not None:
+        return int(preset["channel_base"])
+    return int(preset["fmaps"] * 32768)
+
+
+def network_kwargs(preset: dict[str, Any], resolution: int, channels: int, label_dim: int,
+                   fp32: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Constructor kwargs of G and D for a preset, image shape and label size."""
+    base, cmax = _channel_base(preset), int(preset["channel_max"])
+    num_fp16_res = 0 if fp32 else int(preset["num_fp16_res"])
+    conv_clamp = None if fp32 else preset["conv_clamp"]
+    G_kwargs = dict(z_dim=preset["z_dim"], c_dim=label_dim, w_dim=preset["w_dim"], img_resolution=resolution,
+                    img_channels=channels, mapping_kwargs=dict(num_layers=preset["map_layers"]),
+                    synthesis_kwargs=dict(channel_base=base, channel_max=cmax, num_fp16_res=num_fp16_res,
+                                          conv_clamp=conv_clamp),
+                    spatial_kwargs=copy.deepcopy(preset.get("spatial")))
+    D_kwargs = dict(c_dim=label_dim, img_resolution=resolution, img_channels=channels,
+                    architecture=preset["d_architecture"], channel_base=base, channel_max=cmax,
+                    num_fp16_res=num_fp16_res, conv_clamp=conv_clamp,
+                    epilogue_kwargs=dict(mbstd_group_size=preset["mbstd"]))
+    return G_kwargs, D_kwargs
+
+
+def optimizer_kwargs(lr: float, reg_interval: int | None) -> dict[str, Any]:
+    """Adam (0, 0.99) with the lazy-regularisation correction: lr * r and betas ** r, r = k / (k + 1)."""
+    ratio = reg_interval / (reg_interval + 1) if reg_interval else 1.0
+    return dict(lr=lr * ratio, betas=[0.0, 0.99 ** ratio], eps=1e-8)
+
+
+SPATIAL_OVERRIDES = ("encoding", "sampler", "resolutions", "processing", "compose", "kernel_size", "dilation")
+ALIGN_OVERRIDES = ("weight", "tau", "resolutions", "indoor", "cam_variant", "cam_score")
+
+
+def _apply_spatial_overrides(preset: dict[str, Any], spatial: dict[str, Any], align: dict[str, Any]) -> None:
+    """Table 1/4/5 switches: change the preset's `spatial` / `align` blocks in place."""
+    if spatial.get("encoding") == "none":
+        preset["spatial"], preset["align"] = None, None
+        return
+    given = {k: v for k, v in spatial.items() if v is not None}
+    if given and preset.get("spatial") is None:
+        # Turning SpatialGAN on over a baseline preset starts from the paper's single-object setting.
+        preset["spatial"] = dict(encoding="sel_norm", sampler="hierarchical", sampler_kwargs={},
+                                 resolutions=[4, 8, 16], processing="coarse", compose="sum", kernel_size=3,
+                                 dilation=1, hidden_channels=64)
+    if preset.get("spatial") is not None:
+        preset["spatial"].update(given)
+    enabled = align.pop("enabled", None)
+    given_align = {k: v for k, v in align.items() if v is not None}
+    if enabled is False:
+        preset["align"] = None
+    elif (enabled or given_align) and preset.get("spatial") is not None:
+        if preset.get("align") is None:
+            preset["align"] = dict(weight=1.0, tau=0.25, resolutions=[4, 8, 16], indoor=False,
+                                   cam_variant="canonical", cam_score="logit")
+        preset["align"].update(given_align)
+    elif enabled and preset.get("spatial") is None:
+        raise ConfigError("--align=true needs a heatmap encoding (--encoding or a SpatialGAN --cfg)")
+
+
+def _batch_sizes(preset: dict[str, Any], world_size: int, batch: int | None,
+                 batch_gpu: int | None) -> tuple[int, int]:
+    batch = int(batch if batch is not None else preset["batch"])
+    if batch < 1:
+        raise ConfigError(f"--batch must be positive, got {batch}")
+    if batch % world_size:
+        raise ConfigError(f"--batch={batch} is not divisible by the number of processes ({world_size})")
+    per_rank = batch // world_size
+    if batch_gpu is None:
+        ref = preset.get("ref_gpus") or world_size
+        batch_gpu = max(min(per_rank, int(preset["batch"]) // int(ref)), 1)
+        while per_rank % batch_gpu:
+            batch_gpu -= 1
+    if batch_gpu < 1 or per_rank % batch_gpu:
+        raise ConfigError(f"--batch={batch} is not divisible by --batch-gpu={batch_gpu} x {world_size} processes")
+    return batch, int(batch_gpu)
+
+
+def resolve_options(cfg: str, dataset: dict[str, Any], world_size: int = 1, **overrides) -> dict[str, Any]:
+    """Build the complete, JSON-able run configuration.
+
+    Args:
+        cfg: preset name or JSON path.
+        dataset: `{'kwargs': open_dataset kwargs, 'name', 'resolution', 'num_channels', 'label_dim'}`.
+        world_size: number of training processes.
+        overrides: CLI options (None = keep the preset's value). Keys: kimg, batch, batch_gpu, gamma, seed,
+            snap, tick, workers, aug, p, target, augpipe, fp32, metrics, pl_weight, style_mixing,
+            ema_kimg, plus `spatial={...}` (SPATIAL_OVERRIDES) and `align={..., 'enabled': bool}`.
+    """
+    preset = load_preset(cfg)
+    resolution = int(dataset["resolution"])
+    if preset.get("auto"):
+        preset.update(auto_hyperparameters(resolution, world_size))
+    _apply_spatial_overrides(preset, dict(overrides.pop("spatial", None) or {}),
+                             dict(overrides.pop("align", None) or {}))
+
+    def get(key: str, default=None):
+        return overrides.get(key) if overrides.get(key) is not None else default
+
+    for key in ("gamma", "pl_weight", "style_mixing", "ema_kimg"):
+        if get(key) is not None:
+            preset[key] = get(key)
+    if preset["gamma"] < 0:
+        raise ConfigError(f"--gamma must be >= 0, got {preset['gamma']}")
+    batch, batch_gpu = _batch_sizes(preset, world_size, get("batch"), get("batch_gpu"))
+    aug, p = get("aug", preset.get("aug", "ada")), get("p")
+    if aug not in ("noaug", "ada", "fixed"):
+        raise ConfigError(f"--aug must be noaug, ada or fixed, got {aug!r}")
+    if (aug == "fixed") != (p is not None):
+        raise ConfigError("--p is required with --aug=fixed and only allowed with it")
+    if p is not None and not 0 <= p <= 1:
+        raise ConfigError(f"--p must be in [0, 1], got {p}")
+    target = get("target", 0.6)
+    if not 0 < target < 1:
+        raise ConfigError(f"--target must be in (0, 1), got {target}")
+    G_kwargs, D_kwargs = network_kwargs(preset, resolution, int(dataset["num_channels"]),
+                                        int(dataset["label_dim"]), bool(get("fp32", False)))
+    lr = preset["lrate"]
+    G_reg = G_REG_INTERVAL if preset["pl_weight"] != 0 else None
+    D_reg = D_REG_INTERVAL if preset["gamma"] != 0 else None
+    kimg = get("kimg", preset["kimg"])
+    if kimg <= 0:
+        raise ConfigError(f"--kimg must be positive, got {kimg}")
+    return dict(
+        cfg=preset["name"], description=preset["description"], dataset_name=dataset["name"],
+        dataset_kwargs=dataset["kwargs"], G_kwargs=G_kwargs, D_kwargs=D_kwargs,
+        G_opt_kwargs=optimizer_kwargs(lr, G_reg), D_opt_kwargs=optimizer_kwargs(lr, D_reg),
+        G_reg_interval=G_reg, D_reg_interval=D_reg,
+        loss_kwargs=dict(r1_gamma=preset["gamma"], style_mixing_prob=preset["style_mixing"],
+                         pl_weight=preset["pl_weight"], pl_batch_shrink=2, pl_decay=0.01),
+        align=copy.deepcopy(preset.get("align")) if preset.get("spatial") else None,
+        augment=dict(mode=aug, augpipe=get("augpipe", preset.get("augpipe", "bgc")), p=p, target=target,
+                     interval=4, kimg=get("ada_kimg", 500)),
+        batch=batch, batch_gpu=batch_gpu, world_size=world_size, kimg=kimg,
+        kimg_per_tick=get("tick", preset["kimg_per_tick"]), snap=get("snap", 50),
+        ema_kimg=preset["ema_kimg"], ema_rampup=preset["ema_rampup"], seed=get("seed", 0),
+        workers=get("workers", 3), metrics=list(get("metrics", preset.get("metrics", []))), fp32=bool(get("fp32", False)),
+        allow_tf32=bool(get("allow_tf32", False)), cudnn_benchmark=bool(get("cudnn_benchmark", True)),
+        resolution=resolution,
+    )

@@ -1,0 +1,440 @@
+"""Training datasets: image folders / zips in the StyleGAN2-ADA format, built-in synthetic data, and the
+infinite distributed sampler that feeds the training loop.
+
+Format (unchanged from StyleGAN2-ADA so existing datasets load as they are): a folder or an uncompressed
+zip of images (any PIL-readable extension, found recursively, sorted by relative path), plus an optional
+root `dataset.json` = {"labels": [[relpath, label], ...]} or {"labels": null}. Integer labels become
+one-hot vectors (label_dim = max + 1); list labels become float32 vectors. Images must be square with a
+power-of-two side, 1 or 3 channels, all of the same shape.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from collections.abc import Iterator
+
+import numpy as np
+import PIL.Image
+import torch
+
+import dnnlib
+from training import synthetic
+
+DEFAULT_SYNTHETIC_SIZE = 100_000
+
+
+class DatasetError(ValueError):
+    """Bad dataset or dataset argument; the message names the file, zip member or argument."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Base class: x-flip doubling, subsets and labels on top of a raw image source.
+
+
+class Dataset(torch.utils.data.Dataset):
+    """Shared machinery. Subclasses set `_raw_shape` [N, C, H, W] and implement `_load_raw_image`.
+
+    Items: (uint8 ndarray [C, H, W], float32 ndarray [label_dim]).
+    """
+
+    def __init__(self, name: str, raw_shape: list[int], raw_labels: np.ndarray | None, use_labels: bool,
+                 xflip: bool, max_size: int | None, random_seed: int):
+        self.name = name
+        self._raw_shape = list(raw_shape)
+        self._use_labels = bool(use_labels)
+        self._xflip_enabled = bool(xflip)
+        self._max_size = max_size
+        self._random_seed = int(random_seed)
+        num_raw = raw_shape[0]
+        if raw_labels is None or not use_labels:
+            raw_labels = np.zeros([num_raw, 0], np.float32)
+        self._raw_labels = raw_labels.astype(np.float32)
+        self._raw_idx = self._select_subset(num_raw, max_size, random_seed)
+        self._xflip = np.zeros(len(self._raw_idx), np.uint8)
+        if xflip:  # second half: the same images mirrored
+            self._raw_idx = np.tile(self._raw_idx, 2)
+            self._xflip = np.concatenate([self._xflip, np.ones_like(self._xflip)])
+
+    @staticmethod
+    def _select_subset(num_raw: int, max_size: int | None, seed: int) -> np.ndarray:
+        """All indices, or a seeded random subset of `max_size` kept in sorted order."""
+        idx = np.arange(num_raw, dtype=np.int64)
+        if max_size is not None:
+            if isinstance(max_size, bool) or not isinstance(max_size, (int, np.integer)) or max_size < 1:
+                raise DatasetError(f"max_size must be a positive integer or None, got {max_size!r}")
+            if max_size < num_raw:
+                idx = np.sort(np.random.RandomState(seed % (1 << 32)).permutation(num_raw)[:max_size])
+        return idx
+
+    def _load_raw_image(self, raw_idx: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self._raw_idx)
+
+    def __getitem__(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
+        """-> (uint8 [C, H, W], float32 [label_dim])."""
+        image = self._load_raw_image(int(self._raw_idx[idx]))
+        if self._xflip[idx]:
+            image = image[:, :, ::-1]
+        return np.ascontiguousarray(image), self.get_label(idx)
+
+    def get_label(self, idx: int) -> np.ndarray:
+        return self._raw_labels[self._raw_idx[idx]].copy()
+
+    def get_details(self, idx: int) -> dnnlib.EasyDict:
+        """raw_idx (index into the unsubsetted source), xflip (bool) and raw_label of item `idx`."""
+        raw = int(self._raw_idx[idx])
+        return dnnlib.EasyDict(raw_idx=raw, xflip=bool(self._xflip[idx]), raw_label=self._raw_labels[raw].copy())
+
+    @property
+    def image_shape(self) -> list[int]:
+        return list(self._raw_shape[1:])
+
+    @property
+    def num_channels(self) -> int:
+        return self._raw_shape[1]
+
+    @property
+    def resolution(self) -> int:
+        return self._raw_shape[2]
+
+    @property
+    def label_shape(self) -> list[int]:
+        return list(self._raw_labels.shape[1:])
+
+    @property
+    def label_dim(self) -> int:
+        return self._raw_labels.shape[1]
+
+    @property
+    def has_labels(self) -> bool:
+        return self.label_dim > 0
+
+    @property
+    def kwargs(self) -> dict:
+        """JSON-able arguments such that `open_dataset(**kwargs)` reopens this dataset."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, len={len(self)}, shape={self.image_shape}, "
+                f"label_dim={self.label_dim}, xflip={self._xflip_enabled})")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Image folders and zips.
+
+_CHANNELS_BY_MODE = {"L": 1, "1": 1, "RGB": 3, "P": 3, "CMYK": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}
+
+
+def _image_extensions() -> set[str]:
+    PIL.Image.init()
+    return {ext.lower() for ext in PIL.Image.registered_extensions()}
+
+
+def _channels_of(img: PIL.Image.Image, where: str) -> int:
+    """1 or 3 from the PIL mode (palette images count as RGB); DatasetError for alpha or odd modes."""
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
+        raise DatasetError(f"{where}: image has an alpha channel (mode {img.mode}); only 1- or 3-channel "
+                           "images are supported (convert with dataset_tool.py)")
+    if img.mode not in _CHANNELS_BY_MODE:
+        raise DatasetError(f"{where}: unsupported image mode {img.mode!r}; expected greyscale or RGB")
+    return _CHANNELS_BY_MODE[img.mode]
+
+
+def _check_image_shape(shape: list[int], where: str) -> None:
+    """Square, power-of-two side (>= 4), 1 or 3 channels."""
+    c, h, w = shape
+    if h != w:
+        raise DatasetError(f"{where}: image is {w}x{h}; images must be square")
+    if w < 4 or w & (w - 1):
+        raise DatasetError(f"{where}: image side {w} is not a power of two >= 4")
+    if c not in (1, 3):
+        raise DatasetError(f"{where}: image has {c} channels; expected 1 or 3")
+
+
+def decode_image(data: bytes, where: str) -> np.ndarray:
+    """Encoded image bytes -> uint8 [C, H, W]; DatasetError naming `where` for corrupt/alpha images."""
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as img:
+            channels = _channels_of(img, where)
+            img.load()
+            target = "L" if channels == 1 else "RGB"
+            arr = np.asarray(img if img.mode == target else img.convert(target))
+    except DatasetError:
+        raise
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError ... for broken files
+        raise DatasetError(f"{where}: cannot decode image ({type(exc).__name__}: {exc})") from None
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    return arr.transpose(2, 0, 1)
+
+
+def _parse_labels(data: bytes | None, fnames: list[str], where: str) -> np.ndarray | None:
+    """dataset.json contents -> float32 [N, label_dim] in `fnames` order, or None for no labels."""
+    if data is None:
+        return None
+    try:
+        table = json.loads(data.decode("utf-8"))["labels"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{where}: invalid dataset.json ({exc}); expected {{\"labels\": [[path, label], ...]}}")
+    if table is None:
+        return None
+    try:
+        by_name = {str(name).replace("\\", "/"): label for name, label in table}
+    except (TypeError, ValueError):
+        raise DatasetError(f"{where}: 'labels' must be a list of [relpath, label] pairs") from None
+    missing = [f for f in fnames if f not in by_name]
+    if missing:
+        raise DatasetError(f"{where}: no label for image {missing[0]!r} ({len(missing)} images unlabelled)")
+    labels = [by_name[f] for f in fnames]
+    if all(isinstance(x, int) and not isinstance(x, bool) for x in labels):
+        ints = np.asarray(labels, np.int64)
+        if ints.min() < 0:
+            raise DatasetError(f"{where}: integer labels must be >= 0, got {ints.min()}")
+        return np.eye(int(ints.max()) + 1, dtype=np.float32)[ints]  # one-hot
+    try:
+        vectors = np.asarray(labels, np.float32)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{where}: labels must all be integers or equal-length number lists") from None
+    if vectors.ndim != 2:
+        raise DatasetError(f"{where}: labels must all be integers or equal-length number lists")
+    return vectors
+
+
+class ImageFolderDataset(Dataset):
+    """Images in a directory (recursive) or an uncompressed .zip, in the StyleGAN2-ADA layout."""
+
+    def __init__(self, path: str, resolution: int | None = None, max_size: int | None = None,
+                 use_labels: bool = False, xflip: bool = False, random_seed: int = 0):
+        self._path = os.fspath(path)
+        self._zipfile: zipfile.ZipFile | None = None
+        self._zip_pid: int | None = None
+        self._type = self._detect_type(self._path)
+        exts = _image_extensions()
+        self._image_fnames = sorted(f for f in self._all_names() if os.path.splitext(f)[1].lower() in exts)
+        if not self._image_fnames:
+            raise DatasetError(f"no images found in dataset {self._path}")
+        first = self._load_raw_image(0, expected=None)
+        raw_shape = [len(self._image_fnames), *first.shape]
+        if resolution is not None and resolution != raw_shape[2]:
+            raise DatasetError(f"resolution={resolution} does not match dataset {self._path} "
+                               f"({raw_shape[3]}x{raw_shape[2]} images)")
+        labels = _parse_labels(self._read_optional("dataset.json"), self._image_fnames,
+                               self._where("dataset.json"))
+        name = os.path.splitext(os.path.basename(os.path.normpath(self._path)))[0]
+        super().__init__(name, raw_shape, labels, use_labels, xflip, max_size, random_seed)
+
+    @staticmethod
+    def _detect_type(path: str) -> str:
+        if os.path.isdir(path):
+            return "dir"
+        if not os.path.exists(path):
+            raise DatasetError(f"dataset not found: {path}")
+        if os.path.splitext(path)[1].lower() == ".zip":
+            return "zip"
+        raise DatasetError(f"dataset must be a directory or a .zip file, got {path}")
+
+    def _where(self, fname: str) -> str:
+        """Human-readable location of `fname` for error messages."""
+        return f"{self._path}:{fname}" if self._type == "zip" else os.path.join(self._path, fname)
+
+    def _get_zipfile(self) -> zipfile.ZipFile:
+        # One handle per process: a handle inherited through fork shares its file offset with the
+        # parent, so DataLoader workers must open their own, once, not once per item.
+        if self._zipfile is None or self._zip_pid != os.getpid():
+            try:
+                self._zipfile = zipfile.ZipFile(self._path)
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise DatasetError(f"{self._path}: cannot open zip ({exc})") from None
+            self._zip_pid = os.getpid()
+        return self._zipfile
+
+    def _all_names(self) -> list[str]:
+        if self._type == "zip":
+            return [n for n in self._get_zipfile().namelist() if not n.endswith("/")]
+        names = []
+        for root, _dirs, files in os.walk(self._path):
+            rel = os.path.relpath(root, self._path)
+            names += [f if rel == "." else f"{rel}/{f}".replace(os.sep, "/") for f in files]
+        return names
+
+    def _read_bytes(self, fname: str) -> bytes:
+        try:
+            if self._type == "zip":
+                return self._get_zipfile().read(fname)
+            with open(os.path.join(self._path, fname), "rb") as f:
+                return f.read()
+        except (OSError, KeyError, zipfile.BadZipFile) as exc:
+            raise DatasetError(f"{self._where(fname)}: cannot read ({exc})") from None
+
+    def _read_optional(self, fname: str) -> bytes | None:
+        if self._type == "zip":
+            return self._read_bytes(fname) if fname in self._get_zipfile().namelist() else None
+        return self._read_bytes(fname) if os.path.isfile(os.path.join(self._path, fname)) else None
+
+    def _load_raw_image(self, raw_idx: int, expected: list[int] | None | str = "dataset") -> np.ndarray:
+        """uint8 [C, H, W] of image `raw_idx`, validated against the dataset's shape."""
+        fname = self._image_fnames[raw_idx]
+        where = self._where(fname)
+        image = decode_image(self._read_bytes(fname), where)
+        _check_image_shape(list(image.shape), where)
+        expected = self.image_shape if expected == "dataset" else expected
+        if expected is not None and list(image.shape) != expected:
+            raise DatasetError(f"{where}: image shape {list(image.shape)} differs from the dataset's {expected} "
+                               "(all images must have the same size and channels)")
+        return image
+
+    def close(self) -> None:
+        if self._zipfile is not None:
+            self._zipfile.close()
+        self._zipfile = None
+        self._zip_pid = None
+
+    def __getstate__(self) -> dict:
+        return dict(self.__dict__, _zipfile=None, _zip_pid=None)  # reopened lazily after unpickling
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    @property
+    def image_fnames(self) -> list[str]:
+        """Relative paths of all raw images (before subsetting / mirroring), sorted."""
+        return list(self._image_fnames)
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(data=self._path, resolution=self.resolution, use_labels=self._use_labels,
+                    xflip=self._xflip_enabled, max_size=self._max_size, random_seed=self._random_seed)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Synthetic data rendered on the fly.
+
+
+class SyntheticDataset(Dataset):
+    """Built-in data from `training.synthetic`, generated from (seed, index); never stored. No labels."""
+
+    def __init__(self, kind: str, resolution: int, size: int = DEFAULT_SYNTHETIC_SIZE, seed: int = 0,
+                 use_labels: bool = False, xflip: bool = False, max_size: int | None = None):
+        if kind not in synthetic.KINDS:
+            raise DatasetError(f"unknown synthetic dataset kind {kind!r}; expected one of {list(synthetic.KINDS)}")
+        if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) \
+                or resolution < 4 or resolution & (resolution - 1):
+            raise DatasetError(f"synthetic resolution must be a power of two >= 4, got {resolution!r}")
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise DatasetError(f"synthetic size must be a positive integer, got {size!r}")
+        self._kind, self._seed = kind, int(seed)
+        # max_size keeps the first images rather than a random subset: they are all alike anyway, and
+        # this keeps `size` and `max_size` interchangeable for `kwargs`.
+        num = int(size) if max_size is None else min(int(size), int(max_size))
+        super().__init__(f"synthetic-{kind}{resolution}", [num, 3, int(resolution), int(resolution)], None,
+                         use_labels, xflip, None, int(seed))
+
+    def _load_raw_image(self, raw_idx: int) -> np.ndarray:
+        return synthetic.render(self._kind, self.resolution, self._seed, raw_idx).image.transpose(2, 0, 1)
+
+    def render(self, idx: int) -> synthetic.SyntheticSample:
+        """Full sample (image, masks, centres, classes) of raw image `idx` (no mirroring)."""
+        return synthetic.render(self._kind, self.resolution, self._seed, int(self._raw_idx[idx]))
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+    @property
+    def kwargs(self) -> dict:
+        num = self._raw_shape[0]
+        return dict(data=f"synthetic:{self._kind}:{self.resolution}", resolution=self.resolution,
+                    use_labels=self._use_labels, xflip=self._xflip_enabled,
+                    max_size=None if num == DEFAULT_SYNTHETIC_SIZE else num, random_seed=self._seed)
+
+
+def open_dataset(data: str, resolution: int | None = None, use_labels: bool = False, xflip: bool = False,
+                 max_size: int | None = None, random_seed: int = 0) -> Dataset:
+    """Open a directory, a .zip, or `synthetic:<kind>[:<resolution>]`.
+
+    For synthetic data `random_seed` is the content seed and `max_size` keeps the first images; for
+    folders/zips `random_seed` picks the `max_size` subset.
+    """
+    data = os.fspath(data)
+    if data.startswith("synthetic:"):
+        return _open_synthetic(data, resolution, use_labels, xflip, max_size, random_seed)
+    return ImageFolderDataset(data, resolution=resolution, max_size=max_size, use_labels=use_labels,
+                              xflip=xflip, random_seed=random_seed)
+
+
+def _open_synthetic(data: str, resolution: int | None, use_labels: bool, xflip: bool, max_size: int | None,
+                    random_seed: int) -> SyntheticDataset:
+    parts = data.split(":")
+    if len(parts) not in (2, 3):
+        raise DatasetError(f"invalid synthetic dataset {data!r}; expected synthetic:<kind>[:<resolution>]")
+    res = resolution
+    if len(parts) == 3:
+        try:
+            res = int(parts[2])
+        except ValueError:
+            raise DatasetError(f"invalid resolution {parts[2]!r} in {data!r}") from None
+        if resolution is not None and resolution != res:
+            raise DatasetError(f"resolution={resolution} does not match {data!r}")
+    if res is None:
+        raise DatasetError(f"{data!r} needs a resolution: synthetic:<kind>:<resolution> or resolution=...")
+    return SyntheticDataset(parts[1], res, seed=random_seed, use_labels=use_labels, xflip=xflip,
+                            max_size=max_size)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sampler.
+
+
+class InfiniteSampler(torch.utils.data.Sampler):
+    """Endless, resumable index stream shared out between ranks.
+
+    One seeded permutation, then the stream walks it cyclically; after visiting position i it swaps that
+    element with a random earlier position inside a window (`window_size` x len), so the order drifts
+    from pass to pass. Swaps only touch already-visited positions of the current pass, so every pass of
+    `dataset_len` global steps yields each index exactly once. Rank r takes global steps r, r + R, ...
+    `start` = items this rank already consumed; iteration then continues exactly where it left off
+    (replaying the swaps costs O(start * num_replicas) cheap steps, no per-step allocations).
+    `shuffle=False` streams 0, 1, 2, ... cyclically with no swaps.
+    """
+
+    _CHUNK = 4096  # random offsets are drawn in fixed-size chunks, so replay and live runs stay aligned
+
+    def __init__(self, dataset_len: int, rank: int = 0, num_replicas: int = 1, shuffle: bool = True,
+                 seed: int = 0, window_size: float = 0.5, start: int = 0):
+        super().__init__()
+        if isinstance(dataset_len, bool) or not isinstance(dataset_len, (int, np.integer)) or dataset_len < 1:
+            raise ValueError(f"dataset_len must be a positive integer, got {dataset_len!r}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank={rank} must be in [0, num_replicas={num_replicas})")
+        if not 0.0 <= window_size <= 1.0:
+            raise ValueError(f"window_size must be in [0, 1], got {window_size!r}")
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start!r}")
+        self.dataset_len, self.rank, self.num_replicas = int(dataset_len), int(rank), int(num_replicas)
+        self.shuffle, self.seed, self.window_size, self.start = bool(shuffle), int(seed), window_size, int(start)
+
+    def __iter__(self) -> Iterator[int]:
+        n, reps, rank = self.dataset_len, self.num_replicas, self.rank
+        rng = np.random.default_rng(self.seed)
+        order = (rng.permutation(n) if self.shuffle else np.arange(n)).tolist()
+        window = int(round(n * self.window_size)) if self.shuffle else 0
+        first = self.start * reps + rank  # global step of this rank's next item
+        step = 0
+        while True:
+            offsets = rng.integers(0, max(window, 1), size=self._CHUNK).tolist() if window >= 2 else None
+            for k in range(self._CHUNK):
+                i = step % n
+                if step >= first and step % reps == rank:
+                    yield order[i]
+                if offsets is not None:
+                    # Swap with an earlier position of this pass (never wrapping), keeping each pass a permutation.
+                    j = i - offsets[k] % (i + 1) if i < window else i - offsets[k]
+                    order[i], order[j] = order[j], order[i]
+                step += 1

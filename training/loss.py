@@ -1,0 +1,232 @@
+"""StyleGAN2 losses with lazy regularisation, plus SpatialGAN's GradCAM alignment loss.
+
+Phases (see StyleGAN2-ADA): `Gmain` (adversarial + alignment), `Greg` (path length), `Gboth`,
+`Dmain` (adversarial), `Dreg` (R1), `Dboth`. The training loop calls `accumulate_gradients` once per
+phase and round; each call back-propagates `gain * loss` so that lazy phases can be scaled by their
+interval.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from torch_utils import training_stats
+from torch_utils.misc import check_choice
+from training import alignment, gradcam, heatmaps
+
+PHASES = ("Gmain", "Greg", "Gboth", "Dmain", "Dreg", "Dboth")
+
+
+@dataclass
+class AlignOptions:
+    """SpatialGAN alignment loss options (paper §3.3; conference code differences noted)."""
+
+    enabled: bool = True
+    weight: float = 1.0
+    tau: float = 0.25
+    resolutions: list[int] = field(default_factory=lambda: [4, 8, 16])  # D feature maps used for GradCAM
+    indoor: bool = False            # Eq. 5: min over {H_1..H_n, H}
+    cam_variant: str = "canonical"  # 'canonical' (ReLU after the channel sum) | 'eqgan' (ReLU per channel)
+    cam_score: str = "logit"        # 'logit' (maximise D, paper) | 'g_loss' (softplus(-D), conference)
+
+    def __post_init__(self) -> None:
+        check_choice("align.cam_variant", self.cam_variant, ("canonical", "eqgan"))
+        check_choice("align.cam_score", self.cam_score, ("logit", "g_loss"))
+        if not self.tau >= 0:
+            raise ValueError(f"align.tau must be >= 0, got {self.tau!r}")
+        if not self.weight >= 0:
+            raise ValueError(f"align.weight must be >= 0, got {self.weight!r}")
+
+
+def mix_styles(G, ws: torch.Tensor, z: torch.Tensor, c: torch.Tensor, prob: float) -> torch.Tensor:
+    """Style mixing: with probability `prob`, ws[:, k:] come from a second latent, k ~ U{1..num_ws-1}."""
+    if prob <= 0:
+        return ws
+    num_ws = ws.shape[1]
+    cutoff = torch.empty([], dtype=torch.int64, device=ws.device).random_(1, num_ws)
+    cutoff = torch.where(torch.rand([], device=ws.device) < prob, cutoff, torch.full_like(cutoff, num_ws))
+    ws2 = G.mapping(torch.randn_like(z), c, update_emas=False)
+    mask = torch.arange(num_ws, device=ws.device)[None, :, None] >= cutoff
+    return torch.where(mask, ws2, ws)
+
+
+def level_for_resolution(sampler, resolution: int) -> int:
+    """Heatmap level compared with D's attention at `resolution`.
+
+    Hierarchical samplers render level l at `level_resolutions[l]` (4/8/16): the level whose native
+    resolution is closest (in octaves) to D's feature map. A single-level (multi-object) spec is
+    compared at every resolution (paper §3.3, Eq. 5).
+    """
+    level_res = list(getattr(sampler, "level_resolutions", (4,)))
+    dist = [abs(np.log2(resolution) - np.log2(r)) for r in level_res]
+    return int(np.argmin(dist))
+
+
+class StyleGAN2Loss:
+    """Non-saturating logistic loss, lazy R1, lazy path length, and the alignment loss.
+
+    Args:
+        G, D: the networks (trained copies, not G_ema).
+        augment_pipe: module applied to every image D sees, or None.
+        r1_gamma: R1 weight gamma (penalty gamma/2 * ||grad||^2).
+        style_mixing_prob: probability of mixing two latents per minibatch.
+        pl_weight, pl_batch_shrink, pl_decay: path-length regulariser.
+        align: alignment-loss options, or None/disabled for the baseline.
+    """
+
+    def __init__(self, G, D, augment_pipe=None, r1_gamma: float = 10.0, style_mixing_prob: float = 0.9,
+                 pl_weight: float = 2.0, pl_batch_shrink: int = 2, pl_decay: float = 0.01,
+                 align: AlignOptions | None = None):
+        self.G, self.D, self.augment_pipe = G, D, augment_pipe
+        self.r1_gamma = r1_gamma
+        self.style_mixing_prob = style_mixing_prob
+        self.pl_weight, self.pl_batch_shrink, self.pl_decay = pl_weight, pl_batch_shrink, pl_decay
+        self.align = align if (align is not None and align.enabled and G.heatmap_sampler is not None) else None
+        self.pl_mean = torch.zeros([])
+
+    # -- state for exact resume ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"pl_mean": self.pl_mean.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pl_mean = state["pl_mean"].clone()
+
+    # -- forward helpers ------------------------------------------------------------------------------
+    def run_G(self, z, c, spec, update_emas: bool = False):
+        """Returns (img [N,C,H,W], ws [N,num_ws,w_dim])."""
+        ws = self.G.mapping(z, c, update_emas=update_emas, **self._mapping_extra(spec))
+        ws = mix_styles(self.G, ws, z, c, self.style_mixing_prob) if self._can_mix(spec) else ws
+        object_ws = self.G.object_ws(spec, c) if spec is not None else None
+        img = self.G.synthesis(ws, heatmaps=spec, object_ws=object_ws)
+        return img, ws
+
+    def _mapping_extra(self, spec) -> dict:
+        # The `flatten` ablation feeds the heatmap to the mapping network.
+        return {"heatmaps": spec} if getattr(self.G, "maps_heatmaps", False) else {}
+
+    def _can_mix(self, spec) -> bool:
+        return self.style_mixing_prob > 0 and not getattr(self.G, "maps_heatmaps", False)
+
+    def run_D(self, img, c, return_features: bool = False):
+        if self.augment_pipe is not None:
+            img = self.augment_pipe(img)
+        return self.D(img, c, return_features=return_features)
+
+    def _augmenting(self) -> bool:
+        return self.augment_pipe is not None and float(self.augment_pipe.p) > 0
+
+    # -- the alignment loss ---------------------------------------------------------------------------
+    def alignment_loss(self, gen_img, gen_c, spec, logits, feats) -> torch.Tensor:
+        """L_align (Eq. 4) or L_align_indoor (Eq. 5) summed over the GradCAM resolutions.
+
+        GradCAM needs D's view of the image in the heatmap's coordinates, so when augmentation is on
+        (geometric ops would move the attention), D is re-run on the un-augmented image.
+        """
+        opts = self.align
+        if self._augmenting():
+            logits, feats = self.D(gen_img, gen_c, return_features=True)
+        resolutions = [r for r in opts.resolutions if r in feats]
+        if not resolutions:
+            raise ValueError(f"align.resolutions={opts.resolutions} match none of D's feature maps {sorted(feats)}")
+        score = gradcam.cam_score(logits, opts.cam_score)
+        cams = gradcam.gradcam(score, {r: feats[r] for r in resolutions}, resolutions, variant=opts.cam_variant)
+        levels = [level_for_resolution(self.G.heatmap_sampler, r) for r in resolutions]
+        total = gen_img.new_zeros([])
+        for res, level in zip(resolutions, levels):
+            sub_maps = heatmaps.render(spec, res, level).to(cams[res].dtype)
+            if opts.indoor:
+                term = alignment.align_loss_indoor(cams[res], sub_maps, tau=opts.tau)
+            else:
+                term = alignment.truncated_l1(cams[res], alignment.normalize_target(sub_maps), tau=opts.tau)
+            training_stats.report(f"Align/cam_mean_{res}", cams[res].mean())
+            training_stats.report(f"Align/heatmap_mean_{res}", sub_maps.mean())
+            training_stats.report(f"Loss/G/align_{res}", term)
+            total = total + term
+        training_stats.report("Loss/G/align", total)
+        return total
+
+    # -- phases ----------------------------------------------------------------------------------------
+    def accumulate_gradients(self, phase: str, real_img, real_c, gen_z, gen_c, gen_spec, gain: float) -> None:
+        """Back-propagate the loss of `phase` for one round, scaled by `gain`."""
+        check_choice("phase", phase, PHASES)
+        do_Gmain = phase in ("Gmain", "Gboth")
+        do_Dmain = phase in ("Dmain", "Dboth")
+        do_Gpl = phase in ("Greg", "Gboth") and self.pl_weight != 0
+        do_Dr1 = phase in ("Dreg", "Dboth") and self.r1_gamma != 0
+        if do_Gmain:
+            self._g_main(gen_z, gen_c, gen_spec, gain)
+        if do_Gpl:
+            self._g_pl(gen_z, gen_c, gen_spec, gain)
+        if do_Dmain:
+            self._d_fake(gen_z, gen_c, gen_spec, gain)
+        if do_Dmain or do_Dr1:
+            self._d_real(real_img, real_c, gain, do_Dmain, do_Dr1)
+
+    def _g_main(self, gen_z, gen_c, spec, gain) -> None:
+        with torch.autograd.profiler.record_function("Gmain_forward"):
+            gen_img, _ = self.run_G(gen_z, gen_c, spec)
+            logits, feats = self.run_D(gen_img, gen_c, return_features=True)
+            training_stats.report("Loss/scores/fake", logits)
+            training_stats.report("Loss/signs/fake", logits.sign())
+            loss_G = F.softplus(-logits).mean()
+            training_stats.report("Loss/G/loss", loss_G)
+            if self.align is not None:
+                loss_G = loss_G + self.align.weight * self.alignment_loss(gen_img, gen_c, spec, logits, feats)
+        with torch.autograd.profiler.record_function("Gmain_backward"):
+            loss_G.mul(gain).backward()
+
+    def _g_pl(self, gen_z, gen_c, spec, gain) -> None:
+        with torch.autograd.profiler.record_function("Gpl_forward"):
+            n = max(gen_z.shape[0] // self.pl_batch_shrink, 1)
+            sub_spec = spec.select(list(range(n))) if spec is not None else None
+            gen_img, ws = self.run_G(gen_z[:n], gen_c[:n], sub_spec)
+            noise = torch.randn_like(gen_img) / np.sqrt(gen_img.shape[2] * gen_img.shape[3])
+            (grads,) = torch.autograd.grad((gen_img * noise).sum(), ws, create_graph=True)
+            lengths = grads.square().sum(2).mean(1).sqrt()
+            self.pl_mean = self.pl_mean.to(lengths.device)
+            self.pl_mean.copy_(self.pl_mean.lerp(lengths.mean().detach(), self.pl_decay))
+            penalty = (lengths - self.pl_mean).square()
+            training_stats.report("Loss/pl_penalty", penalty)
+            loss = penalty * self.pl_weight
+            training_stats.report("Loss/G/reg", loss)
+        with torch.autograd.profiler.record_function("Gpl_backward"):
+            # `gen_img[:, 0, 0, 0] * 0` keeps every synthesis output in the graph (DDP-friendly, no-op).
+            (gen_img[:, 0, 0, 0] * 0 + loss).mean().mul(gain).backward()
+
+    def _d_fake(self, gen_z, gen_c, spec, gain) -> None:
+        with torch.autograd.profiler.record_function("Dgen_forward"):
+            with torch.no_grad():
+                gen_img, _ = self.run_G(gen_z, gen_c, spec, update_emas=True)
+            logits = self.run_D(gen_img, gen_c)
+            training_stats.report("Loss/scores/fake", logits)
+            training_stats.report("Loss/signs/fake", logits.sign())
+            loss = F.softplus(logits)
+        with torch.autograd.profiler.record_function("Dgen_backward"):
+            loss.mean().mul(gain).backward()
+
+    def _d_real(self, real_img, real_c, gain, do_main: bool, do_r1: bool) -> None:
+        name = "Dreal_Dr1" if do_main and do_r1 else ("Dreal" if do_main else "Dr1")
+        with torch.autograd.profiler.record_function(name + "_forward"):
+            real = real_img.detach().requires_grad_(do_r1)
+            logits = self.run_D(real, real_c)
+            training_stats.report("Loss/scores/real", logits)
+            training_stats.report("Loss/signs/real", logits.sign())
+            loss = logits.new_zeros([])
+            if do_main:
+                loss_real = F.softplus(-logits)
+                training_stats.report("Loss/D/loss", loss_real + 0)  # per-sample real part
+                loss = loss + loss_real.mean()
+            if do_r1:
+                (grads,) = torch.autograd.grad(logits.sum(), real, create_graph=True, only_inputs=True)
+                penalty = grads.square().sum([1, 2, 3])
+                training_stats.report("Loss/r1_penalty", penalty)
+                loss_r1 = penalty * (self.r1_gamma / 2)
+                training_stats.report("Loss/D/reg", loss_r1)
+                loss = loss + loss_r1.mean()
+        with torch.autograd.profiler.record_function(name + "_backward"):
+            loss.mul(gain).backward()
+        self.last_real_logits = logits.detach()

@@ -1,0 +1,446 @@
+"""The training loop: build a run from its options, iterate phases, keep ticks, snapshots and resume.
+
+Exact resume: a snapshot stores every piece of state the loop reads — networks, optimisers, ADA
+controller, path-length mean, counters, the data position and all RNG states — and maintenance work
+(grids, metrics) never touches the training RNG streams. So a run of k ticks equals j ticks followed
+by `--resume` for k - j ticks, bit for bit on the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dnnlib import format_time
+from torch_utils import distributed, training_stats
+from torch_utils.misc import nan_to_num_
+from training import checkpoint, images
+from training.dataset import InfiniteSampler, open_dataset
+from training.loss import AlignOptions, StyleGAN2Loss
+from training.networks import Discriminator, Generator
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (diverged to NaN/inf, inconsistent resume, ...)."""
+
+
+@dataclass
+class Progress:
+    cur_nimg: int = 0
+    cur_tick: int = 0
+    batch_idx: int = 0
+    tick_start_nimg: int = 0
+
+
+@dataclass
+class Phase:
+    name: str
+    module: torch.nn.Module
+    opt: torch.optim.Optimizer
+    interval: int
+
+
+@dataclass
+class Run:
+    """Everything a training run holds; built by `build_run`, advanced by `train_step`."""
+
+    options: dict[str, Any]
+    device: torch.device
+    rank: int
+    world_size: int
+    dataset: Any
+    G: Generator
+    D: Discriminator
+    G_ema: Generator
+    loss: StyleGAN2Loss
+    phases: list[Phase]
+    augment_pipe: Any
+    ada: Any
+    batch_gen: torch.Generator
+    progress: Progress = field(default_factory=Progress)
+    data_iter: Any = None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Construction.
+
+
+def build_augment(options: dict[str, Any], device: torch.device):
+    """(augment_pipe | None, ADA controller | None) for `options['augment']`."""
+    aug = options["augment"]
+    if aug["mode"] == "noaug":
+        return None, None
+    from training import augment
+
+    pipe, ada = augment.make_augment(aug["mode"], aug["augpipe"], p=aug["p"], target=aug["target"],
+                                     interval=aug["interval"], kimg=aug["kimg"], batch_size=options["batch"])
+    pipe = pipe.train().requires_grad_(False).to(device)
+    if ada is not None:
+        ada.reduce_fn = distributed.all_reduce_sum
+    return pipe, ada
+
+
+def build_phases(options: dict[str, Any], G, D) -> list[Phase]:
+    phases = []
+    for name, module, opt_kwargs, interval in (("G", G, options["G_opt_kwargs"], options["G_reg_interval"]),
+                                                ("D", D, options["D_opt_kwargs"], options["D_reg_interval"])):
+        kw = dict(opt_kwargs, betas=tuple(opt_kwargs["betas"]))
+        opt = torch.optim.Adam(module.parameters(), **kw)
+        if interval is None:
+            phases.append(Phase(name + "both", module, opt, 1))
+        else:
+            phases += [Phase(name + "main", module, opt, 1), Phase(name + "reg", module, opt, interval)]
+    return phases
+
+
+def build_run(options: dict[str, Any], device: torch.device, rank: int = 0, world_size: int = 1) -> Run:
+    """Create dataset, networks, optimisers, augmentation and loss from a resolved options dict."""
+    seed = int(options["seed"])
+    torch.manual_seed(seed * world_size + rank)
+    np.random.seed((seed * world_size + rank) % (1 << 31))
+    dataset = open_dataset(**options["dataset_kwargs"])
+    G = Generator(**options["G_kwargs"]).train().requires_grad_(False).to(device)
+    D = Discriminator(**options["D_kwargs"]).train().requires_grad_(False).to(device)
+    G_ema = copy.deepcopy(G).eval()
+    augment_pipe, ada = build_augment(options, device)
+    align = AlignOptions(**options["align"]) if options.get("align") else None
+    loss = StyleGAN2Loss(G, D, augment_pipe=augment_pipe, align=align, **options["loss_kwargs"])
+    batch_gen = torch.Generator().manual_seed(seed)
+    return Run(options, device, rank, world_size, dataset, G, D, G_ema, loss, build_phases(options, G, D),
+               augment_pipe, ada, batch_gen)
+
+
+def start_data(run: Run) -> None:
+    """(Re)start the data iterator at the run's current position (exact resume of the data stream)."""
+    opts = run.options
+    per_rank = opts["batch"] // run.world_size
+    sampler = InfiniteSampler(len(run.dataset), rank=run.rank, num_replicas=run.world_size, seed=opts["seed"],
+                              start=run.progress.batch_idx * per_rank)
+    workers = int(opts["workers"])
+    loader = torch.utils.data.DataLoader(run.dataset, sampler=sampler, batch_size=per_rank, num_workers=workers,
+                                         pin_memory=run.device.type == "cuda",
+                                         prefetch_factor=2 if workers > 0 else None,
+                                         persistent_workers=workers > 0)
+    # Creating the iterator draws a base seed from torch's global RNG; keep the training stream intact.
+    with torch.random.fork_rng(devices=[]):
+        run.data_iter = iter(loader)
+
+
+# ---------------------------------------------------------------------------------------------------
+# One training iteration.
+
+
+def _sample_batch(run: Run):
+    """Latents, labels and heatmaps for every phase, drawn for the GLOBAL batch from the shared
+    `batch_gen` and sliced for this rank — the same samples whatever the world size."""
+    opts, n_phases = run.options, len(run.phases)
+    total = opts["batch"] * n_phases
+    z = torch.randn([total, run.G.z_dim], generator=run.batch_gen)
+    if run.dataset.has_labels:
+        idx = torch.randint(len(run.dataset), [total], generator=run.batch_gen)
+        c = torch.from_numpy(np.stack([run.dataset.get_label(int(i)) for i in idx]))
+    else:
+        c = torch.zeros([total, run.G.c_dim])
+    spec = run.G.heatmap_sampler(total, generator=run.batch_gen) if run.G.heatmap_sampler else None
+    per_rank = opts["batch"] // run.world_size
+    out = []
+    for p in range(n_phases):
+        start = p * opts["batch"] + run.rank * per_rank
+        rows = list(range(start, start + per_rank))
+        sub_spec = spec.select(rows).to(run.device) if spec is not None else None
+        out.append((z[rows].to(run.device), c[rows].to(run.device), sub_spec))
+    return out
+
+
+def _split(x, n: int):
+    return [x[i * n:(i + 1) * n] for i in range(len(x) // n)]
+
+
+def _run_phase(run: Run, phase: Phase, real_img, real_c, gen) -> None:
+    opts = run.options
+    bg = opts["batch_gpu"]
+    rounds = (opts["batch"] // run.world_size) // bg
+    gen_z, gen_c, spec = gen
+    phase.opt.zero_grad(set_to_none=True)
+    phase.module.requires_grad_(True)
+    for r in range(rounds):
+        rows = list(range(r * bg, (r + 1) * bg))
+        sub_spec = spec.select(rows) if spec is not None else None
+        run.loss.accumulate_gradients(phase.name, real_img[r * bg:(r + 1) * bg], real_c[r * bg:(r + 1) * bg],
+                                      gen_z[r * bg:(r + 1) * bg], gen_c[r * bg:(r + 1) * bg], sub_spec,
+                                      gain=phase.interval)
+    phase.module.requires_grad_(False)
+    params = [p for p in phase.module.parameters()]
+    distributed.average_gradients(params, divisor=rounds * run.world_size)
+    nan_to_num_(p.grad for p in params)
+    phase.opt.step()
+
+
+def train_step(run: Run) -> None:
+    """One minibatch: every due phase, then the EMA and ADA updates."""
+    opts, prog = run.options, run.progress
+    real_img, real_c = next(run.data_iter)
+    real_img = real_img.to(run.device).to(torch.float32) / 127.5 - 1
+    real_c = real_c.to(run.device)
+    gens = _sample_batch(run)
+    for phase, gen in zip(run.phases, gens):
+        if prog.batch_idx % phase.interval != 0:
+            continue
+        t0 = time.perf_counter()
+        _run_phase(run, phase, real_img, real_c, gen)
+        training_stats.report(f"Timing/{phase.name}", time.perf_counter() - t0)
+        if phase.name.startswith("D") and run.ada is not None and getattr(run.loss, "last_real_logits", None) is not None:
+            run.ada.accumulate(run.loss.last_real_logits)
+    update_ema(run)
+    prog.cur_nimg += opts["batch"]
+    prog.batch_idx += 1
+    if run.ada is not None:
+        run.ada.step()
+
+
+@torch.no_grad()
+def update_ema(run: Run) -> None:
+    """G_ema <- G + beta (G_ema - G), beta = 0.5 ** (batch / ema_nimg); buffers copied verbatim."""
+    opts = run.options
+    ema_nimg = opts["ema_kimg"] * 1000
+    if opts["ema_rampup"] is not None:
+        ema_nimg = min(ema_nimg, run.progress.cur_nimg * opts["ema_rampup"])
+    beta = 0.5 ** (opts["batch"] / max(ema_nimg, 1e-8))
+    for p_ema, p in zip(run.G_ema.parameters(), run.G.parameters()):
+        p_ema.copy_(p.detach().lerp(p_ema, beta))
+    for b_ema, b in zip(run.G_ema.buffers(), run.G.buffers()):
+        b_ema.copy_(b)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Snapshots and resume.
+
+
+def _rng_state(run: Run) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "batch_gen": run.batch_gen.get_state()}
+    if run.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(run.device)
+    return state
+
+
+def make_snapshot(run: Run) -> dict[str, Any]:
+    prog = run.progress
+    state = {
+        "progress": {"cur_nimg": prog.cur_nimg, "cur_tick": prog.cur_tick + 1, "batch_idx": prog.batch_idx,
+                     "tick_start_nimg": prog.cur_nimg, "world_size": run.world_size},
+        "optimizers": {ph.name[0]: ph.opt.state_dict() for ph in run.phases},
+        "loss": run.loss.state_dict(),
+        "ada": run.ada.state_dict() if run.ada is not None else None,
+        "rng": _rng_state(run),
+    }
+    pipe = run.augment_pipe
+    return {
+        "networks": {"G": checkpoint.pack_module(run.G), "D": checkpoint.pack_module(run.D),
+                     "G_ema": checkpoint.pack_module(run.G_ema)},
+        "augment_pipe": None if pipe is None else {"init_kwargs": pipe.init_kwargs,
+                                                   "state_dict": {k: v.cpu() for k, v in pipe.state_dict().items()}},
+        "state": state,
+        "training_options": run.options,
+    }
+
+
+def restore(run: Run, snap: dict[str, Any], path: str) -> None:
+    """Load every piece of training state from a snapshot into `run`."""
+    nets = snap["networks"]
+    for name, module in (("G", run.G), ("D", run.D), ("G_ema", run.G_ema)):
+        try:
+            module.load_state_dict(nets[name]["state_dict"])
+        except (RuntimeError, KeyError) as err:
+            raise TrainingError(f"--resume={path}: {name} does not match this run's architecture "
+                                f"({str(err).splitlines()[0]})") from None
+    state = snap.get("state")
+    if run.augment_pipe is not None and snap.get("augment_pipe") is not None:
+        run.augment_pipe.load_state_dict(snap["augment_pipe"]["state_dict"])
+    if state is None:  # a network-only file: start counters at 0 with its weights (transfer learning)
+        return
+    for ph in run.phases:
+        ph.opt.load_state_dict(state["optimizers"][ph.name[0]])
+    run.loss.load_state_dict(state["loss"])
+    if run.ada is not None and state.get("ada") is not None:
+        run.ada.load_state_dict(state["ada"])
+    prog = state["progress"]
+    run.progress = Progress(prog["cur_nimg"], prog["cur_tick"], prog["batch_idx"], prog["tick_start_nimg"])
+    rng = state["rng"]
+    run.batch_gen.set_state(rng["batch_gen"])
+    if prog.get("world_size", 1) == run.world_size and run.rank == 0:
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and run.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], run.device)
+    else:
+        # Another world size: per-rank streams cannot be carried over; derive fresh ones from the position.
+        torch.manual_seed((int(run.options["seed"]) * 1_000_003 + prog["cur_nimg"]) * 64 + run.rank)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Maintenance at tick ends.
+
+
+def _check_finite(run: Run) -> None:
+    for name, module in (("G", run.G), ("D", run.D)):
+        for pname, p in module.named_parameters():
+            if not torch.isfinite(p).all():
+                raise TrainingError(f"{name}.{pname} became NaN/inf at kimg {run.progress.cur_nimg / 1000:.1f}; "
+                                    f"training diverged. Resume from the last snapshot with a lower learning "
+                                    f"rate or a larger --gamma.")
+
+
+def _status_line(run: Run, tick_time: float, total_time: float, maint: float, tick_nimg: int) -> str:
+    prog = run.progress
+    fields = [f"tick {prog.cur_tick:<5d}", f"kimg {prog.cur_nimg / 1000:<9.3f}", f"time {format_time(total_time):<12s}",
+              f"sec/tick {tick_time:<7.1f}", f"sec/kimg {tick_time / max(tick_nimg, 1) * 1000:<7.2f}",
+              f"maintenance {maint:<6.1f}"]
+    try:
+        import resource
+
+        fields.append(f"cpumem {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:<6.2f}")
+    except ImportError:
+        pass
+    if run.device.type == "cuda":
+        fields.append(f"gpumem {torch.cuda.max_memory_allocated(run.device) / 2**30:<6.2f}")
+        torch.cuda.reset_peak_memory_stats(run.device)
+    p = float(run.augment_pipe.p) if run.augment_pipe is not None else 0.0
+    fields.append(f"augment {p:.3f}")
+    training_stats.report0("Progress/tick", prog.cur_tick)
+    training_stats.report0("Progress/kimg", prog.cur_nimg / 1000)
+    training_stats.report0("Progress/augment", p)
+    training_stats.report0("Timing/sec_per_tick", tick_time)
+    training_stats.report0("Timing/sec_per_kimg", tick_time / max(tick_nimg, 1) * 1000)
+    training_stats.report0("Timing/maintenance_sec", maint)
+    return " ".join(fields)
+
+
+class RunWriter:
+    """Rank 0's outputs: stats.jsonl, TensorBoard, image grids, snapshots, metrics."""
+
+    def __init__(self, run_dir: str, run: Run):
+        self.run_dir = Path(run_dir)
+        self.stats_file = open(self.run_dir / "stats.jsonl", "a")
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.run_dir))
+        except ImportError as err:
+            print(f"Skipping TensorBoard output: {err}")
+        self.grid = images.setup_grid(run.dataset, run.G, seed=int(run.options["seed"]))
+
+    def write_stats(self, collector: training_stats.Collector, kimg: float) -> None:
+        stats = collector.as_dict()
+        self.stats_file.write(json.dumps(dict(stats, timestamp=time.time())) + "\n")
+        self.stats_file.flush()
+        if self.tb is not None:
+            step = int(kimg * 1000)
+            for name, value in stats.items():
+                self.tb.add_scalar(name, value["mean"], global_step=step)
+            self.tb.flush()
+
+    def write_fakes(self, run: Run, name: str) -> None:
+        grid = images.render_grid(run.G_ema, self.grid, run.device)
+        images.save_image_grid(grid, self.run_dir / name)
+        if self.tb is not None:
+            self.tb.add_image("Fakes", grid, global_step=run.progress.cur_nimg, dataformats="HWC")
+
+    def close(self) -> None:
+        self.stats_file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _run_metrics(run: Run, snapshot_path: Path | None, run_dir: str, tb) -> None:
+    if not run.options["metrics"]:
+        return
+    from metrics import metric_main
+
+    for name in run.options["metrics"]:
+        result = metric_main.calc_metric(name, G=run.G_ema, dataset_kwargs=run.options["dataset_kwargs"],
+                                         device=run.device, num_gpus=run.world_size, rank=run.rank)
+        if run.rank == 0:
+            metric_main.report_metric(result, run_dir=run_dir, snapshot_path=snapshot_path, tb_writer=tb)
+
+
+def _maintenance(run: Run, writer: RunWriter | None, run_dir: str, done: bool) -> None:
+    """Tick end: snapshot, grid and metrics when due. Runs under forked RNG (see module docstring)."""
+    opts, prog = run.options, run.progress
+    _check_finite(run)
+    snap = opts["snap"]
+    if not (snap and (done or prog.cur_tick % snap == 0)):
+        return
+    snapshot_path = None
+    for name, module in (("G", run.G), ("D", run.D), ("G_ema", run.G_ema)):
+        distributed.params_agree(module, name)
+    if run.rank == 0:
+        writer.write_fakes(run, f"fakes{prog.cur_nimg // 1000:06d}.png")
+        snapshot_path = Path(run_dir) / f"network-snapshot-{prog.cur_nimg // 1000:06d}.pt"
+        checkpoint.save_snapshot(snapshot_path, make_snapshot(run))
+    _run_metrics(run, snapshot_path, run_dir, writer.tb if writer is not None else None)
+
+
+def training_loop(run_dir: str, options: dict[str, Any], device: torch.device | str = "cpu", rank: int = 0,
+                  world_size: int = 1, resume: str | None = None, progress_bar: bool = True) -> Run:
+    """Train until `options['kimg']`; rank 0 writes everything under `run_dir`. Returns the final Run."""
+    device = torch.device(device)
+    run = build_run(options, device, rank, world_size)
+    if resume:
+        restore(run, checkpoint.load_snapshot(resume), resume)
+        if rank == 0:
+            print(f"Resumed from {resume} at kimg {run.progress.cur_nimg / 1000:.3f}, tick {run.progress.cur_tick}")
+    writer = RunWriter(run_dir, run) if rank == 0 else None
+    if rank == 0 and run.progress.cur_nimg == 0:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            images.save_image_grid(images.real_grid(run.dataset, writer.grid), Path(run_dir) / "reals.png")
+            writer.write_fakes(run, "fakes_init.png")
+    start_data(run)
+    collector = training_stats.Collector(regex=".*")
+    total_nimg = int(options["kimg"] * 1000)
+    start_time = tick_start_time = time.time()
+    maint = 0.0
+    bar = None
+    while True:
+        if bar is None and rank == 0 and progress_bar and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=int(options["kimg_per_tick"] * 1000), unit="img", leave=False, mininterval=2)
+        train_step(run)
+        if bar is not None:
+            bar.update(options["batch"])
+        prog = run.progress
+        done = prog.cur_nimg >= total_nimg
+        if not done and prog.cur_tick != 0 and prog.cur_nimg < prog.tick_start_nimg + options["kimg_per_tick"] * 1000:
+            continue
+        if bar is not None:
+            bar.close()
+            bar = None
+        tick_time = time.time() - tick_start_time
+        line = _status_line(run, tick_time, time.time() - start_time, maint, prog.cur_nimg - prog.tick_start_nimg)
+        if rank == 0:
+            print(line, flush=True)
+        maint_start = time.time()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            _maintenance(run, writer, run_dir, done)
+        collector.update()
+        if rank == 0:
+            writer.write_stats(collector, prog.cur_nimg / 1000)
+        prog.cur_tick += 1
+        prog.tick_start_nimg = prog.cur_nimg
+        tick_start_time = time.time()
+        maint = tick_start_time - maint_start
+        if done:
+            break
+    if writer is not None:
+        writer.close()
+        print("Exiting...")
+    return run
