@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements-dev.txt setup.py
 install: $(VENV)/.installed
 
 test: install
-	$(VPY) -m pytest -q
+	$(VPY) -m pytest -q -n 2 --dist=loadfile
 
 lint: install
 	$(VPY) -m ruff check .

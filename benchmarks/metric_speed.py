@@ -29,11 +29,13 @@ def tiny_generator(device: torch.device):
 
     G = networks.Generator(z_dim=64, c_dim=0, w_dim=64, img_resolution=32, img_channels=3,
                            mapping_kwargs=dict(num_layers=2),
-                           synthesis_kwargs=dict(channel_base=1024, channel_max=64, num_fp16_res=0, conv_clamp=None))
+                           synthesis_kwargs=dict(channel_base=1024, channel_max=64, num_fp16_res=0,
+                                                 conv_clamp=None))
     return G.eval().requires_grad_(False).to(device)
 
 
-def inception_throughput(device: torch.device, source: str | None, batch: int = 64, repeats: int = 3) -> float:
+def inception_throughput(device: torch.device, source: str | None, batch: int = 64,
+                         repeats: int = 3) -> float:
     det = detectors.get_detector("inception", source, device)
     images = torch.randint(0, 256, [batch, 3, 32, 32], dtype=torch.uint8, device=device)
     det(images)  # warm-up (lazy init, cudnn autotune)

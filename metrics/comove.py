@@ -54,8 +54,8 @@ def _synthetic_segmenter(kind: str) -> Segmenter:
 
 def _maskrcnn_segmenter(weights: str | None, device: torch.device) -> Segmenter:
     if not weights or not os.path.isfile(weights):
-        raise RuntimeError(f"The maskrcnn segmenter needs a torchvision maskrcnn_resnet50_fpn state dict: pass "
-                           f"--segmenter-weights=FILE (got {weights!r}); nothing is downloaded.")
+        raise RuntimeError("The maskrcnn segmenter needs a torchvision maskrcnn_resnet50_fpn state dict: "
+                           f"pass --segmenter-weights=FILE (got {weights!r}); nothing is downloaded.")
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
     state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -110,7 +110,7 @@ def _default_move():
 
 
 def centroid(mask: torch.Tensor) -> torch.Tensor:
-    """Mean pixel position of a bool mask `[H, W]` as normalised (x, y) (pixel centres at (i + 0.5) / size)."""
+    """Mean pixel position of a bool mask `[H, W]` as normalised (x, y); pixel i sits at (i + 0.5) / size."""
     ys, xs = torch.nonzero(mask, as_tuple=True)
     h, w = mask.shape
     return torch.stack([(xs.float().mean() + 0.5) / w, (ys.float().mean() + 0.5) / h])
@@ -193,7 +193,8 @@ def _sample_ratio(segmenter: Segmenter, img0: torch.Tensor, img1: torch.Tensor, 
         return None
     masks1, classes1 = _segment(segmenter, img1)
     colour0 = mean_colours(img0, masks0[k0:k0 + 1])[0]
-    k1 = match_object(colour0, None if classes0 is None else classes0[k0], mean_colours(img1, masks1), classes1)
+    class0 = None if classes0 is None else classes0[k0]
+    k1 = match_object(colour0, class0, mean_colours(img1, masks1), classes1)
     if k1 is None:
         counts["skipped_no_match"] += 1
         return None
@@ -212,7 +213,8 @@ def _batch_ratios(opts, segmenter, move_fn, n: int, batch_idx: int, counts: dict
     spec = G.heatmap_sampler(n, generator=gen, device=opts.device)
     plans, moved = _plan_moves(spec, rng, move_fn, counts)
     img0 = metric_utils.to_uint8(G(z, c, heatmaps=spec, truncation_psi=1, noise_mode="const"))
-    img1 = metric_utils.to_uint8(G(z, c, heatmaps=type(spec).cat(moved), truncation_psi=1, noise_mode="const"))
+    spec1 = type(spec).cat(moved)
+    img1 = metric_utils.to_uint8(G(z, c, heatmaps=spec1, truncation_psi=1, noise_mode="const"))
     ratios = []
     for i, plan in enumerate(plans):
         if plan is not None:
@@ -226,10 +228,11 @@ def compute_comove(opts: metric_utils.MetricOptions, num_samples: int, batch_siz
                    move_fn=None) -> dict[str, float]:
     """Co-move ratio statistics over `num_samples` samples (see the module docstring)."""
     if getattr(opts.G, "heatmap_sampler", None) is None:
-        raise ValueError("comove needs a spatial generator (G.heatmap_sampler is None: the baseline cannot move "
-                         "objects)")
+        raise ValueError("comove needs a spatial generator (G.heatmap_sampler is None: the baseline "
+                         "cannot move objects)")
     if opts.segmenter is None:
-        raise ValueError("comove needs a segmenter: pass --segmenter=synthetic:<kind> or --segmenter=maskrcnn")
+        raise ValueError("comove needs a segmenter: pass --segmenter=synthetic:<kind> or "
+                         "--segmenter=maskrcnn")
     segmenter = get_segmenter(opts.segmenter, opts.segmenter_weights, opts.device)
     move_fn = move_fn or _default_move()
     counts = dict(skipped_no_move=0, skipped_no_object=0, skipped_no_match=0)
@@ -250,5 +253,6 @@ def summarize(ratios: np.ndarray, skipped: dict[str, int]) -> dict[str, float]:
     used = int(ratios.size)
     mean = float(ratios.mean()) if used else float("nan")
     std = float(ratios.std(ddof=1)) if used > 1 else float("nan")
-    return dict(comove_ratio=mean, comove_std=std, comove_sem=std / math.sqrt(used) if used > 1 else float("nan"),
-                comove_used=used, comove_skipped=sum(skipped.values()), **{f"comove_{k}": v for k, v in skipped.items()})
+    sem = std / math.sqrt(used) if used > 1 else float("nan")
+    return dict(comove_ratio=mean, comove_std=std, comove_sem=sem, comove_used=used,
+                comove_skipped=sum(skipped.values()), **{f"comove_{k}": v for k, v in skipped.items()})

@@ -16,7 +16,8 @@ def kid_from_features(gen: np.ndarray, real: np.ndarray, num_subsets: int = 100,
                       seed: int = 0) -> float:
     """KID between features `gen [Ng, D]` and `real [Nr, D]` (float)."""
     if gen.ndim != 2 or real.ndim != 2 or gen.shape[1] != real.shape[1]:
-        raise ValueError(f"features must be [N, D] with equal D, got {list(gen.shape)} and {list(real.shape)}")
+        raise ValueError(f"features must be [N, D] with equal D, got {list(gen.shape)} and "
+                         f"{list(real.shape)}")
     n = gen.shape[1]
     m = min(gen.shape[0], real.shape[0], max_subset_size)
     if m < 2:
@@ -36,7 +37,8 @@ def compute_kid(opts: metric_utils.MetricOptions, max_real: int | None, num_gen:
                 max_subset_size: int = 1000, **dataset_overrides) -> float:
     real = metric_utils.compute_feature_stats_for_dataset(
         opts, "inception", max_items=max_real, capture_all=True, **dataset_overrides).get_all()
-    gen = metric_utils.compute_feature_stats_for_generator(opts, "inception", num_gen, capture_all=True).get_all()
+    gen = metric_utils.compute_feature_stats_for_generator(opts, "inception", num_gen,
+                                                           capture_all=True).get_all()
     if opts.rank != 0:
         return float("nan")
     return kid_from_features(gen, real, num_subsets, max_subset_size, seed=opts.seed)

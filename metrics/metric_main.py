@@ -146,19 +146,21 @@ def calc_metric(metric: str, G=None, dataset_kwargs: dict | None = None, device:
                 detector_sources: dict | None = None, **opts_kwargs) -> dict:
     """Compute one metric -> dict(results, metric, total_time, total_time_str, num_gpus, snapshot, timestamp).
 
-    `opts_kwargs` go to `MetricOptions` (seed, batch_size, gather, segmenter, segmenter_weights, dataset, ...).
+    `opts_kwargs` go to `MetricOptions` (seed, batch_size, gather, segmenter, segmenter_weights, dataset...).
     """
     fn = _resolve(metric)
     if fn is None:
         raise ValueError(f"metric={metric!r} is not valid; valid: {', '.join(list_valid_metrics())}")
-    opts = metric_utils.MetricOptions(G=G, dataset_kwargs=dict(dataset_kwargs or {}), device=torch.device(device),
+    opts = metric_utils.MetricOptions(G=G, dataset_kwargs=dict(dataset_kwargs or {}),
+                                      device=torch.device(device),
                                       num_gpus=num_gpus, rank=rank, cache=cache, progress=progress,
                                       detector_sources=dict(detector_sources or {}), **opts_kwargs)
     start = time.time()
     results = fn(opts)
     total = time.time() - start
     return dict(results=util.EasyDict(results), metric=metric, total_time=total,
-                total_time_str=util.format_time(total), num_gpus=num_gpus, snapshot=None, timestamp=time.time())
+                total_time_str=util.format_time(total), num_gpus=num_gpus, snapshot=None,
+                timestamp=time.time())
 
 
 def report_metric(result: dict, run_dir: str | None = None, snapshot_path: str | None = None,

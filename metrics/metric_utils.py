@@ -115,7 +115,8 @@ class FeatureStats:
         else:
             out.num_items = int(gather(torch.tensor([self.num_items])).sum())
         if self.capture_mean_cov:
-            out.num_items, out.num_features = int(gather(torch.tensor([self.num_items])).sum()), self.num_features
+            out.num_items = int(gather(torch.tensor([self.num_items])).sum())
+            out.num_features = self.num_features
             out.raw_sum = gather(torch.from_numpy(self.raw_sum)[None]).sum(0).numpy()
             out.raw_outer = gather(torch.from_numpy(self.raw_outer)[None]).sum(0).numpy()
         return out
@@ -134,7 +135,8 @@ class FeatureStats:
         return mean, self.raw_outer / self.num_items - np.outer(mean, mean)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        d = {"num_items": np.array(self.num_items), "flags": np.array([self.capture_all, self.capture_mean_cov])}
+        d = {"num_items": np.array(self.num_items),
+             "flags": np.array([self.capture_all, self.capture_mean_cov])}
         if self.capture_all:
             d["all"] = self.get_all()
         if self.capture_mean_cov:
@@ -197,7 +199,8 @@ def iterate_real_images(opts: MetricOptions, dataset, max_items: int | None) -> 
     """This rank's share of the first `max_items` dataset items as uint8 batches `[n, C, H, W]`."""
     num = len(dataset) if max_items is None else min(len(dataset), max_items)
     indices = list(range(opts.rank, num, opts.num_gpus))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=opts.batch_size,
+    subset = torch.utils.data.Subset(dataset, indices)
+    loader = torch.utils.data.DataLoader(subset, batch_size=opts.batch_size,
                                          num_workers=opts.num_workers, collate_fn=_collate_images)
     yield from loader
 
@@ -223,6 +226,11 @@ def sample_labels(opts: MetricOptions, n: int, rng: np.random.RandomState) -> to
     return torch.as_tensor(np.stack(labels), dtype=torch.float32, device=opts.device)
 
 
+def numpy_rng(gen: torch.Generator) -> np.random.RandomState:
+    """A NumPy RNG seeded from one draw of `gen` (for dataset-label picks that follow the batch seed)."""
+    return np.random.RandomState(int(torch.randint(2**31 - 1, [1], generator=gen, device=gen.device)))
+
+
 def batch_generator(opts: MetricOptions, batch_idx: int, salt: int = 0) -> torch.Generator:
     """Seeded torch.Generator for one batch, so results do not depend on how batches go to ranks."""
     return torch.Generator(opts.device).manual_seed(int(opts.seed) * 1_000_003 + batch_idx * 7919 + salt)
@@ -230,10 +238,12 @@ def batch_generator(opts: MetricOptions, batch_idx: int, salt: int = 0) -> torch
 
 @torch.no_grad()
 def generate_batch(opts: MetricOptions, n: int, gen: torch.Generator, **G_kwargs) -> torch.Tensor:
-    """`n` generated uint8 images `[n, C, H, W]`: G(z, c, heatmaps=None, truncation_psi=1, noise_mode='random')."""
+    """`n` generated uint8 images `[n, C, H, W]`: G(z, c, heatmaps=None, truncation_psi=1, noise_mode=random).
+
+    A spatial G samples its own heatmaps from `G.heatmap_sampler` with `gen`."""
     G = opts.G
     z = torch.randn([n, G.z_dim], generator=gen, device=opts.device)
-    c = sample_labels(opts, n, np.random.RandomState(int(torch.randint(2**31 - 1, [1], generator=gen, device=gen.device))))
+    c = sample_labels(opts, n, numpy_rng(gen))
     kwargs = dict(heatmaps=None, truncation_psi=1, noise_mode="random", generator=gen)
     kwargs.update(G_kwargs)
     return to_uint8(G(z, c, **kwargs))

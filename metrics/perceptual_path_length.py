@@ -48,8 +48,7 @@ def _latents(opts: metric_utils.MetricOptions, space: str, n: int, t: torch.Tens
     """ws `[2n, num_ws, w_dim]`: rows 0..n-1 at t, rows n..2n-1 at t + eps."""
     G = opts.G
     z = torch.randn([n * 2, G.z_dim], generator=gen, device=opts.device)
-    c = metric_utils.sample_labels(opts, n, np.random.RandomState(int(torch.randint(2**31 - 1, [1], generator=gen,
-                                                                                  device=gen.device))))
+    c = metric_utils.sample_labels(opts, n, metric_utils.numpy_rng(gen))
     c2 = torch.cat([c, c])
     if space == "w":
         w = G.mapping(z, c2)

@@ -42,7 +42,8 @@ def precision_recall(real: np.ndarray | torch.Tensor, gen: np.ndarray | torch.Te
     real = torch.as_tensor(real, dtype=torch.float32, device=device)
     gen = torch.as_tensor(gen, dtype=torch.float32, device=device)
     if min(real.shape[0], gen.shape[0]) <= k:
-        raise ValueError(f"k={k} needs more than k points per set, got {real.shape[0]} real, {gen.shape[0]} gen")
+        raise ValueError(f"k={k} needs more than k points per set, got {real.shape[0]} real, "
+                         f"{gen.shape[0]} generated")
     precision = _coverage(real, _radii(real, k, batch), gen, batch)
     recall = _coverage(gen, _radii(gen, k, batch), real, batch)
     return precision, recall

@@ -53,7 +53,9 @@ def laplacian_pyramid(images: torch.Tensor, min_res: int = MIN_RES) -> list[torc
 
 def extract_descriptors(level: torch.Tensor, gen: torch.Generator, count: int = DESCRIPTORS_PER_IMAGE,
                         patch: int = PATCH) -> torch.Tensor:
-    """`count` random patch x patch neighbourhoods per image of `[N, C, r, r]` -> `[N * count, C * patch^2]`."""
+    """`count` random patch x patch neighbourhoods per image: `[N, C, r, r]` -> `[N * count, C * patch^2]`.
+
+    Patch positions are uniform over all fully inside positions."""
     n, c, h, w = level.shape
     if h < patch or w < patch:
         raise ValueError(f"pyramid level {h}x{w} is smaller than the {patch}x{patch} neighbourhood")
@@ -74,8 +76,9 @@ def normalize_descriptors(desc: torch.Tensor, channels: int) -> torch.Tensor:
     return ((d - mean) / std).view(desc.shape[0], -1)
 
 
-def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, gen: torch.Generator, num_directions: int = NUM_DIRECTIONS,
-                       num_repeats: int = NUM_REPEATS, chunk: int = 64) -> float:
+def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, gen: torch.Generator,
+                       num_directions: int = NUM_DIRECTIONS, num_repeats: int = NUM_REPEATS,
+                       chunk: int = 64) -> float:
     """Mean over repeats of the mean |sorted(a.v) - sorted(b.v)| over random unit directions v."""
     m = min(a.shape[0], b.shape[0])
     a, b = a[:m], b[:m]

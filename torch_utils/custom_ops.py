@@ -76,27 +76,35 @@ def _digest(files: Sequence[Path], flags: Sequence[str]) -> str:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock; released by the OS even if the holder dies (unlike a baton file)."""
+def _file_lock(path: Path) -> Iterator[bool]:
+    """Exclusive advisory lock; released by the OS even if the holder dies (unlike a baton file).
+
+    Yields whether the lock is really held (False on systems without fcntl, e.g. Windows, where
+    cpp_extension's own baton file still serialises the build).
+    """
     try:
         import fcntl
-    except ImportError:  # Windows: no fcntl; cpp_extension's own baton still serialises the build
-        yield
+    except ImportError:
+        yield False
         return
     with open(path, "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def summarize_error(err: BaseException, max_lines: int = 4, max_chars: int = 600) -> str:
     """The compiler's `error` lines of a failed build (or the exception text), shortened."""
-    text = str(err)
-    lines = [ln.strip() for ln in text.splitlines() if re.search(r"\berror\b", ln, re.IGNORECASE)]
-    summary = " | ".join(lines[:max_lines]) if lines else text.strip().splitlines()[0] if text.strip() else ""
-    summary = summary or type(err).__name__
+    # cpp_extension puts "Error building extension 'x': " plus ninja's whole output (command lines
+    # included) into one message; the compiler's and linker's diagnostics are what a user needs.
+    text = re.sub(r"Error building extension '[^']*':?", "", str(err))
+    pattern = r"\berror\b\s*:|cannot find -l|undefined reference|No such file"
+    lines = [ln.strip() for ln in text.splitlines() if re.search(pattern, ln, re.IGNORECASE)]
+    if not lines:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()][:1]
+    summary = " | ".join(lines[:max_lines]) or type(err).__name__
     return summary if len(summary) <= max_chars else summary[: max_chars - 3] + "..."
 
 
@@ -133,9 +141,15 @@ def _build(name: str, sources: list[Path], headers: list[Path], cuda_flags: list
     _setup_cuda_env()
     build_dir = cache_dir("torch_extensions", f"{name}-{_digest([*sources, *headers], cuda_flags)}")
     loud = verbose and _is_rank_zero()
-    if _is_rank_zero():
-        print(f"Setting up CUDA extension {name!r} in {build_dir} ...", file=sys.stderr, flush=True)
-    with _file_lock(build_dir.with_name(build_dir.name + ".lock")):
+    if _is_rank_zero() and not any(build_dir.glob(f"{name}.*")):
+        print(f"Compiling CUDA extension {name!r} into {build_dir} (first use: a minute or two) ...",
+              file=sys.stderr, flush=True)
+    with _file_lock(build_dir.with_name(build_dir.name + ".lock")) as locked:
+        if locked:
+            # Older torch versions guard the build with a baton file whose mere existence blocks; one
+            # left by a killed build would hang every later load. Holding our lock, nobody else is
+            # building here, so any such file is stale (newer torch uses an OS lock: removal is harmless).
+            (build_dir / "lock").unlink(missing_ok=True)
         quiet = contextlib.nullcontext() if loud else _silence_stdout()
         with quiet:
             return cpp_ext.load(name=name, sources=[str(s) for s in sources], extra_cuda_cflags=cuda_flags,

@@ -102,6 +102,13 @@ def _embed3d(m3: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
     return out
 
 
+def _is_identity(mats: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
+    """Bool [N]: which of `mats [N, k, k]` are the identity up to rounding (such samples are passed
+    through untouched instead of being resampled)."""
+    eye = torch.eye(mats.shape[1], device=mats.device, dtype=mats.dtype)
+    return (mats - eye).abs().flatten(1).amax(dim=1) <= tol
+
+
 def _reflect(idx: torch.Tensor, size: int) -> torch.Tensor:
     """Map integer indices into [0, size) by mirroring about the edge pixels (like F.pad 'reflect',
     but for any distance, by repeating the reflection periodically)."""
@@ -213,7 +220,8 @@ class AugmentPipe(torch.nn.Module):
         if float(self.p) == 0:
             return images
         p = self.p.to(images.device)
-        x = images
+        # Half-precision coordinates would misplace samples by up to a pixel: work in float32.
+        x = images if images.dtype in (torch.float32, torch.float64) else images.float()
         if self.xflip > 0 or self.rotate90 > 0 or self.xint > 0:
             x = self._blit(x, p)
         if self.scale > 0 or self.rotate > 0 or self.aniso > 0 or self.xfrac > 0:
@@ -226,7 +234,7 @@ class AugmentPipe(torch.nn.Module):
             x = self._noise(x, p)
         if self.cutout > 0:
             x = self._cutout(x, p)
-        return x
+        return x.to(images.dtype)
 
     # -- random draws ---------------------------------------------------------------------------------
 
@@ -301,7 +309,7 @@ class AugmentPipe(torch.nn.Module):
         n, _c, h, w = x.shape
         dev = x.device
         g_inv = self._geometric_matrix(n, w, h, p, dev)
-        identity = (g_inv == torch.eye(3, device=dev)).flatten(1).all(dim=1)
+        identity = _is_identity(g_inv)
         taps = self.hz_geom.shape[0]
         ext = taps // 2  # extra 2x-grid pixels on every side: support of the final downsampling
 
@@ -371,7 +379,7 @@ class AugmentPipe(torch.nn.Module):
         if c not in (1, 3):
             raise ValueError(f"colour augmentations need 1 or 3 channels, got images of shape {list(x.shape)}")
         c_mat = self._color_matrix(n, c, p, x.device)
-        identity = (c_mat == torch.eye(4, device=x.device)).flatten(1).all(dim=1)
+        identity = _is_identity(c_mat)
         c_mat = c_mat.to(x.dtype)
         if c == 3:
             y = c_mat[:, :3, :3] @ x.reshape(n, 3, h * w) + c_mat[:, :3, 3:]

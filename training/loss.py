@@ -42,14 +42,15 @@ class AlignOptions:
             raise ValueError(f"align.weight must be >= 0, got {self.weight!r}")
 
 
-def mix_styles(G, ws: torch.Tensor, z: torch.Tensor, c: torch.Tensor, prob: float) -> torch.Tensor:
+def mix_styles(G, ws: torch.Tensor, z: torch.Tensor, c: torch.Tensor, prob: float,
+               heatmap_vec: torch.Tensor | None = None) -> torch.Tensor:
     """Style mixing: with probability `prob`, ws[:, k:] come from a second latent, k ~ U{1..num_ws-1}."""
     if prob <= 0:
         return ws
     num_ws = ws.shape[1]
     cutoff = torch.empty([], dtype=torch.int64, device=ws.device).random_(1, num_ws)
     cutoff = torch.where(torch.rand([], device=ws.device) < prob, cutoff, torch.full_like(cutoff, num_ws))
-    ws2 = G.mapping(torch.randn_like(z), c, update_emas=False)
+    ws2 = G.mapping(torch.randn_like(z), c, update_emas=False, heatmap_vec=heatmap_vec)
     mask = torch.arange(num_ws, device=ws.device)[None, :, None] >= cutoff
     return torch.where(mask, ws2, ws)
 
@@ -98,18 +99,13 @@ class StyleGAN2Loss:
     # -- forward helpers ------------------------------------------------------------------------------
     def run_G(self, z, c, spec, update_emas: bool = False):
         """Returns (img [N,C,H,W], ws [N,num_ws,w_dim])."""
-        ws = self.G.mapping(z, c, update_emas=update_emas, **self._mapping_extra(spec))
-        ws = mix_styles(self.G, ws, z, c, self.style_mixing_prob) if self._can_mix(spec) else ws
+        # The `flatten` ablation feeds the flattened heatmap to the mapping network (None otherwise).
+        heatmap_vec = self.G.heatmap_vec(spec) if spec is not None else None
+        ws = self.G.mapping(z, c, update_emas=update_emas, heatmap_vec=heatmap_vec)
+        ws = mix_styles(self.G, ws, z, c, self.style_mixing_prob, heatmap_vec)
         object_ws = self.G.object_ws(spec, c) if spec is not None else None
         img = self.G.synthesis(ws, heatmaps=spec, object_ws=object_ws)
         return img, ws
-
-    def _mapping_extra(self, spec) -> dict:
-        # The `flatten` ablation feeds the heatmap to the mapping network.
-        return {"heatmaps": spec} if getattr(self.G, "maps_heatmaps", False) else {}
-
-    def _can_mix(self, spec) -> bool:
-        return self.style_mixing_prob > 0 and not getattr(self.G, "maps_heatmaps", False)
 
     def run_D(self, img, c, return_features: bool = False):
         if self.augment_pipe is not None:
@@ -139,7 +135,10 @@ class StyleGAN2Loss:
         for res, level in zip(resolutions, levels):
             sub_maps = heatmaps.render(spec, res, level).to(cams[res].dtype)
             if opts.indoor:
-                term = alignment.align_loss_indoor(cams[res], sub_maps, tau=opts.tau)
+                term, choice = alignment.align_loss_indoor(cams[res], sub_maps, tau=opts.tau,
+                                                           alive=spec.alive[level], return_choice=True)
+                # Fraction of samples whose attention matched the whole map H rather than one object.
+                training_stats.report(f"Align/picked_full_{res}", (choice == sub_maps.shape[1]).float())
             else:
                 term = alignment.truncated_l1(cams[res], alignment.normalize_target(sub_maps), tau=opts.tau)
             training_stats.report(f"Align/cam_mean_{res}", cams[res].mean())

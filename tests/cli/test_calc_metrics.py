@@ -29,19 +29,22 @@ def test_unknown_metric_lists_valid_ones(tmp_path):
 
 def test_missing_network_is_one_line_error(tmp_path):
     res = _invoke("--network", str(tmp_path / "missing.pt"), "--device", "cpu")
-    assert res.exit_code != 0 and res.output.strip() == f"Error: network file not found: {tmp_path / 'missing.pt'}"
+    assert res.exit_code != 0
+    assert res.output.strip() == f"Error: network file not found: {tmp_path / 'missing.pt'}"
 
 
 def test_corrupt_snapshot_is_one_line_error(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a snapshot")
     res = _invoke("--network", str(bad), "--device", "cpu")
-    assert res.exit_code != 0 and res.output.startswith("Error: ") and len(res.output.strip().splitlines()) == 1
+    assert res.exit_code != 0 and res.output.startswith("Error: ")
+    assert len(res.output.strip().splitlines()) == 1
 
 
 def test_detector_option_parsing():
     assert calc_metrics.parse_detector_option("a.pt") == {"inception": "a.pt", "inception_logits": "a.pt"}
-    assert calc_metrics.parse_detector_option("vgg16=v.pt,inception=i.pt") == {"vgg16": "v.pt", "inception": "i.pt"}
+    parsed = calc_metrics.parse_detector_option("vgg16=v.pt,inception=i.pt")
+    assert parsed == {"vgg16": "v.pt", "inception": "i.pt"}
     assert calc_metrics.parse_detector_option("file:///x=y.pt")["inception"] == "file:///x=y.pt"
 
 
@@ -50,7 +53,8 @@ def _tiny_snapshot(path, dataset_kwargs):
 
     G = networks.Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=3,
                            mapping_kwargs=dict(num_layers=2),
-                           synthesis_kwargs=dict(channel_base=256, channel_max=32, num_fp16_res=0, conv_clamp=None))
+                           synthesis_kwargs=dict(channel_base=256, channel_max=32, num_fp16_res=0,
+                                                 conv_clamp=None))
     packed = checkpoint.pack_module(G)
     checkpoint.save_snapshot(path, dict(networks=dict(G=packed, G_ema=packed),
                                         training_options=dict(dataset_kwargs=dataset_kwargs)))
@@ -66,12 +70,14 @@ def test_run_writes_jsonl_next_to_training_options(tmp_path):
     torch.jit.save(torch.jit.script(ToyDetector()), str(det))
     snap = tmp_path / "network-snapshot-000000.pt"
     _tiny_snapshot(snap, dict(data="synthetic:shapes:16", max_size=24))
-    res = _invoke("--network", str(snap), "--metrics", "fid24", "--device", "cpu", "--detector", str(det), "--quiet")
+    res = _invoke("--network", str(snap), "--metrics", "fid24", "--device", "cpu", "--detector", str(det),
+                  "--quiet")
     assert res.exit_code == 0, res.output
     line = json.loads(res.output.strip().splitlines()[-1])  # printed: no training_options.json there
     assert line["metric"] == "fid24" and line["results"]["fid24"] > 0
     (tmp_path / "training_options.json").write_text("{}")
-    res = _invoke("--network", str(snap), "--metrics", "fid24", "--device", "cpu", "--detector", str(det), "--quiet")
+    res = _invoke("--network", str(snap), "--metrics", "fid24", "--device", "cpu", "--detector", str(det),
+                  "--quiet")
     assert res.exit_code == 0, res.output
     rows = (tmp_path / "metric-fid24.jsonl").read_text().splitlines()
     assert len(rows) == 1 and json.loads(rows[0])["snapshot"] == snap.name

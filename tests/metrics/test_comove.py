@@ -69,8 +69,12 @@ def test_generator_ignoring_heatmap_has_ratio_zero():
 
 
 def test_samples_without_objects_are_skipped_and_counted():
-    out = _run(DiscGenerator(follow=True), n=8, segmenter=lambda img: (torch.zeros([0, 64, 64], dtype=torch.bool), []))
-    assert out["comove_used"] == 0 and out["comove_skipped_no_object"] == 8 and math.isnan(out["comove_ratio"])
+    def nothing(img):
+        return torch.zeros([0, 64, 64], dtype=torch.bool), []
+
+    out = _run(DiscGenerator(follow=True), n=8, segmenter=nothing)
+    assert out["comove_used"] == 0 and out["comove_skipped_no_object"] == 8
+    assert math.isnan(out["comove_ratio"])
 
 
 def test_helpers():

@@ -92,7 +92,8 @@ def test_package_inception_features():
 
 # Looked up in the user's real download cache (collection time, before the isolated cache is set up).
 NVIDIA_FILES = [(name, url, detectors.download_cache_path(url))
-                for name, url in [("vgg16", detectors.VGG16_URL), ("inception_logits", detectors.INCEPTION_URL)]]
+                for name, url in [("vgg16", detectors.VGG16_URL),
+                                  ("inception_logits", detectors.INCEPTION_URL)]]
 
 
 @pytest.mark.parametrize("name,url,path", NVIDIA_FILES)

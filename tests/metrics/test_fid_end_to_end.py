@@ -16,7 +16,8 @@ def test_fid1k_full_on_tiny_snapshot(tmp_path):
 
     G = networks.Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=3,
                            mapping_kwargs=dict(num_layers=2),
-                           synthesis_kwargs=dict(channel_base=512, channel_max=32, num_fp16_res=0, conv_clamp=None))
+                           synthesis_kwargs=dict(channel_base=512, channel_max=32, num_fp16_res=0,
+                                                 conv_clamp=None))
     path = tmp_path / "snap.pt"
     packed = checkpoint.pack_module(G)
     checkpoint.save_snapshot(path, dict(networks=dict(G_ema=packed), training_options=dict(

@@ -8,8 +8,8 @@ def test_kid_unbiased_for_identical_distributions():
     values = []
     for seed in range(8):
         rng = np.random.RandomState(seed)
-        values.append(kid_from_features(rng.randn(300, 8), rng.randn(300, 8), num_subsets=10, max_subset_size=100,
-                                        seed=seed))
+        values.append(kid_from_features(rng.randn(300, 8), rng.randn(300, 8), num_subsets=10,
+                                        max_subset_size=100, seed=seed))
     # Unbiased: individual estimates scatter around 0 (both signs), their mean is ~0.
     assert abs(np.mean(values)) < 3 * np.std(values) / np.sqrt(len(values)) + 1e-3
     assert min(values) < 0 < max(values) or abs(np.mean(values)) < 1e-3

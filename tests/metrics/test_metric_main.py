@@ -5,10 +5,10 @@ import pytest
 from metrics import metric_main
 
 
-@pytest.mark.parametrize("name", ["fid50k_full", "fid50k", "kid50k_full", "kid50k", "pr50k3_full", "pr50k3",
-                                  "ppl2_wend", "ppl_zfull", "ppl_wfull", "ppl_zend", "ppl_wend", "is50k", "swd",
-                                  "comove", "fid1k_full", "kid2k_full", "pr1k3_full", "comove1k", "fid64_full",
-                                  "swd2k", "comove300", "ppl2_wend1k"])
+@pytest.mark.parametrize("name", [
+    "fid50k_full", "fid50k", "kid50k_full", "kid50k", "pr50k3_full", "pr50k3", "ppl2_wend", "ppl_zfull",
+    "ppl_wfull", "ppl_zend", "ppl_wend", "is50k", "swd", "comove", "fid1k_full", "kid2k_full", "pr1k3_full",
+    "comove1k", "fid64_full", "swd2k", "comove300", "ppl2_wend1k"])
 def test_valid_names(name):
     assert metric_main.is_valid_metric(name)
 
@@ -31,7 +31,8 @@ def test_calc_metric_unknown_name_lists_valid_ones():
 def test_calc_and_report_fid(stub_G, toy_dataset, fake_detector, tmp_path):
     result = metric_main.calc_metric("fid32_full", stub_G, {}, "cpu", progress=False, dataset=toy_dataset,
                                      batch_size=16)
-    assert set(result) == {"results", "metric", "total_time", "total_time_str", "num_gpus", "snapshot", "timestamp"}
+    assert set(result) == {"results", "metric", "total_time", "total_time_str", "num_gpus", "snapshot",
+                           "timestamp"}
     assert result["results"]["fid32_full"] > 0 and fake_detector.images_seen == 40 + 32
 
     class Writer:
@@ -42,7 +43,8 @@ def test_calc_and_report_fid(stub_G, toy_dataset, fake_detector, tmp_path):
             self.scalars[tag] = value
 
     writer = Writer()
-    metric_main.report_metric(result, run_dir=str(tmp_path), snapshot_path=str(tmp_path / "snap.pt"), writer=writer)
+    metric_main.report_metric(result, run_dir=str(tmp_path), snapshot_path=str(tmp_path / "snap.pt"),
+                              writer=writer)
     metric_main.report_metric(result, run_dir=str(tmp_path))
     lines = (tmp_path / "metric-fid32_full.jsonl").read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[0])["snapshot"] == "snap.pt"

@@ -53,7 +53,7 @@ def test_real_stats_cache_invalidated_when_options_change(stub_G, toy_dataset, f
 def test_cache_disabled_never_writes(stub_G, toy_dataset, fake_detector, isolated_cache):
     opts = _opts(stub_G, toy_dataset, cache=False)
     metric_utils.compute_feature_stats_for_dataset(opts, "inception", capture_all=True)
-    assert not list((isolated_cache / "gan-metrics").glob("*.npz")) if (isolated_cache / "gan-metrics").exists() else True
+    assert not list(isolated_cache.glob("gan-metrics/*.npz"))
     assert fake_detector.images_seen == len(toy_dataset)
 
 
@@ -73,8 +73,8 @@ def test_generated_images_are_uint8_deterministic_and_rank_split(stub_G):
     a = torch.cat(list(metric_utils.iterate_generated_images(opts, 40)))
     b = torch.cat(list(metric_utils.iterate_generated_images(opts, 40)))
     assert a.dtype == torch.uint8 and a.shape == (40, 3, 16, 16) and torch.equal(a, b)
-    parts = [list(metric_utils.iterate_generated_images(metric_utils.copy_options(opts, num_gpus=2, rank=r), 40))
-             for r in range(2)]
+    parts = [list(metric_utils.iterate_generated_images(metric_utils.copy_options(opts, num_gpus=2, rank=r),
+                                                        40)) for r in range(2)]
     # rank 0 holds batches 0 and 2, rank 1 batch 1: together the same images as one process.
     assert torch.equal(torch.cat([parts[0][0], parts[1][0], parts[0][1]]), a)
 

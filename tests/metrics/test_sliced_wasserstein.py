@@ -23,7 +23,8 @@ def test_identical_sets_give_zero_and_shifted_sets_positive():
     same = swd.swd_from_images(a, a.clone(), seed=3)
     assert set(same) == {"swd_32", "swd_16", "swd_avg"}
     assert same["swd_avg"] < 1e-6
-    smooth = torch.nn.functional.avg_pool2d(a.float(), 3, 1, 1).to(torch.uint8)  # different texture statistics
+    # Blurred copies: different texture statistics.
+    smooth = torch.nn.functional.avg_pool2d(a.float(), 3, 1, 1).to(torch.uint8)
     other = swd.swd_from_images(a, smooth, seed=3)
     assert other["swd_32"] > 10 * max(same["swd_32"], 1e-3)
 

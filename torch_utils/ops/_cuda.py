@@ -13,11 +13,12 @@ what training needs (R1 / path-length penalties); a third derivative raises an e
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import types
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -304,9 +305,21 @@ def _max_error(fn: Callable, ref: Callable, inputs: Sequence[torch.Tensor], grad
     return err if err == err else float("inf")  # NaN counts as a failure
 
 
+@contextlib.contextmanager
+def _exact_reference(device: torch.device) -> Iterator[None]:
+    """Gradients on, autocast off, no TF32 in the reference's convs (whatever the caller's mode)."""
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
 def _run_cases(name: str, cases, device: torch.device) -> str | None:
     """cases: (label, kernel_fn, reference_fn, fp32 CPU inputs, grad_mask). First failure, or None."""
-    with torch.enable_grad(), torch.autocast(device_type=device.type, enabled=False):
+    with _exact_reference(device):
         for dtype, tol in _TOLERANCE.items():
             for seed, (label, fn, ref, inputs, mask) in enumerate(cases):
                 ins = [t.to(device=device, dtype=dtype) for t in inputs]

@@ -188,7 +188,43 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up=1, down=1, padding=0, 
                          f"up={up}, down={down}, padding={padding}")
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
-    return _upfirdn2d_torch(x, f, upx, upy, downx, downy, px0, px1, py0, py1, bool(flip_filter), float(gain))
+    args = (upx, upy, downx, downy, px0, px1, py0, py1, bool(flip_filter), float(gain))
+    if f.requires_grad:
+        return _upfirdn2d_torch(x, f, *args)  # plain autograd: also differentiable w.r.t. the filter
+    return _UpFirDn2d.apply(x, f, *args)
+
+
+class _UpFirDn2d(torch.autograd.Function):
+    """upfirdn2d whose backward is again an upfirdn2d (up/down swapped, filter flipped).
+
+    Autograd's own backward of the forward's ops would run depthwise transposed convolutions, which
+    are far slower on CPU than the strided/polyphase forms used here. The backward calls this same
+    Function, so gradients of any order exist.
+    """
+
+    @staticmethod
+    def forward(ctx, x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain):
+        y = _upfirdn2d_torch(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain)
+        if y._base is not None:  # outputs of a custom Function must not be views (in-place ops on them)
+            y = y.clone()
+        ctx.save_for_backward(f)
+        ctx.args = (upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain)
+        ctx.x_hw = x.shape[2:]
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (f,) = ctx.saved_tensors
+        upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain = ctx.args
+        ih, iw = ctx.x_hw
+        oh, ow = dy.shape[2:]
+        fw, fh = _get_filter_size(f)
+        p = (fw - px0 - 1, iw * upx - ow * downx + px0 - upx + 1,
+             fh - py0 - 1, ih * upy - oh * downy + py0 - upy + 1)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = _UpFirDn2d.apply(dy, f, downx, downy, upx, upy, *p, not flip_filter, gain)
+        return (dx,) + (None,) * 11
 
 
 def _upfirdn2d_torch(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain):
@@ -275,17 +311,17 @@ def _pass(x, f, num_channels, up, down, pad, flip_filter):
     n, h, wd = x.shape[0], x.shape[2], x.shape[3]
     oh, qh, phases_y = _axis_phases(h, uy, kh, py0, py1)
     ow, qw, phases_x = _axis_phases(wd, ux, kw, px0, px1)
-    out = x.new_empty([n, num_channels, qh, uy, qw, ux])
+    out = x.new_empty([n, num_channels, qh * uy, qw * ux])
+    phases = out.view(n, num_channels, qh, uy, qw, ux)
     for ry, phy in enumerate(phases_y):
         for rx, phx in enumerate(phases_x):
             if phy is None or phx is None:
-                out[:, :, :, ry, :, rx] = 0
+                phases[:, :, :, ry, :, rx] = 0
                 continue
             (ty, ly), (tx, lx) = phy, phx
             g = w[ty][:, tx]
             gpad = (ly, qh + len(ty) - 1 - ly - h, lx, qw + len(tx) - 1 - lx - wd)
-            out[:, :, :, ry, :, rx] = _fir_valid(x, g, num_channels, (1, 1), gpad)
-    out = out.reshape(n, num_channels, qh * uy, qw * ux)
+            phases[:, :, :, ry, :, rx] = _fir_valid(x, g, num_channels, (1, 1), gpad)
     if qh * uy != oh or qw * ux != ow:
         out = out[:, :, :oh, :ow]
     return out[:, :, ::dy, ::dx] if dy > 1 or dx > 1 else out
