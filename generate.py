@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 
 import click
 import numpy as np
@@ -27,7 +28,17 @@ import torch
 from dnnlib.util import parse_int_list
 
 
-def _edits(move, scale, remove, restyle):
+@dataclass
+class Cell:
+    """One image to generate: latent seed, file-name suffix naming its heatmap source, and that spec."""
+
+    seed: int
+    suffix: str
+    spec: object | None  # HeatmapSpec, or None for a StyleGAN2 baseline
+
+
+def parse_edits(move, scale, remove, restyle) -> list:
+    """The --move/--scale/--remove/--restyle strings as a list of `editing.edits.Edit`, in that order."""
     from editing import edits
 
     out = [edits.parse_move(t) for t in move] + [edits.parse_scale(t) for t in scale]
@@ -35,33 +46,63 @@ def _edits(move, scale, remove, restyle):
     return out
 
 
-def _specs(G, heatmap_seeds, layout, edit_list):
-    """[(name, spec|None)] for every heatmap source, with the edits applied."""
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise click.ClickException("--device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def check_heatmap_options(G, hm_seeds, layout, edit_list, fixed_layout: bool) -> None:
+    """Reject heatmap options a network cannot use, before any image is written."""
+    if G.heatmap_sampler is None and (hm_seeds is not None or layout is not None or edit_list or fixed_layout):
+        raise click.ClickException("this network has no heatmap encoding (StyleGAN2 baseline): --heatmap-seeds, "
+                                   "--layout, --fixed-layout and edits do not apply")
+    if fixed_layout and hm_seeds is None and layout is None:
+        raise click.ClickException("--fixed-layout needs --heatmap-seeds (rows) or --layout")
+
+
+def edited_spec(G, heatmap_seed: int | None, layout: str | None, edit_list: list):
+    """The spec of a heatmap seed or a layout file, with the edits applied (None for a baseline)."""
     from editing import edits, synthesis
     from training.heatmaps import HeatmapSpec
 
     if G.heatmap_sampler is None:
-        if heatmap_seeds or layout or edit_list:
-            raise click.ClickException("this network has no heatmap encoding (StyleGAN2 baseline): "
-                                       "--heatmap-seeds, --layout and edits do not apply")
-        return [("", None)]
+        return None
+    spec = HeatmapSpec.load(layout) if layout is not None else synthesis.spec_from_seed(G, heatmap_seed)
+    return edits.apply_edits(spec, edit_list)
+
+
+def plan_rows(G, seeds: list[int], hm_seeds: list[int] | None, layout: str | None, edit_list: list):
+    """Rows of cells: one row per heatmap seed (or the layout) when given; otherwise a single row where
+    each latent seed also serves as its own heatmap seed (baseline: no heatmaps at all)."""
+    if G.heatmap_sampler is None:
+        return [[Cell(s, "", None) for s in seeds]]
     if layout is not None:
-        spec = HeatmapSpec.load(layout)
-        return [(f"-{os.path.splitext(os.path.basename(layout))[0]}", edits.apply_edits(spec, edit_list))]
-    return [(f"-hm{s:04d}", edits.apply_edits(synthesis.spec_from_seed(G, s), edit_list)) for s in heatmap_seeds]
+        spec = edited_spec(G, None, layout, edit_list)
+        name = os.path.splitext(os.path.basename(layout))[0]
+        return [[Cell(s, f"-{name}", spec) for s in seeds]]
+    if hm_seeds is not None:
+        specs = [(h, edited_spec(G, h, None, edit_list)) for h in hm_seeds]
+        return [[Cell(s, f"-hm{h:04d}", spec) for s in seeds] for h, spec in specs]
+    return [[Cell(s, f"-hm{s:04d}", edited_spec(G, s, None, edit_list)) for s in seeds]]
 
 
-def _image(G, z, spec, c, trunc, noise_mode, show_heatmaps):
+def render(G, cell: Cell, c, trunc: float, noise_mode: str, show_heatmaps: bool) -> np.ndarray:
+    """uint8 [H, W(+W), C] image of one cell, its heatmaps to the right when asked."""
     from editing import synthesis
     from training import images
 
-    img = images.to_uint8(synthesis.synthesize(G, z, spec, c, trunc, noise_mode)).numpy()
-    if show_heatmaps and spec is not None:
-        img = np.concatenate([img, images.heatmap_tiles(spec, img.shape[1], img.shape[3])], axis=2)
+    z = synthesis.z_from_seed(G, cell.seed)
+    img = images.to_uint8(synthesis.synthesize(G, z, cell.spec, c, trunc, noise_mode)).numpy()
+    if show_heatmaps and cell.spec is not None:
+        img = np.concatenate([img, images.heatmap_tiles(cell.spec, img.shape[1], img.shape[3])], axis=2)
     return img[0]
 
 
-def _projected(G, path, outdir, noise_mode, spec):
+def generate_projected(G, path: str, outdir: str, noise_mode: str, spec) -> None:
+    """proj%02d.png for every w of a projected-W file (npz, key 'w', [N, num_ws, w_dim])."""
     from editing import synthesis
     from training import images
 
@@ -73,28 +114,32 @@ def _projected(G, path, outdir, noise_mode, spec):
         raise click.ClickException(f"--projected-w={path}: w has shape {list(ws.shape)}, expected "
                                    f"[N, {G.num_ws}, {G.w_dim}]")
     for i, w in enumerate(ws):
-        img = images.to_uint8(synthesis.synthesize_ws(G, w[None], spec, noise_mode)).numpy()[0]
+        img = images.to_uint8(synthesis.synthesize_ws(G, w[None].float(), spec, noise_mode)).numpy()[0]
         images.save_image(img, os.path.join(outdir, f"proj{i:02d}.png"))
 
 
 @click.command(help=__doc__, context_settings={"max_content_width": 110})
-@click.option("--network", "network_path", required=True, metavar="PATH", help="Snapshot (.pt)")
-@click.option("--seeds", help="Latent seeds, e.g. 0,1,5-9")
-@click.option("--heatmap-seeds", help="Heatmap seeds (default: the latent seed of each image)")
-@click.option("--layout", type=click.Path(dir_okay=False), help="Heatmap spec JSON (from --save-layout)")
+@click.option("--network", "network_path", required=True, metavar="PATH", help="Snapshot (.pt) to load G_ema from")
+@click.option("--seeds", metavar="LIST", help="Latent seeds, e.g. 0,1,5-9 (required unless --projected-w)")
+@click.option("--heatmap-seeds", metavar="LIST",
+              help="Heatmap seeds, one row of images each (default: each image uses its latent seed)")
+@click.option("--layout", type=click.Path(dir_okay=False), help="Heatmap spec JSON (from --save-layout) for all images")
 @click.option("--move", multiple=True, metavar="L:I:DX,DY", help="Move centre I of level L by DX,DY (fractions)")
 @click.option("--scale", multiple=True, metavar="L:I:F", help="Multiply sigma of centre I of level L by F")
 @click.option("--remove", multiple=True, metavar="I", help="Remove object I (level 0), or L:I")
 @click.option("--restyle", multiple=True, metavar="I:SEED", help="New appearance seed for object I (indoor)")
 @click.option("--trunc", "truncation_psi", type=float, default=1, show_default=True, help="Truncation psi")
 @click.option("--class", "class_idx", type=int, help="Class label (conditional networks)")
-@click.option("--noise-mode", type=click.Choice(["const", "random", "none"]), default="const", show_default=True)
-@click.option("--projected-w", type=click.Path(dir_okay=False), help="Generate from a projected W (.npz, key 'w')")
+@click.option("--noise-mode", type=click.Choice(["const", "random", "none"]), default="const", show_default=True,
+              help="Per-pixel noise: the stored constant, fresh random, or none")
+@click.option("--projected-w", type=click.Path(dir_okay=False),
+              help="Generate from a projected W (.npz, key 'w', [N, num_ws, w_dim]) instead of seeds")
 @click.option("--grid", is_flag=True, help="Also write all images as one grid.png")
 @click.option("--fixed-layout", is_flag=True, help="Write layout-grid.png: rows = heatmap seeds, cols = latent seeds")
 @click.option("--show-heatmaps", is_flag=True, help="Put each image's heatmaps beside it")
-@click.option("--save-layout", is_flag=True, help="Write each image's (edited) heatmap spec as JSON")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--save-layout", is_flag=True, help="Write each image's (edited) heatmap spec as JSON next to it")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to run G (auto: CUDA when available)")
 @click.option("--outdir", required=True, metavar="DIR", help="Where to save the output images")
 def main(**args):
     try:
@@ -118,39 +163,28 @@ def generate(network_path, seeds, heatmap_seeds, layout, move, scale, remove, re
         raise click.ClickException("--seeds is required unless --projected-w is given")
     if layout is not None and hm_seeds is not None:
         raise click.ClickException("give either --layout or --heatmap-seeds, not both")
-    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if device == "auto" else device))
-    G = synthesis.load_generator(network_path, device)
+    edit_list = parse_edits(move, scale, remove, restyle)
+    G = synthesis.load_generator(network_path, pick_device(device))
+    check_heatmap_options(G, hm_seeds, layout, edit_list, fixed_layout and projected_w is None)
     os.makedirs(outdir, exist_ok=True)
-    edit_list = _edits(move, scale, remove, restyle)
     if projected_w is not None:
-        spec = _specs(G, hm_seeds or [0], layout, edit_list)[0][1]
-        return _projected(G, projected_w, outdir, noise_mode, spec)
+        spec = edited_spec(G, hm_seeds[0] if hm_seeds else 0, layout, edit_list)
+        return generate_projected(G, projected_w, outdir, noise_mode, spec)
     c = synthesis.class_label(G, class_idx)
-    sources = _specs(G, hm_seeds, layout, edit_list) if (hm_seeds or layout) else None
-    rows = []
-    for name, spec in (sources or [("", None)]):
-        row = []
-        for seed in seeds:
-            if sources is None and G.heatmap_sampler is not None:
-                name, spec = f"-hm{seed:04d}", synthesis.spec_from_seed(G, seed)
-                from editing import edits
-
-                spec = edits.apply_edits(spec, edit_list)
-            print(f"Generating image for seed {seed}{name.replace('-', ' ')} ({len(row) + 1}/{len(seeds)}) ...")
-            img = _image(G, synthesis.z_from_seed(G, seed), spec, c, truncation_psi, noise_mode, show_heatmaps)
-            base = os.path.join(outdir, f"seed{seed:04d}{name}")
+    rows = plan_rows(G, seeds, hm_seeds, layout, edit_list)
+    out = []
+    for row in rows:
+        for i, cell in enumerate(row):
+            print(f"Generating image for seed {cell.seed}{cell.suffix.replace('-', ' ')} ({i + 1}/{len(row)}) ...")
+            img = render(G, cell, c, truncation_psi, noise_mode, show_heatmaps)
+            base = os.path.join(outdir, f"seed{cell.seed:04d}{cell.suffix}")
             images.save_image(img, base + ".png")
-            if save_layout and spec is not None:
-                spec.save(base + ".json")
-            row.append(img)
-        rows.append(np.stack(row))
-    if grid:
-        images.save_image(images.tile(np.concatenate(rows), len(seeds)), os.path.join(outdir, "grid.png"))
-    if fixed_layout:
-        if sources is None:
-            raise click.ClickException("--fixed-layout needs --heatmap-seeds (rows) or --layout")
-        images.save_image(images.tile(np.concatenate(rows), len(seeds)), os.path.join(outdir, "layout-grid.png"))
+            if save_layout and cell.spec is not None:
+                cell.spec.save(base + ".json")
+            out.append(img)
+    for flag, name in ((grid, "grid.png"), (fixed_layout, "layout-grid.png")):
+        if flag:
+            images.save_image(images.tile(np.stack(out), len(seeds)), os.path.join(outdir, name))
 
 
 if __name__ == "__main__":

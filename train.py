@@ -9,6 +9,9 @@ Examples:
   # The paper's LSUN Cat setting on 8 GPUs
   torchrun --nproc_per_node=8 train.py --outdir=runs --cfg=lsun-cat256 --data=cat256.zip
 \b
+  # 2 local processes without calling torchrun yourself (CPU: gloo, GPU: NCCL)
+  python train.py --outdir=runs --cfg=tiny --data=synthetic:shapes:32 --gpus=2
+\b
   # Resume an interrupted run (a snapshot file or a run directory)
   python train.py --outdir=runs --cfg=lsun-cat256 --data=cat256.zip --resume=runs/00003-cat256-lsun-cat256
 """
@@ -169,7 +172,12 @@ def build_options(args: dict, world_size: int) -> dict:
 @click.option("--allow-tf32", type=bool, default=False, metavar="BOOL", help="Allow TF32 matmul/convolutions")
 @click.option("--nobench", type=bool, default=False, metavar="BOOL", help="Disable cuDNN benchmarking")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Local processes to spawn through torchrun (not needed when launched by torchrun)")
 @click.option("--dist-backend", type=click.Choice(["nccl", "gloo"]), help="torch.distributed backend override")
+@click.option("--dist-timeout", type=click.FloatRange(min=0, min_open=True), envvar="SPATIALGAN_DIST_TIMEOUT",
+              default=distributed.DEFAULT_TIMEOUT_S, show_default=True, metavar="SEC",
+              help="Fail when a collective waits longer (a rank died or hangs); env SPATIALGAN_DIST_TIMEOUT")
 @click.option("--pl-weight", type=click.FloatRange(min=0), help="Path-length weight (default: preset, 2)")
 @click.option("--style-mixing", type=click.FloatRange(0, 1), help="Style-mixing probability (default: preset)")
 @click.option("--encoding", type=click.Choice(["none", "sel_norm", "sel_concat", "sel_indoor", "flatten"]),
@@ -191,23 +199,72 @@ def build_options(args: dict, world_size: int) -> dict:
 @click.option("--desc", help="Extra text for the run directory name")
 @click.option("-n", "--dry-run", is_flag=True, help="Print the resolved options and exit")
 def main(**args):
+    env = distributed.detect()
+    # Several ranks print the same failure: the prefix says which process a line comes from.
+    prefix = f"[rank {env.rank}/{env.world_size}] " if env.world_size > 1 else ""
     try:
         run_training(args)
-    except click.ClickException:
+    except click.ClickException as err:
+        err.message = prefix + err.message
         raise
     except USER_ERRORS + (TrainingError,) as err:
         if os.environ.get("SPATIALGAN_DEBUG"):
             raise
-        raise click.ClickException(str(err).strip("'\"")) from None
+        raise click.ClickException(prefix + str(err).strip("'\"")) from None
+    except Exception as err:
+        if os.environ.get("SPATIALGAN_DEBUG") or not distributed.is_comm_error(err):
+            raise
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        first = re.sub(r"^\[[^\]]*\]\s*", "", first)  # drop gloo's "[path/to/source.cc:123]" prefix
+        raise click.ClickException(
+            f"{prefix}lost contact with the other processes ({first[:200]}); another rank probably failed or "
+            f"was killed (see its message), or hung past --dist-timeout={args['dist_timeout']:g}s") from None
+
+
+def planned_world_size(args: dict, env: distributed.DistEnv) -> int:
+    """Processes the run will have: torchrun's WORLD_SIZE when launched by it, else --gpus."""
+    gpus = args["gpus"]
+    if "WORLD_SIZE" not in os.environ:
+        if args["device"] != "cpu" and torch.cuda.is_available() and gpus > torch.cuda.device_count():
+            raise click.ClickException(f"--gpus={gpus} but only {torch.cuda.device_count()} CUDA devices are visible")
+        return gpus
+    if gpus not in (1, env.world_size):
+        raise click.ClickException(f"--gpus={gpus} disagrees with torchrun's WORLD_SIZE={env.world_size}")
+    return env.world_size
+
+
+def launch_processes(gpus: int) -> None:
+    """--gpus=N outside torchrun: re-run this very command in N processes through torchrun."""
+    rc = distributed.launch_local(gpus, os.path.abspath(__file__), sys.argv[1:])
+    if rc != 0:
+        raise click.ClickException(f"--gpus={gpus}: training failed (exit code {rc}); see the messages above")
+
+
+def create_run_dir(args: dict, options: dict, env: distributed.DistEnv) -> str:
+    """Rank 0 makes the run directory and tells the others (or its error, so they do not wait for it)."""
+    run_dir, error = None, None
+    if env.is_main:
+        try:
+            run_dir = make_run_dir(args["outdir"], describe(options, args))
+        except click.ClickException as err:
+            error = err.message
+    run_dir, error = distributed.broadcast_object((run_dir, error))
+    if error is not None:
+        raise click.ClickException(error if env.is_main else f"rank 0 could not create the run directory: {error}")
+    return run_dir
 
 
 def run_training(args: dict) -> None:
     env = distributed.detect()
+    world_size = planned_world_size(args, env)
     device = pick_device(args["device"], env.local_rank)
     resume = resolve_resume(args["resume"])
-    options = build_options(args, env.world_size)
+    options = build_options(args, world_size)  # validated here, before any process is spawned
     if args["dry_run"]:
         print(json.dumps(options, indent=2))
+        return
+    if world_size > env.world_size:
+        launch_processes(world_size)
         return
     if device.type == "cpu":
         tune_cpu_allocator()
@@ -215,12 +272,11 @@ def run_training(args: dict) -> None:
         torch.backends.cudnn.benchmark = options["cudnn_benchmark"]
         torch.backends.cuda.matmul.allow_tf32 = options["allow_tf32"]
         torch.backends.cudnn.allow_tf32 = options["allow_tf32"]
-    distributed.init(env, device, backend=args["dist_backend"])
+    distributed.init(env, device, backend=args["dist_backend"], timeout_s=args["dist_timeout"])
     from torch_utils import training_stats
 
     training_stats.init_multiprocessing(env.rank, device if env.world_size > 1 else None)
-    run_dir = make_run_dir(args["outdir"], describe(options, args)) if env.is_main else None
-    run_dir = distributed.broadcast_object(run_dir)
+    run_dir = create_run_dir(args, options, env)
     from dnnlib import Logger
 
     logger = None

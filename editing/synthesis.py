@@ -4,6 +4,8 @@
     spec = spec_from_seed(G, 7)                      # the heatmaps of heatmap seed 7
     spec = edits.move(spec, level=0, index=0, dx=0.1, dy=0.0)
     img = synthesize(G, z_from_seed(G, 3), spec)    # [1, C, H, W] in [-1, 1]
+    ws = map_ws(G, z_from_seed(G, 3), spec)          # or go through W (style mixing, projection)
+    img = synthesize_ws(G, ws, spec)
 """
 
 from __future__ import annotations
@@ -52,21 +54,49 @@ def synthesize(G, z: torch.Tensor, spec: HeatmapSpec | None = None, c: torch.Ten
     device = next(G.parameters()).device
     n = z.shape[0]
     c = torch.zeros([n, G.c_dim]) if c is None else c
-    if spec is not None and spec.batch_size != n:
-        if spec.batch_size != 1:
-            raise ValueError(f"heatmap spec has batch {spec.batch_size}, latents have batch {n}")
-        spec = spec.repeat(n)
+    spec = _broadcast(spec, n)
     spec = spec.to(device) if spec is not None else None
     return G(z.to(device), c.to(device), heatmaps=spec, truncation_psi=truncation_psi, noise_mode=noise_mode)
 
 
 @torch.no_grad()
-def synthesize_ws(G, ws: torch.Tensor, spec: HeatmapSpec | None = None, noise_mode: str = "const") -> torch.Tensor:
-    """Image from given ws [N, num_ws, w_dim] (e.g. a projected latent) and an optional spec."""
+def map_ws(G, z: torch.Tensor, spec: HeatmapSpec | None = None, c: torch.Tensor | None = None,
+           truncation_psi: float = 1.0) -> torch.Tensor:
+    """ws [N, num_ws, w_dim] of latents z [N, z_dim], as `G.forward` computes them (the flatten encoding
+    feeds the heatmaps to the mapping network, so it needs `spec`; batch 1 broadcasts)."""
+    device = next(G.parameters()).device
+    n = z.shape[0]
+    c = torch.zeros([n, G.c_dim]) if c is None else c
+    if spec is None and getattr(G, "encoding", None) == "flatten":
+        raise ValueError("This network feeds its heatmaps to the mapping network (encoding 'flatten'): "
+                         "give a heatmap spec")
+    spec = _broadcast(spec, n)
+    heatmap_vec = G.heatmap_vec(spec.to(device)) if spec is not None else None
+    return G.mapping(z.to(device), c.to(device), truncation_psi=truncation_psi, heatmap_vec=heatmap_vec)
+
+
+@torch.no_grad()
+def synthesize_ws(G, ws: torch.Tensor, spec: HeatmapSpec | None = None, noise_mode: str = "const",
+                  c: torch.Tensor | None = None, truncation_psi: float = 1.0) -> torch.Tensor:
+    """Image from given ws [N, num_ws, w_dim] (e.g. a projected latent) and an optional spec.
+
+    `c` and `truncation_psi` only matter for the per-object latents of indoor (sel_indoor) networks, which
+    come from the spec's style seeds; pass the values used for `ws` to reproduce `synthesize` exactly."""
     device = next(G.parameters()).device
     if G.heatmap_sampler is not None and spec is None:
         raise ValueError("A spatial generator needs a heatmap spec to synthesise from ws")
-    if spec is not None:
-        spec = (spec.repeat(ws.shape[0]) if spec.batch_size == 1 else spec).to(device)
-    object_ws = G.object_ws(spec, torch.zeros([ws.shape[0], G.c_dim], device=device)) if spec is not None else None
+    n = ws.shape[0]
+    spec = _broadcast(spec, n)
+    spec = spec.to(device) if spec is not None else None
+    c = torch.zeros([n, G.c_dim]) if c is None else c
+    object_ws = G.object_ws(spec, c.to(device), truncation_psi) if spec is not None else None
     return G.synthesis(ws.to(device), heatmaps=spec, object_ws=object_ws, noise_mode=noise_mode)
+
+
+def _broadcast(spec: HeatmapSpec | None, n: int) -> HeatmapSpec | None:
+    """`spec` with batch n: a batch-1 spec is repeated, a batch-n one kept, anything else is an error."""
+    if spec is None or spec.batch_size == n:
+        return spec
+    if spec.batch_size != 1:
+        raise ValueError(f"heatmap spec has batch {spec.batch_size}, latents have batch {n}")
+    return spec.repeat(n)

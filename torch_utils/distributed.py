@@ -7,11 +7,17 @@ training code runs with world size 1.
 from __future__ import annotations
 
 import datetime
+import math
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+DEFAULT_TIMEOUT_S = 600.0  # bounds every collective; override with --dist-timeout / SPATIALGAN_DIST_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -34,18 +40,25 @@ def detect() -> DistEnv:
         except ValueError:
             raise ValueError(f"Environment variable {name}={value!r} is not an integer") from None
 
-    return DistEnv(env_int("RANK", 0), env_int("LOCAL_RANK", 0), env_int("WORLD_SIZE", 1))
+    env = DistEnv(env_int("RANK", 0), env_int("LOCAL_RANK", 0), env_int("WORLD_SIZE", 1))
+    if env.world_size < 1 or not 0 <= env.rank < env.world_size:
+        raise ValueError(f"Environment variables RANK={env.rank} / WORLD_SIZE={env.world_size} are inconsistent")
+    return env
 
 
-def init(env: DistEnv, device: torch.device, backend: str | None = None, timeout_s: float = 600) -> None:
+def init(env: DistEnv, device: torch.device, backend: str | None = None,
+         timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
     """Initialise the default process group for `env` (NCCL on CUDA, gloo on CPU).
 
-    `timeout_s` bounds every collective: when a rank dies, the others fail with an error within that
-    time instead of hanging forever.
+    `timeout_s` bounds every collective: when a rank dies or hangs, the others fail with an error
+    within that time instead of waiting forever.
     """
     if env.world_size <= 1 or dist.is_initialized():
         return
     backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+    if backend == "nccl":
+        # Without async error handling a timed-out NCCL collective hangs instead of raising (older torch).
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     kwargs = {"device_id": device} if backend == "nccl" else {}
     dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size,
                             timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
@@ -59,31 +72,88 @@ def world_size() -> int:
     return dist.get_world_size() if is_active() else 1
 
 
+def _comm_device(tensor: torch.Tensor) -> torch.device:
+    """NCCL only moves CUDA tensors; gloo handles CPU tensors (and CUDA ones via a host copy)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return tensor.device
+
+
 def average_gradients(params: list[torch.nn.Parameter], divisor: float) -> None:
     """Sum gradients over ranks with ONE flattened all-reduce, then divide by `divisor`.
 
-    Parameters without a gradient contribute zeros so that every rank sends the same layout.
+    Every rank sends the same layout: all of `params`, zeros where a rank has no gradient, plus one
+    presence flag per parameter. A parameter that no rank gave a gradient keeps `grad = None`, so the
+    optimiser skips it exactly as in a single process.
     """
-    params = [p for p in params if p.requires_grad or p.grad is not None]
+    params = list(params)
     if not params:
         return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.flatten() for g in grads])
+    if not is_active():
+        params = [p for p in params if p.grad is not None]
+        if not params:
+            return
+    ref = params[0]
+    grads = [p.grad.detach().flatten() if p.grad is not None else torch.zeros(p.numel(), device=ref.device,
+                                                                               dtype=p.dtype) for p in params]
+    flags = torch.tensor([float(p.grad is not None) for p in params], device=ref.device, dtype=grads[0].dtype)
+    flat = torch.cat(grads + [flags])
     if is_active():
+        dev = flat.device
+        flat = flat.to(_comm_device(flat))
         dist.all_reduce(flat)
-    flat.div_(divisor)
+        flat = flat.to(dev)
+    present = flat[-len(params):] > 0
+    flat = flat[:-len(params)].div_(divisor)
     offset = 0
-    for p in params:
+    for p, has_grad in zip(params, present.tolist()):
         n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p)
+        p.grad = flat[offset:offset + n].view_as(p) if has_grad else None
         offset += n
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks (in place on a copy); identity without a process group."""
+    """Sum over ranks (on a copy); identity without a process group."""
     out = tensor.clone()
     if is_active():
-        dist.all_reduce(out)
+        comm = out.to(_comm_device(out))
+        dist.all_reduce(comm)
+        out = comm.to(tensor.device)
+    return out
+
+
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's `tensor` along dim 0 (sizes along dim 0 may differ), in rank order.
+
+    The gather function metrics expect (`MetricOptions.gather`); identity without a process group.
+    A rank with nothing to contribute may pass any empty tensor: it takes the others' trailing shape.
+    """
+    if not is_active():
+        return tensor
+    shapes = all_gather_object(tuple(tensor.shape))
+    full = [s for s in shapes if math.prod(s) > 0]
+    if not full:
+        return tensor
+    trailing = full[0][1:]
+    if any(s[1:] != trailing for s in full):
+        raise ValueError(f"all_gather_cat: ranks hold incompatible shapes {shapes}")
+    counts = [s[0] if math.prod(s) > 0 else 0 for s in shapes]
+    comm_dev = _comm_device(tensor)
+    local = tensor.detach().to(comm_dev).reshape(counts[dist.get_rank()], *trailing)
+    # all_gather needs equal shapes: pad to the largest share, then drop the padding.
+    padded = local.new_zeros([max(counts), *trailing])
+    padded[:local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, counts)]).to(tensor.device)
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's `obj` (picklable), in rank order; `[obj]` without a process group."""
+    if not is_active():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
     return out
 
 
@@ -100,19 +170,69 @@ def barrier() -> None:
         dist.barrier()
 
 
-def params_agree(module: torch.nn.Module, name: str) -> None:
-    """Raise RuntimeError if any parameter/buffer of `module` differs between ranks (checked at snapshots)."""
+def average_buffers(module: torch.nn.Module, suffix: str = "w_avg") -> None:
+    """Replace the buffers whose names end in `suffix` by their mean over ranks (one all-reduce).
+
+    Running averages such as the mapping network's `w_avg` track each rank's own samples; their mean
+    over ranks estimates the statistic over the global batch (exactly, for a linear average updated
+    once per step), and calling this at snapshot time makes every rank hold the snapshot's value.
+    """
     if not is_active():
         return
-    for pname, tensor in list(module.named_parameters()) + list(module.named_buffers()):
-        if tensor.numel() == 0 or pname.endswith("w_avg"):
-            continue
-        t = tensor.detach().float()
-        lo, hi = t.clone(), t.clone()
-        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-        if not torch.equal(torch.nan_to_num(lo), torch.nan_to_num(hi)):
+    bufs = [b for name, b in module.named_buffers() if name.endswith(suffix) and b.numel() > 0]
+    if not bufs:
+        return
+    flat = torch.cat([b.detach().double().flatten() for b in bufs])
+    flat = all_reduce_sum(flat).div_(dist.get_world_size())
+    offset = 0
+    for b in bufs:
+        b.copy_(flat[offset:offset + b.numel()].view_as(b))
+        offset += b.numel()
+
+
+def params_agree(module: torch.nn.Module, name: str) -> None:
+    """Raise RuntimeError if any parameter/buffer of `module` differs between ranks (checked at snapshots).
+
+    Two flattened all-reduces (min and max) for the whole module, whatever its size.
+    """
+    if not is_active():
+        return
+    entries = [(pname, t) for pname, t in list(module.named_parameters()) + list(module.named_buffers())
+               if t.numel() > 0 and not pname.endswith("w_avg")]  # w_avg tracks each rank's own samples
+    if not entries:
+        return
+    flat = torch.cat([t.detach().float().flatten() for _, t in entries])
+    flat = torch.nan_to_num(flat.to(_comm_device(flat)))
+    lo, hi = flat.clone(), flat.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    if torch.equal(lo, hi):
+        return
+    bad = int((lo != hi).nonzero()[0])
+    offset = 0
+    for pname, t in entries:
+        if bad < offset + t.numel():
             raise RuntimeError(f"{name}.{pname} differs between ranks")
+        offset += t.numel()
+
+
+def is_comm_error(err: BaseException) -> bool:
+    """True for failures of a collective (a peer died, hung past the timeout, or the network broke)."""
+    if isinstance(err, getattr(dist, "DistError", ())):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and any(k in text for k in ("gloo", "Gloo", "NCCL", "Connection closed",
+                                                                     "Connection reset", "Timed out"))
+
+
+def launch_local(nproc: int, script: str, argv: list[str]) -> int:
+    """Run `script argv` in `nproc` local processes through torchrun (single node); returns its exit code.
+
+    torchrun sets RANK/LOCAL_RANK/WORLD_SIZE, finds a free port and stops every rank when one fails.
+    """
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script,
+           *argv]
+    return subprocess.call(cmd)
 
 
 def shutdown() -> None:

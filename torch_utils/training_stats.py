@@ -29,6 +29,7 @@ def report(name: str, value) -> torch.Tensor | float:
     """Accumulate `value` (number or tensor; every element counts) under `name`; returns `value`."""
     elems = torch.as_tensor(value).detach().flatten().to(torch.float64)
     if elems.numel() == 0:
+        _counters[name]  # create the name anyway (report0 on rank > 0): every rank holds the same names
         return value
     elems = elems.cpu()
     finite = elems[torch.isfinite(elems)]
@@ -58,22 +59,32 @@ class Collector:
         if not self._keep_previous:
             self._moments.clear()
         names = self.names()
+        if self._distributed():
+            # Ranks must all-reduce identical layouts; a name reported on one rank only must not shift rows.
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, names)
+            names = sorted(set().union(*gathered))
         if not names:
             return
         deltas = []
         for name in names:
-            total = _counters[name].clone()
+            total = _counters[name].clone()  # (a name new to this rank starts at zero)
             prev = self._cumulative.get(name, torch.zeros(3, dtype=torch.float64))
             deltas.append(total - prev)
             self._cumulative[name] = total
         stacked = torch.stack(deltas)
-        if _sync_device is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if self._distributed():
             stacked = stacked.to(_sync_device)
             torch.distributed.all_reduce(stacked)
             stacked = stacked.cpu()
         for name, delta in zip(names, stacked.numpy()):
             if delta[0] > 0:
                 self._moments[name] = delta
+
+    @staticmethod
+    def _distributed() -> bool:
+        return (_sync_device is not None and torch.distributed.is_available() and torch.distributed.is_initialized()
+                and torch.distributed.get_world_size() > 1)
 
     def num(self, name: str) -> float:
         m = self._moments.get(name)

@@ -14,6 +14,7 @@ run code on load — unlike pickled networks, which import and execute whatever 
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 import zipfile
 from pathlib import Path
@@ -67,6 +68,7 @@ def save_snapshot(path: str | os.PathLike, snapshot: dict[str, Any]) -> None:
     path = Path(path)
     payload = {"format": FORMAT, "version": VERSION, **snapshot}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp creates 0600; snapshots are shared like any file
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
@@ -79,6 +81,12 @@ def save_snapshot(path: str | os.PathLike, snapshot: dict[str, Any]) -> None:
         raise
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def load_snapshot(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and validate a snapshot; raises SnapshotError naming the file for anything else."""
     path = Path(path)
@@ -86,9 +94,10 @@ def load_snapshot(path: str | os.PathLike, map_location: str | torch.device = "c
         raise SnapshotError(f"Snapshot not found: {path}")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise SnapshotError(f"{path} is not a SpatialGAN snapshot (or it is truncated): "
-                            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    except (pickle.UnpicklingError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile, OSError,
+            ValueError) as err:
+        raise SnapshotError(f"{path} is not a SpatialGAN snapshot (not a readable torch file, or truncated: "
+                            f"{type(err).__name__})") from None
     except Exception as err:  # weights_only refuses pickles that reference code: report them as such
         raise SnapshotError(f"{path} is not a SpatialGAN snapshot: {type(err).__name__}: "
                             f"{str(err).splitlines()[0] if str(err) else ''}") from None

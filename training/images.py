@@ -11,6 +11,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from training.checkpoint import current_umask
+
 
 def to_uint8(img: torch.Tensor) -> torch.Tensor:
     """[N, C, H, W] float in [-1, 1] -> uint8 [N, H, W, C] (x * 127.5 + 128, clamped, as StyleGAN2-ADA)."""
@@ -33,6 +35,7 @@ def save_image(img: np.ndarray, path: str | os.PathLike) -> None:
     path = Path(path)
     img = img[:, :, 0] if img.shape[2] == 1 else img
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     try:
         PIL.Image.fromarray(img).save(tmp, format="PNG")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -102,11 +101,26 @@ def build_phases(options: dict[str, Any], G, D) -> list[Phase]:
     return phases
 
 
+def _rank_seed(seed: int, rank: int, position: int = 0) -> int:
+    """A per-rank seed, unrelated to the stream `seed` itself starts (which initialised the networks)."""
+    return int(np.random.SeedSequence([seed, rank, position, 0x5EED]).generate_state(1)[0])
+
+
+def _seed_rank_streams(seed: int, rank: int, position: int = 0) -> None:
+    torch.manual_seed(_rank_seed(seed, rank, position))
+    np.random.seed(_rank_seed(seed, rank, position) % (1 << 31))
+
+
 def build_run(options: dict[str, Any], device: torch.device, rank: int = 0, world_size: int = 1) -> Run:
-    """Create dataset, networks, optimisers, augmentation and loss from a resolved options dict."""
+    """Create dataset, networks, optimisers, augmentation and loss from a resolved options dict.
+
+    Networks are initialised from `seed` alone, so every rank starts from the same weights (as a single
+    process would); afterwards each rank of a multi-process run gets its own RNG stream (synthesis noise,
+    style mixing, augmentation), while latents and heatmaps come from the shared `batch_gen`.
+    """
     seed = int(options["seed"])
-    torch.manual_seed(seed * world_size + rank)
-    np.random.seed((seed * world_size + rank) % (1 << 31))
+    torch.manual_seed(seed)
+    np.random.seed(seed % (1 << 31))
     dataset = open_dataset(**options["dataset_kwargs"])
     G = Generator(**options["G_kwargs"]).train().requires_grad_(False).to(device)
     D = Discriminator(**options["D_kwargs"]).train().requires_grad_(False).to(device)
@@ -115,6 +129,8 @@ def build_run(options: dict[str, Any], device: torch.device, rank: int = 0, worl
     align = AlignOptions(**options["align"]) if options.get("align") else None
     loss = StyleGAN2Loss(G, D, augment_pipe=augment_pipe, align=align, **options["loss_kwargs"])
     batch_gen = torch.Generator().manual_seed(seed)
+    if world_size > 1:
+        _seed_rank_streams(seed, rank)
     return Run(options, device, rank, world_size, dataset, G, D, G_ema, loss, build_phases(options, G, D),
                augment_pipe, ada, batch_gen)
 
@@ -221,6 +237,41 @@ def update_ema(run: Run) -> None:
         b_ema.copy_(b)
 
 
+def time_steps(options: dict[str, Any], device: torch.device | str = "cpu", steps: int = 10, warmup: int = 2,
+               rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+    """Build a run from `options` and time `steps` training steps after `warmup` untimed ones.
+
+    For benchmarks: with world_size > 1 call it on every rank after `distributed.init` (e.g. in a
+    script launched by torchrun or `distributed.launch_local`); all ranks return the same timing.
+    """
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    device = torch.device(device)
+    run = build_run(options, device, rank, world_size)
+    start_data(run)
+
+    def sync() -> None:  # CUDA work is asynchronous; the slowest rank sets the pace
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        distributed.barrier()
+
+    for _ in range(warmup):
+        train_step(run)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        train_step(run)
+    sync()
+    elapsed = distributed.all_reduce_sum(torch.tensor([time.perf_counter() - start], dtype=torch.float64))
+    sec = float(elapsed) / world_size / steps
+    mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return dict(sec_per_step=sec, img_per_sec=options["batch"] / sec, sec_per_kimg=sec * 1000 / options["batch"],
+                batch=options["batch"], batch_gpu=options["batch_gpu"], world_size=world_size, steps=steps,
+                device=str(device), peak_gpu_mem_gib=mem)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Snapshots and resume.
 
@@ -232,7 +283,9 @@ def _rng_state(run: Run) -> dict[str, Any]:
     return state
 
 
-def make_snapshot(run: Run) -> dict[str, Any]:
+def make_snapshot(run: Run, rank_rngs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Everything needed to resume. `rank_rngs`: every rank's `_rng_state` (multi-process runs), so a
+    resume with the same world size restores each rank's stream exactly."""
     prog = run.progress
     state = {
         "progress": {"cur_nimg": prog.cur_nimg, "cur_tick": prog.cur_tick + 1, "batch_idx": prog.batch_idx,
@@ -240,7 +293,7 @@ def make_snapshot(run: Run) -> dict[str, Any]:
         "optimizers": {ph.name[0]: ph.opt.state_dict() for ph in run.phases},
         "loss": run.loss.state_dict(),
         "ada": run.ada.state_dict() if run.ada is not None else None,
-        "rng": _rng_state(run),
+        "rng": dict(_rng_state(run), ranks=rank_rngs) if rank_rngs else _rng_state(run),
     }
     pipe = run.augment_pipe
     return {
@@ -274,15 +327,22 @@ def restore(run: Run, snap: dict[str, Any], path: str) -> None:
         run.ada.load_state_dict(state["ada"])
     prog = state["progress"]
     run.progress = Progress(prog["cur_nimg"], prog["cur_tick"], prog["batch_idx"], prog["tick_start_nimg"])
-    rng = state["rng"]
+    _restore_rng(run, state["rng"], prog.get("world_size", 1))
+
+
+def _restore_rng(run: Run, rng: dict[str, Any], saved_world_size: int) -> None:
+    """Shared batch stream always; this rank's own stream when the snapshot holds it (same world size)."""
     run.batch_gen.set_state(rng["batch_gen"])
-    if prog.get("world_size", 1) == run.world_size and run.rank == 0:
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and run.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], run.device)
-    else:
+    mine = None
+    if saved_world_size == run.world_size:
+        mine = rng["ranks"][run.rank] if rng.get("ranks") else (rng if run.world_size == 1 else None)
+    if mine is None:
         # Another world size: per-rank streams cannot be carried over; derive fresh ones from the position.
-        torch.manual_seed((int(run.options["seed"]) * 1_000_003 + prog["cur_nimg"]) * 64 + run.rank)
+        _seed_rank_streams(int(run.options["seed"]), run.rank, run.progress.cur_nimg)
+        return
+    torch.set_rng_state(mine["torch"])
+    if "cuda" in mine and run.device.type == "cuda":
+        torch.cuda.set_rng_state(mine["cuda"], run.device)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -366,10 +426,13 @@ def _run_metrics(run: Run, snapshot_path: Path | None, run_dir: str, tb) -> None
     from metrics import metric_main
 
     for name in run.options["metrics"]:
+        # Each rank computes its share; `gather` combines the shares (all ranks must call it).
         result = metric_main.calc_metric(name, G=run.G_ema, dataset_kwargs=run.options["dataset_kwargs"],
-                                         device=run.device, num_gpus=run.world_size, rank=run.rank)
+                                         device=run.device, num_gpus=run.world_size, rank=run.rank,
+                                         gather=distributed.all_gather_cat, progress=False)
         if run.rank == 0:
-            metric_main.report_metric(result, run_dir=run_dir, snapshot_path=snapshot_path, tb_writer=tb)
+            metric_main.report_metric(result, run_dir=run_dir, snapshot_path=snapshot_path, writer=tb,
+                                      step=run.progress.cur_nimg)
 
 
 def _maintenance(run: Run, writer: RunWriter | None, run_dir: str, done: bool) -> None:
@@ -380,12 +443,17 @@ def _maintenance(run: Run, writer: RunWriter | None, run_dir: str, done: bool) -
     if not (snap and (done or prog.cur_tick % snap == 0)):
         return
     snapshot_path = None
+    for module in (run.G, run.G_ema):
+        distributed.average_buffers(module, "w_avg")
     for name, module in (("G", run.G), ("D", run.D), ("G_ema", run.G_ema)):
         distributed.params_agree(module, name)
+    # Taken before rank 0 renders the grid, which draws synthesis noise.
+    rank_rngs = distributed.all_gather_object(_rng_state(run)) if run.world_size > 1 else None
     if run.rank == 0:
+        snapshot = make_snapshot(run, rank_rngs)
         writer.write_fakes(run, f"fakes{prog.cur_nimg // 1000:06d}.png")
         snapshot_path = Path(run_dir) / f"network-snapshot-{prog.cur_nimg // 1000:06d}.pt"
-        checkpoint.save_snapshot(snapshot_path, make_snapshot(run))
+        checkpoint.save_snapshot(snapshot_path, snapshot)
     _run_metrics(run, snapshot_path, run_dir, writer.tb if writer is not None else None)
 
 

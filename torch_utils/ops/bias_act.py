@@ -63,7 +63,8 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: 
         act: a key of `activation_funcs`.
         alpha, gain: None selects the activation's defaults (`def_alpha`, `def_gain`).
         clamp: None (no clamping) or a non-negative number.
-        impl: None/'auto', 'ref' or 'cuda'; every choice currently runs this PyTorch implementation.
+        impl: None/'auto' (CUDA kernel for CUDA tensors when it builds and passes its self-check),
+            'ref' (always this PyTorch implementation) or 'cuda' (kernel required for CUDA tensors).
     """
     if impl is None:
         impl = os.environ.get("SPATIALGAN_OPS", "auto") or "auto"
@@ -86,21 +87,80 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: 
     spec = activation_funcs[act]
     alpha = float(alpha if alpha is not None else spec.def_alpha)
     gain = float(gain if gain is not None else spec.def_gain)
-    bias = None if b is None else b.to(x.dtype).reshape([-1 if i == dim else 1 for i in range(x.ndim)])
+    if x.is_cuda and impl != "ref":
+        from . import _cuda  # imported lazily: CPU runs never touch the extension machinery
 
-    if spec.homogeneous and gain > 0:
-        # act(x + b) * g == act(g * x + g * b): one fused `add` pass instead of an add and a mul.
-        if bias is not None:
-            x = torch.add(bias * gain, x, alpha=gain) if gain != 1 else x + bias
-        elif gain != 1:
-            x = x * gain
-        x = spec.func(x, alpha)
-    else:
-        if bias is not None:
-            x = x + bias
-        x = spec.func(x, alpha)
-        if gain != 1:
-            x = x * gain
+        if _cuda.use_cuda("bias_act", x, impl, reference=_reference_for_cuda):
+            return _cuda.bias_act_cuda(x, b, dim, act, alpha, gain, None if clamp is None else float(clamp))
+    if b is not None:
+        b = b.to(x.dtype)
+    if spec.homogeneous and gain > 0 and alpha >= 0:
+        if b is None and gain == 1 and clamp is None and act == "linear":
+            return x
+        return _BiasActPiecewiseLinear.apply(x, b, dim, act, alpha, gain, None if clamp is None else float(clamp))
+    return _bias_act_autograd(x, b, dim, spec, alpha, gain, clamp)
+
+
+def _bias_act_autograd(x, b, dim, spec, alpha, gain, clamp):
+    """Any activation, differentiated by autograd (any order)."""
+    if b is not None:
+        x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
+    x = spec.func(x, alpha)
+    if gain != 1:
+        x = x * gain
     if clamp is not None:
         x = x.clamp(-clamp, clamp)
     return x
+
+
+class _BiasActPiecewiseLinear(torch.autograd.Function):
+    """linear / relu / lrelu (alpha >= 0) with gain > 0: in-place forward, mask-based backward.
+
+    `act(x + b) * g == act(g * x + g * b)` for these, so the forward is one fused add plus in-place
+    activation and clamp. The backward needs only the output: the slope is `g` where y > 0 and
+    `g * alpha` elsewhere, and zero where the clamp is active. It is built from differentiable ops on
+    the incoming gradient, so double backward (R1, path length) works; the second derivative of a
+    piecewise-linear function is zero, which is what treating the output as a constant gives.
+    """
+
+    @staticmethod
+    def forward(ctx, x, b, dim, act, alpha, gain, clamp):
+        if b is not None:
+            bias = b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
+            y = torch.add(bias * gain, x, alpha=gain) if gain != 1 else x + bias
+        else:
+            y = x * gain if gain != 1 else x.clone()
+        if act == "relu":
+            y.relu_()
+        elif act == "lrelu":
+            F.leaky_relu_(y, alpha)
+        if clamp is not None:
+            y.clamp_(-clamp, clamp)
+        ctx.save_for_backward(y)
+        ctx.args = (dim, act, alpha, gain, clamp)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved_tensors
+        y = y.detach()
+        dim, act, alpha, gain, clamp = ctx.args
+        g = dy
+        if clamp is not None:
+            g = torch.ops.aten.hardtanh_backward(g, y, -clamp, clamp)  # zero where |y| == clamp
+        if act == "relu":
+            g = torch.ops.aten.threshold_backward(g, y, 0)
+        elif act == "lrelu":
+            g = torch.ops.aten.leaky_relu_backward(g, y, alpha, True)
+        if gain != 1:
+            g = g * gain
+        dx = g if ctx.needs_input_grad[0] else None
+        db = None
+        if ctx.needs_input_grad[1]:
+            db = g.sum([i for i in range(g.ndim) if i != dim])
+        return dx, db, None, None, None, None, None
+
+
+def _reference_for_cuda(x, b, dim, act, alpha, gain, clamp):
+    """This implementation with `bias_act_cuda`'s signature (for the kernel's self-check)."""
+    return bias_act(x, b, dim, act, alpha, gain, clamp, impl="ref")

@@ -28,9 +28,18 @@ def grid_sample(input: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     if not isinstance(grid, torch.Tensor) or grid.ndim != 4 or grid.shape[-1] != 2 or grid.shape[0] != input.shape[0]:
         raise ValueError(f"grid must be a tensor [N={input.shape[0]}, h, w, 2], got "
                          f"{list(grid.shape) if isinstance(grid, torch.Tensor) else type(grid).__name__}")
+    grid = grid.to(input.dtype)
+    if not grid.requires_grad:
+        # The common case (ADA: the grid comes from random parameters): the op is linear in the
+        # input, y = A x, so the stock kernels for A and A^T give every derivative.
+        return _GridSampleLinear.apply(input, grid)
+    return _grid_sample_gather(input, grid)
+
+
+def _grid_sample_gather(input: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Bilinear sampling from gather + elementwise ops: differentiable to any order in both inputs."""
     n, c, h_in, w_in = input.shape
     _, h_out, w_out, _ = grid.shape
-    grid = grid.to(input.dtype)
 
     # Unnormalise to pixel coordinates (align_corners=False: -1 is the left edge of pixel 0).
     ix = ((grid[..., 0] + 1) * w_in - 1) * 0.5
@@ -67,3 +76,41 @@ def grid_sample(input: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     vals = torch.gather(input.reshape(n, c, h_in * w_in), 2, idx.expand(n, c, 4 * p))
     out = (vals.reshape(n, c, 4, p) * wts).sum(dim=2)
     return out.reshape(n, c, h_out, w_out)
+
+
+class _GridSampleLinear(torch.autograd.Function):
+    """y = A x with A fixed by a grid that needs no gradient; backward is `_GridSampleLinearT`."""
+
+    @staticmethod
+    def forward(ctx, input, grid):
+        ctx.save_for_backward(grid)
+        ctx.input_shape = input.shape
+        return torch.grid_sampler_2d(input, grid, 0, 0, False)  # bilinear, zeros, align_corners=False
+
+    @staticmethod
+    def backward(ctx, dy):
+        (grid,) = ctx.saved_tensors
+        dx = _GridSampleLinearT.apply(dy, grid, ctx.input_shape) if ctx.needs_input_grad[0] else None
+        return dx, None
+
+
+class _GridSampleLinearT(torch.autograd.Function):
+    """dx = A^T dy (the stock grid-sampler backward, input gradient only); backward is A again."""
+
+    @staticmethod
+    def forward(ctx, dy, grid, input_shape):
+        ctx.save_for_backward(grid)
+        # The kernel needs `input` only for its shape and dtype when the grid gradient is not asked
+        # for. On CPU a zero-strided placeholder saves an allocation; elsewhere use a real tensor.
+        if dy.device.type == "cpu":
+            shape_only = dy.new_zeros(()).expand(input_shape)
+        else:
+            shape_only = dy.new_empty(input_shape)
+        dx, _ = torch.ops.aten.grid_sampler_2d_backward(dy, shape_only, grid, 0, 0, False, [True, False])
+        return dx
+
+    @staticmethod
+    def backward(ctx, ddx):
+        (grid,) = ctx.saved_tensors
+        ddy = _GridSampleLinear.apply(ddx, grid) if ctx.needs_input_grad[0] else None
+        return ddy, None, None

@@ -12,14 +12,25 @@ Step 3 is a *true convolution* (the filter is mirrored), exactly like `scipy.sig
 matters for odd filters. Output size along one axis: `ceil((L * up + p0 + p1 - taps + 1) / down)`.
 
 Filters come from `setup_filter`: a 2-D tensor `[fh, fw]`, or a 1-D tensor `[taps]` standing for the
-separable filter `outer(f, f)`. The pure-PyTorch implementation never materialises the zero-inserted
-image: separable filters (and 2-D filters that are exactly rank 1) run as two 1-D depthwise passes,
-upsampling is fused into a strided transposed convolution and downsampling into a strided
-convolution. Everything is built from conv ops, so gradients of any order work through autograd.
+separable filter `outer(f, f)`.
+
+The implementation is plain PyTorch and never materialises the zero-inserted image. Separable filters
+(and 2-D filters that are rank 1 up to rounding, like every `setup_filter` outer product) are split
+into their 1-D factors, then, by cost:
+- upsampling with short filters (at most 2 taps per output phase, e.g. [1,3,3,1] with up=2): every
+  output phase is a `lerp` of two shifted views of the input, written straight into the interleaved
+  output (no convolution at all);
+- otherwise one depthwise conv per output phase on the input grid (polyphase upsampling), or a single
+  strided depthwise conv (filtering + downsampling), either 2-D or as a width and a height pass.
+Depthwise convs on CPU reorder their data to a blocked layout and back, so a few elementwise sweeps
+beat them for short filters. The public op is an autograd Function whose backward is again
+`upfirdn2d` (up/down swapped, filter mirrored), so gradients of any order use the same fast routes;
+a filter that requires grad takes plain autograd instead (and gets its gradient).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -137,8 +148,9 @@ def _separable_factors(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | N
         return None  # handled by the caller without factoring
     if f.requires_grad:
         return None  # keep the plain 2-D path so gradients w.r.t. the filter stay exact
+    version = _version(f)
     cache = getattr(f, "_upfirdn2d_factors", None)
-    if cache is not None and cache[0] == f._version:
+    if cache is not None and version is not None and cache[0] == version:
         return cache[1]
     g = f.detach().to("cpu", torch.float64)
     i = int(g.abs().sum(dim=1).argmax())
@@ -148,13 +160,27 @@ def _separable_factors(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | N
     if row[j] != 0:
         col = g[:, j] / row[j]
         err = (torch.outer(col, row) - g).abs().max()
-        if err <= 1e-6 * g.abs().max():
+        if err <= 8 * max(g.shape) * torch.finfo(f.dtype).eps * g.abs().max():  # rank 1 up to rounding
+            # Balance the two factors (equal sums when possible): [1,3,3,1]/8 each for the usual filter.
+            rs, cs = float(row.sum()), float(col.sum())
+            if rs * cs > 0:
+                k = math.sqrt(rs * cs)
+                row, col = row * (k / rs), col * (k / cs)
             result = (row, col)
-    try:
-        f._upfirdn2d_factors = (f._version, result)
-    except (AttributeError, RuntimeError):  # e.g. tensor subclasses that refuse attributes
-        pass
+    if version is not None:
+        try:
+            f._upfirdn2d_factors = (version, result)
+        except (AttributeError, RuntimeError):  # e.g. tensor subclasses that refuse attributes
+            pass
     return result
+
+
+def _version(f: torch.Tensor) -> int | None:
+    """The tensor's version counter, or None where there is none (inference-mode tensors)."""
+    try:
+        return f._version
+    except RuntimeError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -170,10 +196,11 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up=1, down=1, padding=0, 
         up, down: int or `[x, y]`; padding: int, `[px, py]` or `[px0, px1, py0, py1]` (negative crops).
         flip_filter: False = convolution (as scipy), True = correlation.
         gain: multiplies the output.
-        impl: None/'auto', 'ref' or 'cuda'; every choice currently runs the PyTorch implementation.
+        impl: None/'auto' (CUDA kernel for CUDA tensors when it builds and passes its self-check),
+            'ref' (always this PyTorch implementation) or 'cuda' (kernel required for CUDA tensors).
     Returns `[N, C, (H*up + py0 + py1 - fh) // down + 1, (W*up + px0 + px1 - fw) // down + 1]`.
     """
-    _check_impl(impl)
+    impl = _check_impl(impl)
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         raise ValueError(f"x must be a 4-D tensor [N, C, H, W], got "
                          f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
@@ -188,10 +215,21 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up=1, down=1, padding=0, 
                          f"up={up}, down={down}, padding={padding}")
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
+    if x.is_cuda and impl != "ref" and not f.requires_grad:
+        from . import _cuda  # imported lazily: CPU runs never touch the extension machinery
+
+        if _cuda.use_cuda("upfirdn2d", x, impl, reference=_reference_for_cuda):
+            return _cuda.upfirdn2d_cuda(x, f, (upx, upy), (downx, downy), (px0, px1, py0, py1),
+                                        bool(flip_filter), float(gain))
     args = (upx, upy, downx, downy, px0, px1, py0, py1, bool(flip_filter), float(gain))
     if f.requires_grad:
         return _upfirdn2d_torch(x, f, *args)  # plain autograd: also differentiable w.r.t. the filter
     return _UpFirDn2d.apply(x, f, *args)
+
+
+def _reference_for_cuda(x, f, up, down, padding, flip_filter, gain):
+    """This implementation with `upfirdn2d_cuda`'s signature (for the kernel's self-check)."""
+    return upfirdn2d(x, f, list(up), list(down), list(padding), flip_filter, gain, impl="ref")
 
 
 class _UpFirDn2d(torch.autograd.Function):
@@ -228,10 +266,12 @@ class _UpFirDn2d(torch.autograd.Function):
 
 
 def _upfirdn2d_torch(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain):
-    """Dispatch to one 2-D pass or two 1-D passes, whichever needs fewer multiply-adds."""
+    """Pick the cheapest route: elementwise polyphase, one 2-D pass, or two 1-D passes."""
     num_channels = x.shape[1]
-    factors = None if f.ndim == 2 else (f, f)
-    if f.ndim == 2 and f.shape[0] > 1 and f.shape[1] > 1:
+    factors = None
+    if f.ndim == 1:
+        factors = (f, f)
+    elif f.shape[0] > 1 and f.shape[1] > 1:
         factors = _separable_factors(f)
         if factors is not None:
             factors = _cast_factors(f, factors, x)
@@ -241,9 +281,14 @@ def _upfirdn2d_torch(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filt
         return _pass(x, f2, num_channels, (upy, upx), (downy, downx), (py0, py1, px0, px1), flip_filter)
 
     fx, fy = factors
+    kw, kh = fx.numel(), fy.numel()
+    axes = ((upx, kw, px0, px1), (upy, kh, py0, py1))
+    if downx == downy == 1 and max(upx, upy) > 1 and all(_ew_eligible(*a) for a in axes) and not (
+            torch.is_grad_enabled() and (x.requires_grad or f.requires_grad)):
+        return _upsample_ew(x, fx, fy, upx, upy, px0, px1, py0, py1, flip_filter, gain)
+
     fx = fx.to(x.dtype) * gain if gain != 1 else fx.to(x.dtype)
     fy = fy.to(x.dtype)
-    kw, kh = fx.numel(), fy.numel()
     # Taps per output sample: one 2-D pass vs. a width pass and a height pass. 1-D passes cost an
     # extra sweep over memory, so they win only for longer filters.
     cost_2d = -(-kh // upy) * -(-kw // upx)
@@ -255,19 +300,104 @@ def _upfirdn2d_torch(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filt
     return _pass(x, fy[:, None], num_channels, (upy, 1), (downy, 1), (py0, py1, 0, 0), flip_filter)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Elementwise polyphase upsampling (no convolution at all).
+#
+# With up >= taps / 2, every output phase of a separable upsampler mixes at most two neighbouring
+# input samples per axis: out[u*q + r] = c0 * x[q - l] + c1 * x[q - l + 1]. That is one `lerp`
+# per phase, written straight into the interleaved output, which is a few memory sweeps in total
+# (a depthwise conv on CPU also reorders its input and output to a blocked layout). It mutates
+# freshly allocated buffers, so it runs only where autograd is not recording (inside
+# `_UpFirDn2d.forward`, or under no_grad).
+
+
+def _ew_eligible(u, k, p0, p1):
+    return (u >= 2 and -(-k // u) <= 2) or (u == 1 and k == 1 and p0 == 0 and p1 == 0)
+
+
+def _upsample_ew(x, fx, fy, upx, upy, px0, px1, py0, py1, flip_filter, gain):
+    wx = [float(v) for v in fx.tolist()]
+    wy = [float(v) for v in fy.tolist()]
+    if flip_filter:  # the phases below index the conv_transpose-ordered (= unflipped) filter
+        wx, wy = wx[::-1], wy[::-1]
+    stages = []
+    scale = float(gain)
+    for dim, u, w, p0, p1 in ((3, upx, wx, px0, px1), (2, upy, wy, py0, py1)):
+        if u == 1:
+            scale *= w[0]
+            continue
+        out_len, q_len, phases = _axis_phases(x.shape[dim], u, len(w), p0, p1)
+        taps = [None if ph is None else ([w[i] for i in ph[0]], ph[1]) for ph in phases]
+        # Normalise the phases to sum 1 when they share one sum (any sane interpolation filter),
+        # and carry that sum to the last stage, so `lerp` needs no extra scaling pass.
+        sums = {sum(t[0]) for t in taps if t is not None}
+        if len(sums) == 1 and (common := sums.pop()) != 0:
+            taps = [None if t is None else ([c / common for c in t[0]], t[1]) for t in taps]
+            scale *= common
+        stages.append([dim, u, out_len, q_len, taps])
+    last = stages[-1][4]
+    stages[-1][4] = [None if t is None else ([c * scale for c in t[0]], t[1]) for t in last]
+    for dim, u, out_len, q_len, taps in stages:
+        x = _ew_stage(x, dim, u, out_len, q_len, taps)
+    return x
+
+
+def _ew_stage(x, dim, u, out_len, q_len, taps):
+    """Upsample along `dim` (2 or 3) with per-phase taps from `_axis_phases`."""
+    shape = list(x.shape)
+    shape[dim] = q_len * u
+    out = torch.empty(shape, dtype=x.dtype, device=x.device)
+    phases = out.view(shape[:dim] + [q_len, u] + shape[dim + 1:])
+    length = x.shape[dim]
+    for r, tap in enumerate(taps):
+        o = phases.select(dim + 1, r)
+        if tap is None:
+            o.zero_()
+            continue
+        c, left = tap
+        n = len(c)
+        # Interior: every tap inside the input. Edges: a handful of samples, done one by one.
+        q0, q1 = min(max(0, left), q_len), max(min(q_len, length - n + 1 + left), 0)
+        if q1 > q0:
+            xs = [x.narrow(dim, q0 - left + j, q1 - q0) for j in range(n)]
+            oi = o.narrow(dim, q0, q1 - q0)
+            s = sum(c)
+            if n == 2 and s != 0:
+                torch.lerp(xs[0], xs[1], c[1] / s, out=oi)
+                if abs(s - 1) > 1e-12:
+                    oi.mul_(s)
+            else:
+                torch.mul(xs[0], c[0], out=oi)
+                for j in range(1, n):
+                    oi.add_(xs[j], alpha=c[j])
+        for q in [*range(0, q0), *range(max(q1, q0), q_len)]:
+            oq = o.narrow(dim, q, 1)
+            oq.zero_()
+            for j in range(n):
+                i = q - left + j
+                if 0 <= i < length:
+                    oq.add_(x.narrow(dim, i, 1), alpha=c[j])
+    if q_len * u != out_len:
+        out = out.narrow(dim, 0, out_len)
+    return out
+
+
 # Extra cost (in taps per output sample) charged to the two-pass separable route.
 _SEPARABLE_OVERHEAD = 8
 
 
 def _cast_factors(f, factors, x):
     """The float64 CPU factors converted to x's dtype/device, cached beside the factorisation."""
-    key = (x.dtype, x.device)
-    cache = f.__dict__.setdefault("_upfirdn2d_cast", {})
-    hit = cache.get(key)
-    if hit is not None and hit[0] == f._version:
-        return hit[1]
-    cast = tuple(t.to(device=x.device, dtype=x.dtype) for t in factors)
-    cache[key] = (f._version, cast)
+    version = _version(f)
+    cast = tuple(t.to(device=x.device, dtype=x.dtype) for t in factors) if version is None else None
+    if cast is None:
+        key = (x.dtype, x.device)
+        cache = f.__dict__.setdefault("_upfirdn2d_cast", {})
+        hit = cache.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        cast = tuple(t.to(device=x.device, dtype=x.dtype) for t in factors)
+        cache[key] = (version, cast)
     return cast
 
 
@@ -340,11 +470,18 @@ def _fir_valid(x, g, num_channels, stride, pad):
         x = x[:, :, max(-py0, 0):h - max(-py1, 0), max(-px0, 0):w - max(-px1, 0)]
         py0, py1, px0, px1 = max(py0, 0), max(py1, 0), max(px0, 0), max(px1, 0)
     kh, kw = g.shape
-    conv_pad, crop = [], []
+    conv_pad, crop, extra = [], [], []
     for length, k, d, p0, p1 in ((x.shape[2], kh, dy, py0, py1), (x.shape[3], kw, dx, px0, px1)):
         a = -(-max(p1 - p0, 0) // d)  # extra strides of padding at the start, cropped away again
-        conv_pad.append(p0 + a * d)
+        p = p0 + a * d
+        # oneDNN's depthwise kernels need padding < kernel size, else they fall back to a gemm
+        # ~10x slower: pad the rest explicitly.
+        e = max(p - (k - 1), 0)
+        extra.append(e)
+        conv_pad.append(p - e)
         crop.append((a, a + (length + p0 + p1 - k) // d + 1))
+    if extra[0] or extra[1]:
+        x = F.pad(x, [extra[1], extra[1], extra[0], extra[0]])
     weight = g[None, None].expand(num_channels, 1, kh, kw)
     if kh == 1 and kw == 1 and conv_pad == [0, 0] and dy == 1 and dx == 1:
         y = x * g.reshape([])

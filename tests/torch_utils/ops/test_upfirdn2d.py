@@ -7,7 +7,7 @@ import pytest
 import scipy.signal
 import torch
 
-from torch_utils.ops.upfirdn2d import downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d
+from torch_utils.ops.upfirdn2d import _upfirdn2d_simple, downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d
 
 
 def naive_upfirdn2d(x, f, up=(1, 1), down=(1, 1), pad=(0, 0, 0, 0), flip_filter=False, gain=1.0):
@@ -228,3 +228,62 @@ def test_invalid_arguments():
         upfirdn2d(x, f, padding=-4)
     with pytest.raises(ValueError, match="impl"):
         upfirdn2d(x, f, impl="bogus")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_values_and_gradients_match_the_literal_implementation(seed):
+    """Random configurations: every fast route (elementwise, polyphase, strided, separable) and the
+    custom backward against zero-insertion + pad + 2-D conv + decimation differentiated by autograd."""
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    up = [int(v) for v in rng.integers(1, 4, 2)]
+    down = [int(v) for v in rng.integers(1, 3, 2)]
+    taps = int(rng.integers(1, 7))
+    f = setup_filter(rng.random(taps) + 0.1, separable=bool(seed % 2)).double()
+    pad = [int(v) for v in rng.integers(-1, taps + 1, 4)]
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64, generator=gen, requires_grad=True)
+    flip = bool(seed % 3 == 0)
+    out = upfirdn2d(x, f, up=up, down=down, padding=pad, flip_filter=flip, gain=1.5)
+    ref = _upfirdn2d_simple(x, f, up=up, down=down, padding=pad, flip_filter=flip, gain=1.5)
+    torch.testing.assert_close(out, ref)
+    dy = torch.randn(out.shape, dtype=torch.float64, generator=gen)
+    (g_out,) = torch.autograd.grad(out, x, dy)
+    (g_ref,) = torch.autograd.grad(ref, x, dy)
+    torch.testing.assert_close(g_out, g_ref)
+
+
+def test_gradient_wrt_filter():
+    """A filter that requires grad takes the plain-autograd route and gets a gradient."""
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    f = torch.rand(3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f: upfirdn2d(x, f, up=2, padding=1), (f,))
+    fs = torch.rand(4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f: upfirdn2d(x, f, down=2, padding=1), (fs,))
+
+
+def test_outputs_allow_in_place_updates():
+    """Networks do `img = upsample2d(img, f); img.add_(y)`: outputs must not be custom-Function views."""
+    f = setup_filter([1, 3, 3, 1])
+    x = torch.randn(1, 2, 6, 6, requires_grad=True)
+    for y in (upsample2d(x, f), downsample2d(x, f), filter2d(x, f), upfirdn2d(x, f, up=2, down=2, padding=[1, 2, 0, 3])):
+        y.add_(1).mul_(2).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_no_grad_and_inference_mode():
+    f = setup_filter([1, 3, 3, 1])
+    x = torch.randn(1, 2, 6, 6)
+    ref = upsample2d(x, f)
+    with torch.no_grad():
+        torch.testing.assert_close(upsample2d(x, f), ref)
+    with torch.inference_mode():
+        torch.testing.assert_close(upsample2d(x, f), ref)
+        torch.testing.assert_close(downsample2d(x, f), downsample2d(x.clone(), f))
+
+
+def test_filter_made_in_inference_mode():
+    with torch.inference_mode():
+        f = setup_filter([1, 3, 3, 1])
+        x = torch.randn(1, 2, 6, 6)
+        y = upsample2d(x, f)
+    torch.testing.assert_close(y, upsample2d(x.clone(), setup_filter([1, 3, 3, 1])))

@@ -1,0 +1,224 @@
+"""generate.py on tiny trained snapshots: seeds, heatmap seeds, layouts, edits, grids and errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from click.testing import CliRunner
+
+import generate
+from editing import synthesis
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--kimg=0.008", "--tick=0.004", "--snap=1", "--workers=0", "--metrics=none", "--batch=4"]
+RES = 16
+
+
+def train_snapshot(outdir: Path, cfg: str, data: str) -> Path:
+    """Train a tiny run with train.py and return its snapshot."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), f"--outdir={outdir}", f"--cfg={cfg}",
+                           f"--data={data}", *TINY], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (snap,) = outdir.glob("*/network-snapshot-*.pt")
+    return snap
+
+
+@pytest.fixture(scope="module")
+def spatial(tmp_path_factory) -> Path:
+    return train_snapshot(tmp_path_factory.mktemp("spatial"), "tiny-spatial", f"synthetic:shapes:{RES}")
+
+
+@pytest.fixture(scope="module")
+def indoor(tmp_path_factory) -> Path:
+    return train_snapshot(tmp_path_factory.mktemp("indoor"), "tiny-spatial-indoor", f"synthetic:rooms:{RES}")
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> Path:
+    return train_snapshot(tmp_path_factory.mktemp("baseline"), "tiny", f"synthetic:shapes:{RES}")
+
+
+def gen(network: Path, outdir: Path, *args: str):
+    res = CliRunner().invoke(generate.main, [f"--network={network}", f"--outdir={outdir}", "--device=cpu", *args])
+    # Anything but SystemExit escaping main would be a traceback on the real command line.
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    return res
+
+
+def ok(network: Path, outdir: Path, *args: str) -> Path:
+    res = gen(network, outdir, *args)
+    assert res.exit_code == 0, res.output
+    return outdir
+
+
+def error(network: Path, outdir: Path, *args: str) -> str:
+    """Run expecting failure; return the single 'Error: ...' line."""
+    res = gen(network, outdir, *args)
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.stderr
+    return lines[0]
+
+
+def load(path: Path) -> np.ndarray:
+    with PIL.Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def one_image(network: Path, outdir: Path, *args: str) -> np.ndarray:
+    """The only seed*.png a run writes."""
+    ok(network, outdir, *args)
+    (path,) = outdir.glob("seed*.png")
+    return load(path)
+
+
+def test_seed_list_and_range(spatial, tmp_path):
+    ok(spatial, tmp_path, "--seeds=1,3-4")
+    names = sorted(p.name for p in tmp_path.glob("seed*.png"))
+    assert names == ["seed0001-hm0001.png", "seed0003-hm0003.png", "seed0004-hm0004.png"]
+    imgs = [load(tmp_path / n) for n in names]
+    assert all(img.shape == (RES, RES, 3) for img in imgs)
+    assert not np.array_equal(imgs[0], imgs[1])
+
+
+def test_baseline_seeds_and_projection(baseline, tmp_path):
+    ok(baseline, tmp_path / "a", "--seeds=0-1")
+    assert sorted(p.name for p in (tmp_path / "a").glob("*.png")) == ["seed0000.png", "seed0001.png"]
+    assert load(tmp_path / "a" / "seed0001.png").shape == (RES, RES, 3)
+    G = synthesis.load_generator(str(baseline))
+    np.savez(tmp_path / "w.npz", w=synthesis.map_ws(G, synthesis.z_from_seed(G, 1)).numpy())
+    ok(baseline, tmp_path / "b", f"--projected-w={tmp_path / 'w.npz'}")
+    assert np.array_equal(load(tmp_path / "b" / "proj00.png"), load(tmp_path / "a" / "seed0001.png"))
+
+
+def test_grid(spatial, tmp_path):
+    ok(spatial, tmp_path / "a", "--seeds=0-2", "--grid")
+    grid = load(tmp_path / "a" / "grid.png")
+    assert grid.shape == (RES, 3 * RES, 3)
+    assert np.array_equal(grid[:, RES:2 * RES], load(tmp_path / "a" / "seed0001-hm0001.png"))
+    ok(spatial, tmp_path / "b", "--seeds=0-2", "--heatmap-seeds=5,6", "--grid")
+    assert load(tmp_path / "b" / "grid.png").shape == (2 * RES, 3 * RES, 3)
+
+
+def test_heatmap_seeds_are_independent_of_latent_seeds(spatial, tmp_path):
+    ok(spatial, tmp_path, "--seeds=1,2", "--heatmap-seeds=7,8")
+    assert not np.array_equal(load(tmp_path / "seed0001-hm0007.png"), load(tmp_path / "seed0002-hm0007.png"))
+    assert not np.array_equal(load(tmp_path / "seed0001-hm0007.png"), load(tmp_path / "seed0001-hm0008.png"))
+    # Default: each image's heatmap seed is its latent seed.
+    same = one_image(spatial, tmp_path / "default", "--seeds=7")
+    assert np.array_equal(same, one_image(spatial, tmp_path / "explicit", "--seeds=7", "--heatmap-seeds=7"))
+
+
+def test_layout_round_trip(spatial, tmp_path):
+    first = one_image(spatial, tmp_path / "a", "--seeds=2", "--heatmap-seeds=9", "--save-layout")
+    layout = tmp_path / "a" / "seed0002-hm0009.json"
+    assert layout.is_file()
+    again = one_image(spatial, tmp_path / "b", "--seeds=2", f"--layout={layout}")
+    assert (tmp_path / "b" / "seed0002-seed0002-hm0009.png").is_file()
+    assert np.array_equal(first, again)
+    assert "either --layout or --heatmap-seeds" in error(spatial, tmp_path / "c", "--seeds=2", f"--layout={layout}",
+                                                        "--heatmap-seeds=1")
+
+
+def test_move_and_move_back(spatial, tmp_path):
+    base = one_image(spatial, tmp_path / "a", "--seeds=3", "--heatmap-seeds=4", "--save-layout")
+    moved = one_image(spatial, tmp_path / "b", "--seeds=3", "--heatmap-seeds=4", "--move=0:0:0.25,0",
+                      "--save-layout")
+    assert not np.array_equal(base, moved)
+    (moved_layout,) = (tmp_path / "b").glob("*.json")
+    back = one_image(spatial, tmp_path / "c", "--seeds=3", f"--layout={moved_layout}", "--move=0:0:-0.25,0")
+    assert np.array_equal(base, back)
+
+
+def test_scale_changes_the_image(spatial, tmp_path):
+    base = one_image(spatial, tmp_path / "a", "--seeds=3")
+    assert not np.array_equal(base, one_image(spatial, tmp_path / "b", "--seeds=3", "--scale=0:0:2.5"))
+
+
+def test_remove_and_restyle_on_indoor(indoor, tmp_path):
+    base = one_image(indoor, tmp_path / "a", "--seeds=5", "--heatmap-seeds=6", "--save-layout")
+    removed = one_image(indoor, tmp_path / "b", "--seeds=5", "--heatmap-seeds=6", "--remove=0")
+    restyled = one_image(indoor, tmp_path / "c", "--seeds=5", "--heatmap-seeds=6", "--restyle=1:12345",
+                         "--save-layout")
+    assert not np.array_equal(base, removed) and not np.array_equal(base, restyled)
+    (layout,) = (tmp_path / "c").glob("*.json")
+    assert '12345' in layout.read_text()
+
+
+def test_out_of_range_edits_are_clear_errors(spatial, indoor, tmp_path):
+    assert "index=9 out of range" in error(spatial, tmp_path, "--seeds=0", "--move=0:9:0.1,0")
+    assert "level=7 out of range" in error(spatial, tmp_path, "--seeds=0", "--scale=7:0:2")
+    assert "index=5 out of range" in error(indoor, tmp_path, "--seeds=0", "--remove=5")
+    assert "restyle" in error(spatial, tmp_path, "--seeds=0", "--restyle=0:1")  # no style seeds
+    assert "DX,DY" in error(spatial, tmp_path, "--seeds=0", "--move=0:0:0.1")
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_fixed_layout_grid(spatial, tmp_path):
+    ok(spatial, tmp_path, "--seeds=0-2", "--heatmap-seeds=4,5", "--fixed-layout")
+    grid = load(tmp_path / "layout-grid.png")
+    assert grid.shape == (2 * RES, 3 * RES, 3)
+    assert np.array_equal(grid[RES:, :RES], load(tmp_path / "seed0000-hm0005.png"))
+    assert "--fixed-layout needs" in error(spatial, tmp_path / "x", "--seeds=0-2", "--fixed-layout")
+
+
+def test_show_heatmaps_widens_the_image(spatial, tmp_path):
+    plain = one_image(spatial, tmp_path / "a", "--seeds=1")
+    wide = one_image(spatial, tmp_path / "b", "--seeds=1", "--show-heatmaps")
+    assert wide.shape == (RES, 2 * RES, 3)
+    assert np.array_equal(wide[:, :RES], plain) and wide[:, RES:].max() > 0
+
+
+@pytest.mark.parametrize("args", [["--heatmap-seeds=1"], ["--move=0:0:0.1,0"], ["--remove=0"], ["--fixed-layout"]])
+def test_heatmap_options_on_baseline(baseline, tmp_path, args):
+    assert "no heatmap encoding" in error(baseline, tmp_path, "--seeds=0", *args)
+
+
+def test_projected_w(spatial, tmp_path):
+    G = synthesis.load_generator(str(spatial))
+    ws = torch.cat([synthesis.map_ws(G, synthesis.z_from_seed(G, s), synthesis.spec_from_seed(G, 0))
+                    for s in (3, 4)])
+    good = tmp_path / "w.npz"
+    np.savez(good, w=ws.numpy())
+    ok(spatial, tmp_path / "a", f"--projected-w={good}")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["proj00.png", "proj01.png"]
+    # W of latent seed 3 under heatmap seed 0 reproduces that seed's image.
+    seeded = one_image(spatial, tmp_path / "b", "--seeds=3", "--heatmap-seeds=0")
+    assert np.array_equal(load(tmp_path / "a" / "proj00.png"), seeded)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, w=ws[:, :2].numpy())
+    assert "expected [N, " in error(spatial, tmp_path / "c", f"--projected-w={bad}")
+    np.savez(tmp_path / "nokey.npz", x=ws.numpy())
+    assert "key 'w'" in error(spatial, tmp_path / "c", f"--projected-w={tmp_path / 'nokey.npz'}")
+
+
+def test_missing_network_seeds_and_bad_outdir(spatial, tmp_path):
+    assert "missing.pt" in error(tmp_path / "missing.pt", tmp_path, "--seeds=0")
+    assert "--seeds is required" in error(spatial, tmp_path)
+    (tmp_path / "afile").write_text("x")
+    assert "afile" in error(spatial, tmp_path / "afile" / "sub", "--seeds=0")  # outdir below a file
+
+
+def test_malformed_seeds_on_the_command_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "generate.py"), f"--network={tmp_path / 'x.pt'}",
+                           "--seeds=1,x-3", f"--outdir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--seeds" in lines[0] and "x-3" in lines[0]
+
+
+def test_help_documents_every_option():
+    res = CliRunner().invoke(generate.main, ["--help"], terminal_width=200)
+    assert res.exit_code == 0
+    for param in generate.main.params:
+        if param.name != "help":
+            assert param.help, f"{param.opts} has no help text"
+    assert "--heatmap-seeds" in res.output and "--projected-w" in res.output

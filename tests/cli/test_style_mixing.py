@@ -1,0 +1,127 @@
+"""style_mixing.py on tiny trained snapshots: files, grid layout, styles, heatmap seeds, errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+from click.testing import CliRunner
+
+import generate
+import style_mixing
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--kimg=0.008", "--tick=0.004", "--snap=1", "--workers=0", "--metrics=none", "--batch=4"]
+RES = 16
+
+
+def train_snapshot(outdir: Path, cfg: str) -> Path:
+    """Train a tiny run with train.py and return its snapshot."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), f"--outdir={outdir}", f"--cfg={cfg}",
+                           f"--data=synthetic:shapes:{RES}", *TINY], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (snap,) = outdir.glob("*/network-snapshot-*.pt")
+    return snap
+
+
+@pytest.fixture(scope="module")
+def spatial(tmp_path_factory) -> Path:
+    return train_snapshot(tmp_path_factory.mktemp("spatial"), "tiny-spatial")
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> Path:
+    return train_snapshot(tmp_path_factory.mktemp("baseline"), "tiny")
+
+
+def invoke(command, network: Path, outdir: Path, *args: str):
+    res = CliRunner().invoke(command, [f"--network={network}", f"--outdir={outdir}", "--device=cpu", *args])
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    return res
+
+
+def mix(network: Path, outdir: Path, *args: str) -> Path:
+    res = invoke(style_mixing.main, network, outdir, *args)
+    assert res.exit_code == 0, res.output
+    return outdir
+
+
+def mix_error(network: Path, outdir: Path, *args: str) -> str:
+    res = invoke(style_mixing.main, network, outdir, *args)
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.stderr
+    return lines[0]
+
+
+def generated(network: Path, outdir: Path, seed: int, heatmap_seed: int | None = None) -> np.ndarray:
+    """generate.py's image of a latent seed (and heatmap seed) for cross-checks."""
+    extra = [] if heatmap_seed is None else [f"--heatmap-seeds={heatmap_seed}"]
+    res = invoke(generate.main, network, outdir, f"--seeds={seed}", *extra)
+    assert res.exit_code == 0, res.output
+    (path,) = outdir.glob(f"seed{seed:04d}*.png")
+    return load(path)
+
+
+def load(path: Path) -> np.ndarray:
+    with PIL.Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def cell(grid: np.ndarray, row: int, col: int) -> np.ndarray:
+    return grid[row * RES:(row + 1) * RES, col * RES:(col + 1) * RES]
+
+
+def test_files_and_grid_layout(spatial, tmp_path):
+    out = mix(spatial, tmp_path / "mix", "--rows=1-3", "--cols=5,6", "--styles=0-2")
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted([f"{r}-{c}.png" for r in (1, 2, 3) for c in (5, 6)] + ["grid.png"])
+    grid = load(out / "grid.png")
+    assert grid.shape == (4 * RES, 3 * RES, 3)
+    assert cell(grid, 0, 0).max() == 0  # blank corner
+    # Sources: columns on top, rows on the left, each as generate.py draws that seed.
+    assert np.array_equal(cell(grid, 0, 2), generated(spatial, tmp_path / "g6", 6))
+    assert np.array_equal(cell(grid, 3, 0), generated(spatial, tmp_path / "g3", 3))
+    mixed = load(out / "2-5.png")
+    assert np.array_equal(cell(grid, 2, 1), mixed)
+    assert not np.array_equal(mixed, cell(grid, 2, 0)) and not np.array_equal(mixed, cell(grid, 0, 1))
+
+
+def test_all_styles_from_the_column_keep_the_row_heatmaps(spatial, tmp_path):
+    """Copying every w layer gives the column's latent drawn with the row seed's heatmaps."""
+    out = mix(spatial, tmp_path / "mix", "--rows=2", "--cols=7")  # default 0-6 covers all 6 layers at 16px
+    assert np.array_equal(load(out / "2-7.png"), generated(spatial, tmp_path / "g", 7, heatmap_seed=2))
+
+
+def test_heatmap_seed_is_used_for_every_cell(spatial, tmp_path):
+    out = mix(spatial, tmp_path / "mix", "--rows=1,2", "--cols=3", "--styles=0-1", "--heatmap-seed=9")
+    grid = load(out / "grid.png")
+    assert np.array_equal(cell(grid, 1, 0), generated(spatial, tmp_path / "g1", 1, heatmap_seed=9))
+    assert np.array_equal(cell(grid, 0, 1), generated(spatial, tmp_path / "g3", 3, heatmap_seed=9))
+    default = mix(spatial, tmp_path / "default", "--rows=1,2", "--cols=3", "--styles=0-1")
+    assert not np.array_equal(load(out / "1-3.png"), load(default / "1-3.png"))
+
+
+def test_baseline(baseline, tmp_path):
+    out = mix(baseline, tmp_path / "mix", "--rows=0,1", "--cols=2", "--styles=3-5")
+    assert load(out / "grid.png").shape == (3 * RES, 2 * RES, 3)
+    assert np.array_equal(cell(load(out / "grid.png"), 1, 0), generated(baseline, tmp_path / "g", 0))
+    assert "no heatmap encoding" in mix_error(baseline, tmp_path / "x", "--rows=0", "--cols=1", "--heatmap-seed=3")
+
+
+def test_errors(spatial, tmp_path):
+    assert "--styles" in mix_error(spatial, tmp_path, "--rows=0", "--cols=1", "--styles=0,40")
+    assert "--rows" in mix_error(spatial, tmp_path, "--rows=a", "--cols=1")
+    assert "--cols" in mix_error(spatial, tmp_path, "--rows=0", "--cols=3-1")
+    assert "missing.pt" in mix_error(tmp_path / "missing.pt", tmp_path, "--rows=0", "--cols=1")
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_help_documents_every_option():
+    for param in style_mixing.main.params:
+        assert param.help, f"{param.opts} has no help text"

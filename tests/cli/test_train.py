@@ -1,0 +1,248 @@
+"""train.py end to end on CPU: run directory, --dry-run, --resume, kill -9, and one-line input errors."""
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from click.testing import CliRunner
+
+from training import checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--kimg=0.008", "--tick=0.004", "--snap=1", "--workers=0", "--metrics=none", "--batch=4"]
+SPATIAL = ["--cfg=tiny-spatial", "--data=synthetic:shapes:16", *TINY]
+
+
+def env() -> dict:
+    e = dict(os.environ, OMP_NUM_THREADS="1")
+    e.pop("SPATIALGAN_DEBUG", None)  # it turns one-line errors into tracebacks
+    return e
+
+
+def train(*args, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *map(str, args)], cwd=REPO, env=env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def train_inprocess(*args) -> SimpleNamespace:
+    """train.main in this process (for errors raised before training starts: no interpreter start-up)."""
+    import train as train_cli
+
+    res = CliRunner().invoke(train_cli.main, [str(a) for a in args])
+    # An exception other than SystemExit escaped main: the real CLI would print a traceback.
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    return SimpleNamespace(returncode=res.exit_code, stdout=res.stdout, stderr=res.stderr)
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """Exit != 0, no traceback, and exactly one 'Error: ...' line on stderr containing `needles`."""
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "Traceback" not in out
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def run_dirs(outdir: Path) -> list[Path]:
+    return sorted(p for p in outdir.iterdir() if p.is_dir())
+
+
+def final_progress(run_dir: Path) -> dict:
+    snaps = sorted(run_dir.glob("network-snapshot-*.pt"))
+    assert snaps, f"no snapshot in {run_dir}"
+    return checkpoint.load_snapshot(snaps[-1])["state"]["progress"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """One tiny SpatialGAN run (two ticks of one minibatch each); returns its run directory."""
+    outdir = tmp_path_factory.mktemp("train")
+    assert_ok(train(f"--outdir={outdir}", *SPATIAL))
+    (run_dir,) = run_dirs(outdir)
+    return run_dir
+
+
+def test_run_writes_the_run_directory(trained):
+    assert re.fullmatch(r"\d{5}-synthetic_shapes16-tiny_spatial-kimg0\.008-batch4", trained.name)
+    opts = json.loads((trained / "training_options.json").read_text())
+    assert opts["cfg"] == "tiny-spatial" and opts["batch"] == 4 and opts["resolution"] == 16
+    assert opts["G_kwargs"]["spatial_kwargs"]["encoding"] == "sel_norm" and opts["resume"] is None
+    assert "tick 1" in (trained / "log.txt").read_text()
+    stats = [json.loads(line) for line in (trained / "stats.jsonl").read_text().splitlines()]
+    assert len(stats) == 2 and stats[-1]["Progress/kimg"]["mean"] == pytest.approx(0.008)
+    for name in ("reals.png", "fakes_init.png"):
+        with PIL.Image.open(trained / name) as img:
+            assert img.size[0] % 16 == 0 and img.size[1] % 16 == 0
+    assert final_progress(trained)["cur_nimg"] == 8
+    G = checkpoint.load_network(next(trained.glob("network-snapshot-*.pt")))
+    assert G.img_resolution == 16 and G.heatmap_sampler is not None
+
+
+def test_dry_run_prints_json_and_creates_nothing(tmp_path):
+    outdir = tmp_path / "out"
+    proc = train(f"--outdir={outdir}", *SPATIAL, "--dry-run")
+    assert_ok(proc)
+    opts = json.loads(proc.stdout)
+    assert opts["cfg"] == "tiny-spatial" and opts["kimg"] == 0.008 and opts["batch"] == 4
+    assert not outdir.exists()
+
+
+def test_resume_from_run_dir_continues_counters(trained, tmp_path):
+    proc = train(f"--outdir={tmp_path}", *SPATIAL, "--kimg=0.016", f"--resume={trained}")
+    assert_ok(proc)
+    assert "Resumed from" in proc.stdout and "kimg 0.008" in proc.stdout
+    (run_dir,) = run_dirs(tmp_path)
+    assert json.loads((run_dir / "training_options.json").read_text())["resume"].startswith(str(trained))
+    progress = final_progress(run_dir)
+    assert progress["cur_nimg"] == 16 and progress["cur_tick"] >= 3
+    assert not (run_dir / "fakes_init.png").exists()  # only a fresh run draws the initial grids
+
+
+def test_kill_9_leaves_a_resumable_run(tmp_path):
+    outdir = tmp_path / "out"
+    args = [f"--outdir={outdir}", *SPATIAL, "--kimg=10"]  # long enough to be killed mid-run
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (outdir.exists() and list(outdir.glob("*/network-snapshot-*.pt"))):
+            assert proc.poll() is None and time.time() < deadline, "training ended before a snapshot"
+            time.sleep(0.05)
+        time.sleep(0.7)  # let it get into the next snapshot write, which kill -9 may interrupt
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    (run_dir,) = run_dirs(outdir)
+    snaps = sorted(run_dir.glob("network-snapshot-*.pt"))
+    assert snaps and all(p.name.startswith("network-snapshot-") for p in snaps)
+    leftovers = [p.name for p in run_dir.iterdir() if ".pt" in p.name and p not in snaps]
+    assert all(n.startswith(".") and n.endswith(".tmp") for n in leftovers), leftovers  # temp files only
+    cur_nimg = checkpoint.load_snapshot(snaps[-1])["state"]["progress"]["cur_nimg"]  # complete, loadable
+    # Whatever kill -9 interrupted, a half-written temp file must never be picked up by --resume.
+    (run_dir / ".network-snapshot-999999.pt.crash.tmp").write_bytes(snaps[-1].read_bytes()[:1000])
+    resumed = tmp_path / "resumed"
+    proc2 = train(f"--outdir={resumed}", *SPATIAL, f"--kimg={(cur_nimg + 4) / 1000:g}", f"--resume={run_dir}")
+    assert_ok(proc2)
+    assert f"Resumed from {snaps[-1]}" in proc2.stdout
+    assert final_progress(run_dirs(resumed)[0])["cur_nimg"] == cur_nimg + 4
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input: one clear line naming the input, no traceback.
+
+
+def png_bytes(width: int, height: int, mode: str = "RGB") -> bytes:
+    shape = (height, width) if mode == "L" else (height, width, len(mode))
+    buf = io.BytesIO()
+    PIL.Image.fromarray(np.full(shape, 100, np.uint8), mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def image_dir(path: Path, sizes, mode: str = "RGB") -> Path:
+    path.mkdir()
+    for i, (w, h) in enumerate(sizes):
+        (path / f"img{i}.png").write_bytes(png_bytes(w, h, mode))
+    return path
+
+
+def bad_train(tmp_path, data, *extra, inprocess: bool = True):
+    return (train_inprocess if inprocess else train)(f"--outdir={tmp_path / 'out'}", "--cfg=tiny", f"--data={data}", *TINY, *extra)
+
+
+def test_missing_dataset(tmp_path):
+    assert_one_line_error(bad_train(tmp_path, tmp_path / "nope"), str(tmp_path / "nope"))
+
+
+def test_empty_dataset_dir(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(bad_train(tmp_path, tmp_path / "empty"), "no images", str(tmp_path / "empty"))
+
+
+def test_corrupt_image_in_zip_names_the_member(tmp_path):
+    path = tmp_path / "data.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for i in range(3):
+            zf.writestr(f"img{i}.png", png_bytes(8, 8))
+        zf.writestr("img3.png", png_bytes(8, 8)[:40])  # truncated PNG
+    # Only reading the images finds this, so it fails in the training process: run the real CLI.
+    assert_one_line_error(bad_train(tmp_path, path, inprocess=False), "data.zip", "img3.png")
+
+
+@pytest.mark.parametrize("case, sizes, mode, needle", [
+    ("mixed", [(8, 8), (8, 8), (16, 16)], "RGB", "img2.png"),
+    ("nonsquare", [(16, 8), (16, 8)], "RGB", "square"),
+    ("npot", [(12, 12), (12, 12)], "RGB", "power of two"),
+    ("rgba", [(8, 8), (8, 8)], "RGBA", "RGBA"),
+])
+def test_bad_image_folders(tmp_path, case, sizes, mode, needle):
+    path = image_dir(tmp_path / case, sizes, mode)
+    assert_one_line_error(bad_train(tmp_path, path, inprocess=case != "mixed"), str(path), needle)
+
+
+def test_unknown_cfg(tmp_path):
+    proc = train_inprocess(f"--outdir={tmp_path}", "--cfg=nonesuch", "--data=synthetic:shapes:16", *TINY)
+    assert_one_line_error(proc, "--cfg", "nonesuch")
+
+
+def test_batch_not_divisible_by_batch_gpu(tmp_path):
+    proc = train_inprocess(f"--outdir={tmp_path}", *SPATIAL, "--batch-gpu=3")
+    assert_one_line_error(proc, "--batch=4", "--batch-gpu=3")
+
+
+def resume_targets(tmp_path: Path) -> list[Path]:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a snapshot\n")
+    tensor = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), tensor)
+    evil = tmp_path / "evil.pt"
+    # A protocol-2 pickle of os.system('touch pwned!'): plain pickle.load would run it.
+    evil.write_bytes(b"\x80\x02cposix\nsystem\nq\x00X\x0c\x00\x00\x00touch pwned!q\x01\x85q\x02Rq\x03.")
+    return [text, tensor, evil]
+
+
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["text", "plain-tensor", "code-pickle"])
+def test_resume_of_a_non_snapshot(tmp_path, which):
+    target = resume_targets(tmp_path)[which]
+    proc = train(f"--outdir={tmp_path / 'out'}", *SPATIAL, f"--resume={target}")
+    assert_one_line_error(proc, str(target), "not a SpatialGAN snapshot")
+    assert not (REPO / "pwned!").exists() and not (tmp_path / "pwned!").exists()
+
+
+def test_resume_of_a_dir_without_snapshots(tmp_path):
+    proc = train_inprocess(f"--outdir={tmp_path / 'out'}", *SPATIAL, f"--resume={tmp_path}")
+    assert_one_line_error(proc, str(tmp_path), "no network-snapshot")
+
+
+def test_outdir_not_writable(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        # Root ignores permission bits; a path below a regular file is unwritable for everyone.
+        if os.access(ro, os.W_OK):
+            (tmp_path / "afile").write_text("x")
+            outdir = tmp_path / "afile" / "sub"
+        else:
+            outdir = ro
+        assert_one_line_error(train_inprocess(f"--outdir={outdir}", *SPATIAL), f"--outdir={outdir}")
+    finally:
+        ro.chmod(0o700)

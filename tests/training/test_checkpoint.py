@@ -1,0 +1,120 @@
+"""training/checkpoint.py: snapshot round trip, atomic writes, version and non-snapshot errors."""
+
+import os
+
+import pytest
+import torch
+
+from training import checkpoint, config, networks
+from training.checkpoint import SnapshotError
+
+
+def tiny_nets(cfg: str = "tiny-spatial", res: int = 16):
+    """G and D of a preset at a small resolution (random weights, no training)."""
+    G_kwargs, D_kwargs = config.network_kwargs(config.load_preset(cfg), res, 3, 0, fp32=True)
+    torch.manual_seed(0)
+    return networks.Generator(**G_kwargs).eval(), networks.Discriminator(**D_kwargs).eval()
+
+
+def snapshot_dict(G, D) -> dict:
+    return dict(networks=dict(G=checkpoint.pack_module(G), D=checkpoint.pack_module(D),
+                              G_ema=checkpoint.pack_module(G)),
+                state=dict(progress=dict(cur_nimg=12)), training_options=dict(cfg="tiny-spatial"))
+
+
+class Payload:
+    """A pickle that names os.system: loading it must never run the command."""
+
+    def __init__(self, sentinel: str):
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.sentinel}",)
+
+
+@pytest.mark.parametrize("cfg", ["tiny", "tiny-spatial", "tiny-spatial-indoor"])
+def test_round_trip_rebuilds_identical_networks(tmp_path, cfg):
+    G, D = tiny_nets(cfg)
+    path = tmp_path / "snap.pt"
+    checkpoint.save_snapshot(path, snapshot_dict(G, D))
+    data = checkpoint.load_snapshot(path)
+    assert data["format"] == checkpoint.FORMAT and data["version"] == checkpoint.VERSION
+    assert data["state"]["progress"]["cur_nimg"] == 12 and data["training_options"]["cfg"] == "tiny-spatial"
+    G2 = checkpoint.load_network(path, "G_ema")
+    D2 = checkpoint.load_network(path, "D")
+    assert G2.init_kwargs == G.init_kwargs and not G2.training
+    z = torch.randn([2, G.z_dim], generator=torch.Generator().manual_seed(1))
+    c = torch.zeros([2, 0])
+    spec = G.heatmap_sampler(2, generator=3) if G.heatmap_sampler is not None else None
+    with torch.no_grad():
+        img = G(z, c, heatmaps=spec, noise_mode="const")
+        assert torch.equal(G2(z, c, heatmaps=spec, noise_mode="const"), img)
+        assert torch.equal(D2(img, c), D(img, c))
+
+
+def test_save_is_atomic_and_leaves_no_temp_file(tmp_path):
+    G, D = tiny_nets("tiny")
+    path = tmp_path / "snap.pt"
+    checkpoint.save_snapshot(path, snapshot_dict(G, D))
+    before = path.read_bytes()
+    bad = dict(snapshot_dict(G, D), extra=lambda: None)  # lambdas cannot be pickled: fails mid-write
+    with pytest.raises(Exception):
+        checkpoint.save_snapshot(path, bad)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["snap.pt"]
+    checkpoint.load_network(path)  # still a valid snapshot
+
+
+def test_newer_format_version_is_refused(tmp_path):
+    path = tmp_path / "future.pt"
+    torch.save({"format": checkpoint.FORMAT, "version": checkpoint.VERSION + 1, "networks": {}}, path)
+    with pytest.raises(SnapshotError, match=f"version {checkpoint.VERSION + 1}.*Upgrade"):
+        checkpoint.load_snapshot(path)
+
+
+def test_non_snapshots_raise_snapshot_error(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    tensor = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), tensor)
+    no_nets = tmp_path / "no_nets.pt"
+    torch.save({"format": checkpoint.FORMAT, "version": checkpoint.VERSION}, no_nets)
+    for path in (text, tensor, no_nets, tmp_path / "missing.pt"):
+        with pytest.raises(SnapshotError, match=str(path.name)):
+            checkpoint.load_snapshot(path)
+
+
+def test_truncated_snapshot_raises(tmp_path):
+    G, D = tiny_nets("tiny")
+    path = tmp_path / "snap.pt"
+    checkpoint.save_snapshot(path, snapshot_dict(G, D))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SnapshotError, match="snap.pt"):
+        checkpoint.load_snapshot(path)
+
+
+def test_pickle_referencing_code_is_refused_without_running_it(tmp_path):
+    sentinel = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"format": checkpoint.FORMAT, "version": 1, "networks": Payload(str(sentinel))}, path)
+    with pytest.raises(SnapshotError, match="evil.pt"):
+        checkpoint.load_snapshot(path)
+    assert not sentinel.exists()
+
+
+def test_build_module_validates_class_and_state(tmp_path):
+    G, _ = tiny_nets("tiny")
+    packed = checkpoint.pack_module(G)
+    with pytest.raises(SnapshotError, match="Unknown network class"):
+        checkpoint.build_module(dict(packed, **{"class": "Evil"}))
+    state = dict(packed["state_dict"])
+    state.pop(next(iter(state)))
+    with pytest.raises(SnapshotError, match="does not match"):
+        checkpoint.build_module(dict(packed, state_dict=state))
+    with pytest.raises(TypeError, match="init_kwargs"):
+        checkpoint.pack_module(torch.nn.Linear(2, 2))
+    path = tmp_path / "snap.pt"
+    checkpoint.save_snapshot(path, dict(networks=dict(G_ema=packed)))
+    with pytest.raises(SnapshotError, match="no network 'D'"):
+        checkpoint.load_network(path, "D")

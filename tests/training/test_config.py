@@ -1,0 +1,148 @@
+"""training/config.py: presets resolve at their resolution; auto formulas, lazy-reg correction, overrides."""
+
+import json
+
+import pytest
+
+from training import config
+from training.config import ConfigError, resolve_options
+
+
+def info(resolution: int, channels: int = 3, label_dim: int = 0) -> dict:
+    """A dataset description as train.py builds it (no data needed)."""
+    return dict(kwargs=dict(path=f"synthetic:shapes:{resolution}"), name=f"fake{resolution}",
+                resolution=resolution, num_channels=channels, label_dim=label_dim)
+
+
+@pytest.mark.parametrize("name", config.list_presets())
+def test_every_preset_resolves_at_its_resolution(name):
+    preset = config.load_preset(name)
+    res = preset.get("resolution") or 64  # auto / cifar take the dataset's resolution
+    opts = resolve_options(name, info(res))
+    assert opts["cfg"] == name and opts["resolution"] == res
+    assert opts["G_kwargs"]["img_resolution"] == res and opts["D_kwargs"]["img_resolution"] == res
+    assert opts["batch"] % opts["batch_gpu"] == 0 and opts["kimg"] > 0
+    assert (opts["G_kwargs"]["spatial_kwargs"] is None) == (preset.get("spatial") is None)
+    if preset.get("spatial") is None:
+        assert opts["align"] is None  # alignment needs heatmaps
+    assert json.loads(json.dumps(opts)) == opts  # training_options.json must round-trip
+
+
+def test_preset_list_is_complete_and_unknown_cfg_lists_them():
+    names = config.list_presets()
+    assert {"auto", "paper256", "tiny", "tiny-spatial", "tiny-spatial-indoor"} <= set(names)
+    with pytest.raises(ConfigError, match="nonesuch") as err:
+        config.load_preset("nonesuch")
+    assert "paper256" in str(err.value)
+
+
+def test_preset_from_json_path_and_invalid_json(tmp_path):
+    good = tmp_path / "mine.json"
+    preset = {k: v for k, v in config.load_preset("tiny").items() if k != "name"}
+    good.write_text(json.dumps(dict(preset, kimg=3)))
+    assert config.load_preset(str(good))["kimg"] == 3
+    opts = resolve_options(str(good), info(32))
+    assert opts["cfg"] == "mine" and opts["kimg"] == 3
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        config.load_preset(str(bad))
+
+
+# res: (1-GPU mb, gamma, ema), (8-GPU mb, gamma, ema) -- the facts table of StyleGAN2-ADA's `auto`.
+AUTO_TABLE = {
+    64: ((32, 0.0256, 10), (64, 0.0128, 20)),
+    128: ((32, 0.1024, 10), (64, 0.0512, 20)),
+    256: ((16, 0.8192, 5), (64, 0.2048, 20)),
+    512: ((8, 6.5536, 2.5), (64, 0.8192, 20)),
+    1024: ((4, 52.43, 1.25), (32, 6.5536, 10)),
+}
+
+
+@pytest.mark.parametrize("res", sorted(AUTO_TABLE))
+@pytest.mark.parametrize("gpus", [1, 8])
+def test_auto_formulas_match_the_table(res, gpus):
+    mb, gamma, ema = AUTO_TABLE[res][0 if gpus == 1 else 1]
+    hp = config.auto_hyperparameters(res, gpus)
+    assert hp["batch"] == mb and hp["ema_kimg"] == pytest.approx(ema)
+    assert hp["gamma"] == pytest.approx(gamma, rel=1e-3)  # the table rounds 52.4288 to 52.43
+    assert hp["mbstd"] == 4
+    assert hp["fmaps"] == (1 if res >= 512 else 0.5) and hp["lrate"] == (0.002 if res >= 1024 else 0.0025)
+    opts = resolve_options("auto", info(res), world_size=gpus)
+    assert opts["batch"] == mb and opts["ema_kimg"] == pytest.approx(ema)
+    assert opts["loss_kwargs"]["r1_gamma"] == pytest.approx(gamma, rel=1e-3)
+    assert opts["D_kwargs"]["epilogue_kwargs"]["mbstd_group_size"] == 4
+    assert opts["batch_gpu"] * gpus == mb  # auto: ref_gpus = gpus, one round per step
+
+
+def test_lazy_regularisation_optimiser_correction_paper256():
+    opts = resolve_options("paper256", info(256))
+    assert opts["G_reg_interval"] == 4 and opts["D_reg_interval"] == 16
+    G, D = opts["G_opt_kwargs"], opts["D_opt_kwargs"]
+    assert G["lr"] == pytest.approx(0.0020) and G["betas"] == pytest.approx([0.0, 0.99 ** 0.8])
+    assert D["lr"] == pytest.approx(0.0025 * 16 / 17) and D["betas"] == pytest.approx([0.0, 0.99 ** (16 / 17)])
+    assert G["eps"] == D["eps"] == 1e-8
+
+
+def test_no_regularisation_means_no_correction():
+    opts = resolve_options("cifar", info(32))  # pl_weight 0: G is never lazily regularised
+    assert opts["G_reg_interval"] is None
+    assert opts["G_opt_kwargs"]["lr"] == 0.0025 and opts["G_opt_kwargs"]["betas"] == [0.0, 0.99]
+    opts = resolve_options("paper256", info(256), gamma=0)
+    assert opts["D_reg_interval"] is None and opts["D_opt_kwargs"]["lr"] == 0.0025
+
+
+def test_batch_gpu_derivation_and_errors():
+    opts = resolve_options("paper256", info(256))  # mb 64 over ref_gpus 8: 8 per round
+    assert (opts["batch"], opts["batch_gpu"]) == (64, 8)
+    opts = resolve_options("paper256", info(256), world_size=8)
+    assert (opts["batch"], opts["batch_gpu"]) == (64, 8)
+    assert resolve_options("tiny", info(32), batch=12, batch_gpu=3)["batch_gpu"] == 3
+    with pytest.raises(ConfigError, match="--batch=4 is not divisible by --batch-gpu=3"):
+        resolve_options("tiny", info(32), batch=4, batch_gpu=3)
+    with pytest.raises(ConfigError, match="number of processes"):
+        resolve_options("tiny", info(32), world_size=4, batch=6)
+    with pytest.raises(ConfigError, match="--batch must be positive"):
+        resolve_options("tiny", info(32), batch=0)
+
+
+def test_other_option_errors():
+    with pytest.raises(ConfigError, match="--p is required"):
+        resolve_options("tiny", info(32), aug="fixed")
+    with pytest.raises(ConfigError, match="--gamma"):
+        resolve_options("tiny", info(32), gamma=-1)
+    with pytest.raises(ConfigError, match="--kimg"):
+        resolve_options("tiny", info(32), kimg=-1)
+
+
+def test_encoding_none_turns_spatial_preset_into_baseline():
+    opts = resolve_options("tiny-spatial", info(32), spatial=dict(encoding="none"), align=dict(enabled=None))
+    assert opts["G_kwargs"]["spatial_kwargs"] is None and opts["align"] is None
+
+
+def test_align_false_keeps_the_encoding():
+    opts = resolve_options("tiny-spatial", info(32), align=dict(enabled=False))
+    assert opts["G_kwargs"]["spatial_kwargs"]["encoding"] == "sel_norm"
+    assert opts["align"] is None
+    default = resolve_options("tiny-spatial", info(32))
+    assert default["align"] is not None and default["align"]["weight"] == 1.0
+
+
+def test_align_on_a_baseline_needs_an_encoding():
+    with pytest.raises(ConfigError, match="--align=true needs a heatmap encoding"):
+        resolve_options("tiny", info(32), align=dict(enabled=True))
+
+
+def test_spatial_overrides_on_baseline_and_spatial_presets():
+    opts = resolve_options("tiny", info(32), spatial=dict(encoding="sel_concat", resolutions=[4, 8]),
+                           align=dict(enabled=True, weight=0.5))
+    sk = opts["G_kwargs"]["spatial_kwargs"]
+    assert sk["encoding"] == "sel_concat" and sk["resolutions"] == [4, 8] and sk["sampler"] == "hierarchical"
+    assert opts["align"]["weight"] == 0.5
+    opts = resolve_options("tiny-spatial", info(32), spatial=dict(sampler="noise", processing="fine"),
+                           align=dict(tau=0.1))
+    sk = opts["G_kwargs"]["spatial_kwargs"]
+    assert (sk["sampler"], sk["processing"], sk["encoding"]) == ("noise", "fine", "sel_norm")
+    assert opts["align"]["tau"] == 0.1
+    # Overrides must not leak into the preset files' cached state.
+    assert config.load_preset("tiny-spatial")["spatial"]["sampler"] == "hierarchical"
