@@ -14,7 +14,10 @@ from __future__ import annotations
 import os
 
 import click
+
 import torch
+
+from dnnlib.cli import user_errors
 
 
 def parse_detector_option(value: str | None) -> dict[str, str]:
@@ -105,15 +108,9 @@ def run(network, metrics, data, mirror, device, detector, segmenter, segmenter_w
 @click.option("--segmenter-weights", default=None, metavar="FILE", help="Mask R-CNN state dict (maskrcnn)")
 @click.option("--verbose/--quiet", default=True, show_default=True, help="Progress bars and summaries")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of latents, labels, heatmaps")
+@user_errors(ValueError, OSError, RuntimeError)
 def main(**kwargs) -> None:
-    try:
-        run(**kwargs)
-    except click.ClickException:
-        raise
-    except (ValueError, RuntimeError, OSError, KeyError) as err:
-        # One line, no traceback: these are user-facing problems (bad file, missing detector, bad option).
-        raise click.ClickException(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
-
+    run(**kwargs)
 
 if __name__ == "__main__":
     main()

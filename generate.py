@@ -25,6 +25,7 @@ import click
 import numpy as np
 import torch
 
+from dnnlib.cli import user_errors
 from dnnlib.util import parse_int_list
 
 
@@ -141,16 +142,9 @@ def generate_projected(G, path: str, outdir: str, noise_mode: str, spec) -> None
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where to run G (auto: CUDA when available)")
 @click.option("--outdir", required=True, metavar="DIR", help="Where to save the output images")
+@user_errors()
 def main(**args):
-    try:
-        generate(**args)
-    except click.ClickException:
-        raise
-    except (ValueError, OSError) as err:
-        if os.environ.get("SPATIALGAN_DEBUG"):
-            raise
-        raise click.ClickException(str(err)) from None
-
+    generate(**args)
 
 def generate(network_path, seeds, heatmap_seeds, layout, move, scale, remove, restyle, truncation_psi, class_idx,
              noise_mode, projected_w, grid, fixed_layout, show_heatmaps, save_layout, device, outdir):

@@ -23,6 +23,7 @@ import click
 import numpy as np
 import torch
 
+from dnnlib.cli import user_errors
 from dnnlib.util import parse_int_list
 
 DEFAULT_STYLES = list(range(7))  # StyleGAN2-ADA's default '0-6': the coarse and middle layers
@@ -112,16 +113,9 @@ def mix_grid(G, rows: list[int], cols: list[int], styles: list[int], specs: dict
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where to run G (auto: CUDA when available)")
 @click.option("--outdir", required=True, metavar="DIR", help="Where to save the output images")
+@user_errors()
 def main(**args):
-    try:
-        style_mix(**args)
-    except click.ClickException:
-        raise
-    except (ValueError, OSError) as err:
-        if os.environ.get("SPATIALGAN_DEBUG"):
-            raise
-        raise click.ClickException(str(err)) from None
-
+    style_mix(**args)
 
 def style_mix(network_path, row_seeds, col_seeds, styles, truncation_psi, noise_mode, heatmap_seed, device,
               outdir) -> None:

@@ -290,6 +290,7 @@ def run_training(args: dict) -> None:
 
     try:
         training_loop(run_dir, options, device=device, rank=env.rank, world_size=env.world_size, resume=resume)
+        distributed.barrier()  # no rank tears the group down while another still talks (rank 0's last save)
     finally:
         if logger is not None:
             logger.close()

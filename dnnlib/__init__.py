@@ -1,5 +1,5 @@
 """Small utilities shared by every part of SpatialGAN."""
 
-from dnnlib.util import EasyDict, Logger, cache_dir, format_time, open_url
+from dnnlib.util import EasyDict, Logger, atomic_write, cache_dir, format_time, open_url
 
-__all__ = ["EasyDict", "Logger", "cache_dir", "format_time", "open_url"]
+__all__ = ["EasyDict", "Logger", "atomic_write", "cache_dir", "format_time", "open_url"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -77,10 +78,8 @@ def open_url(url: str, cache: bool = True, num_attempts: int = 3, timeout: float
         )
     if not cache:
         return io.BytesIO(data)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as f:
+    with atomic_write(target) as f:
         f.write(data)
-    os.replace(tmp, target)
     return open(target, "rb")
 
 
@@ -148,3 +147,32 @@ def parse_int_list(text: str, name: str = "value") -> list[int]:
             raise ValueError(f"{name}: range {part.strip()!r} in {text!r} is empty")
         out.extend(range(lo, hi + 1))
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs):
+    """Open a temporary file beside `path` for writing; on success it is fsync'ed and renamed onto `path`.
+
+    A crash (even kill -9) at any moment leaves either the old file or the complete new one, never half
+    a file; on an exception the temporary file is removed. The file gets the usual umask permissions
+    (mkstemp alone would create it 0600).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

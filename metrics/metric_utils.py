@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,17 +157,8 @@ class FeatureStats:
 
 def save_stats_atomic(stats: FeatureStats, path: str | os.PathLike) -> None:
     """Write stats as .npz to a temp file in the same directory, then rename it into place."""
-    buf = io.BytesIO()
-    np.savez(buf, **stats.to_arrays())
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-stats-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with util.atomic_write(path) as f:
+        np.savez(f, **stats.to_arrays())
 
 
 def load_stats(path: str | os.PathLike) -> FeatureStats:

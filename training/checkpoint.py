@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from dnnlib.util import atomic_write
 
 FORMAT = "spatialgan-snapshot"
 VERSION = 1
@@ -61,30 +62,10 @@ def build_module(packed: dict[str, Any], device: torch.device | str = "cpu") -> 
 
 
 def save_snapshot(path: str | os.PathLike, snapshot: dict[str, Any]) -> None:
-    """Write `snapshot` to `path` atomically: a temp file in the same directory, fsync, then rename.
-
-    A crash (even kill -9) at any moment leaves either the previous file or the complete new one.
-    """
-    path = Path(path)
-    payload = {"format": FORMAT, "version": VERSION, **snapshot}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp creates 0600; snapshots are shared like any file
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """Write `snapshot` to `path` atomically (temp file, fsync, rename): a crash, even kill -9, at any
+    moment leaves either the previous file or the complete new one."""
+    with atomic_write(path) as f:
+        torch.save({"format": FORMAT, "version": VERSION, **snapshot}, f)
 
 
 def load_snapshot(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from dnnlib.util import atomic_write
 from torch_utils import misc
 
 SPEC_FORMAT = "spatialgan-heatmaps"
@@ -218,10 +219,8 @@ class HeatmapSpec:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write `to_json()` to `path` (temp file + rename, so a crash never leaves half a file)."""
-        tmp = f"{os.fspath(path)}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_write(path, "w", encoding="utf-8") as f:
             json.dump(self.to_json(), f)
-        os.replace(tmp, path)
 
     @staticmethod
     def load(path: str | os.PathLike) -> HeatmapSpec:

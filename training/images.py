@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import torch
 
-from training.checkpoint import current_umask
+from dnnlib.util import atomic_write
 
 
 def to_uint8(img: torch.Tensor) -> torch.Tensor:
@@ -32,17 +30,9 @@ def tile(images: np.ndarray, cols: int) -> np.ndarray:
 
 def save_image(img: np.ndarray, path: str | os.PathLike) -> None:
     """Write a uint8 [H, W, C] array as PNG, atomically (C = 1 or 3)."""
-    path = Path(path)
     img = img[:, :, 0] if img.shape[2] == 1 else img
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.fchmod(fd, 0o666 & ~current_umask())
-    os.close(fd)
-    try:
-        PIL.Image.fromarray(img).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as f:
+        PIL.Image.fromarray(img).save(f, format="PNG")
 
 
 save_image_grid = save_image

@@ -243,8 +243,10 @@ class _UpFirDn2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain):
         y = _upfirdn2d_torch(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain)
-        if y._base is not None:  # outputs of a custom Function must not be views (in-place ops on them)
-            y = y.clone()
+        if y._base is not None:
+            # A custom Function must not return a view (in-place ops on the output would fail). The
+            # internal buffer is private, so a dense view can simply be detached from it.
+            y = y.detach() if y.is_contiguous() else y.clone()
         ctx.save_for_backward(f)
         ctx.args = (upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain)
         ctx.x_hw = x.shape[2:]
