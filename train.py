@@ -65,6 +65,10 @@ def resolve_resume(path: str | None) -> str | None:
         return str(snaps[-1])
     if not p.is_file():
         raise click.ClickException(f"--resume={path}: no such file or directory")
+    # Refuse a non-snapshot before anything (run directory, processes) is created.
+    from training.checkpoint import load_snapshot
+
+    load_snapshot(p)
     return str(p)
 
 

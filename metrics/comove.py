@@ -8,7 +8,7 @@ Per sample:
 3. Move the centre by p: |p| ~ U[0.1, 0.25] of the image side, direction ~ U[0, 2 pi); p is re-drawn (up to
    100 times, else skipped as `skipped_no_move`) until the new centre lies inside the image. The move goes
    through `editing.edits.move(spec, level, index, dx, dy)` (hierarchical specs: moving level 0 moves the
-   deeper levels); a local fallback `move_center` is used while that module is absent.
+   deeper levels).
 4. I1 = G(z, c, heatmaps=moved spec); segment I1. The moved object is the I1 object with the smallest
    feature distance to the original one. Feature = mean RGB colour inside the mask (in [0, 1]); when the
    segmenter returns class labels, only objects of the same class are candidates (all objects if none
@@ -34,6 +34,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from editing import edits
 from metrics import metric_utils
 
 Segmenter = Callable[[torch.Tensor], tuple[torch.Tensor, "list[str] | None"]]
@@ -87,26 +88,6 @@ def get_segmenter(segmenter, weights: str | None = None, device: torch.device | 
 
 # ---------------------------------------------------------------------------------------------------
 # Geometry helpers.
-
-
-def move_center(spec, level: int, index: int, dx: float, dy: float):
-    """Fallback move: shift centre `index` of `level` by (dx, dy) (normalised) in every sample of `spec`;
-    for hierarchical specs moving level 0 shifts all deeper levels too (single-object hierarchy)."""
-    out = spec.clone()
-    shift = torch.tensor([dx, dy], dtype=out.centers[level].dtype, device=out.centers[level].device)
-    out.centers[level][:, index] += shift
-    if getattr(out, "hierarchical", False) and level == 0:
-        for lvl in range(1, out.num_levels):
-            out.centers[lvl] += shift
-    return out
-
-
-def _default_move():
-    try:
-        from editing.edits import move
-        return move
-    except ImportError:
-        return move_center
 
 
 def centroid(mask: torch.Tensor) -> torch.Tensor:
@@ -208,7 +189,7 @@ def _batch_ratios(opts, segmenter, move_fn, n: int, batch_idx: int, counts: dict
     G = opts.G
     gen = metric_utils.batch_generator(opts, batch_idx, salt=29)
     rng = np.random.RandomState((opts.seed * 1_000_003 + batch_idx) % 2**32)
-    z = torch.randn([n, G.z_dim], generator=gen, device=opts.device)
+    z = metric_utils.randn([n, G.z_dim], gen, opts.device)
     c = metric_utils.sample_labels(opts, n, rng)
     spec = G.heatmap_sampler(n, generator=gen, device=opts.device)
     plans, moved = _plan_moves(spec, rng, move_fn, counts)
@@ -234,18 +215,20 @@ def compute_comove(opts: metric_utils.MetricOptions, num_samples: int, batch_siz
         raise ValueError("comove needs a segmenter: pass --segmenter=synthetic:<kind> or "
                          "--segmenter=maskrcnn")
     segmenter = get_segmenter(opts.segmenter, opts.segmenter_weights, opts.device)
-    move_fn = move_fn or _default_move()
+    move_fn = move_fn or edits.move
     counts = dict(skipped_no_move=0, skipped_no_object=0, skipped_no_match=0)
     ratios: list[float] = []
-    num_batches = -(-num_samples // batch_size)
+    keys: list[int] = []
     with metric_utils.progress_bar(opts, num_samples, "comove") as bar:
-        for b in range(opts.rank, num_batches, opts.num_gpus):
-            n = min(batch_size, num_samples - b * batch_size)
-            ratios += _batch_ratios(opts, segmenter, move_fn, n, b, counts)
+        for b, n in metric_utils.rank_batches(opts, num_samples, batch_size):
+            batch = _batch_ratios(opts, segmenter, move_fn, n, b, counts)
+            ratios, keys = ratios + batch, keys + [b] * len(batch)
             bar.update(n * opts.num_gpus)
-    all_ratios = opts.gather(torch.tensor(ratios, dtype=torch.float64)).numpy()
-    skipped = {k: int(opts.gather(torch.tensor([v])).sum()) for k, v in counts.items()}
-    return summarize(all_ratios, skipped)
+    # Same calls on every rank (a rank without batches sends empty tensors); batch order as one process.
+    all_ratios = metric_utils.gather_rows(opts, torch.tensor(ratios, dtype=torch.float64),
+                                          torch.tensor(keys, dtype=torch.int64)).numpy()
+    totals = opts.gather(torch.tensor([list(counts.values())], dtype=torch.int64)).sum(0).tolist()
+    return summarize(all_ratios, dict(zip(counts, totals)))
 
 
 def summarize(ratios: np.ndarray, skipped: dict[str, int]) -> dict[str, float]:

@@ -143,10 +143,13 @@ def _resolve_family(name: str):
 
 def calc_metric(metric: str, G=None, dataset_kwargs: dict | None = None, device: torch.device | str = "cpu",
                 num_gpus: int = 1, rank: int = 0, cache: bool = True, progress: bool = True,
-                detector_sources: dict | None = None, **opts_kwargs) -> dict:
+                detector_sources: dict | None = None, gather: Callable | None = None, **opts_kwargs) -> dict:
     """Compute one metric -> dict(results, metric, total_time, total_time_str, num_gpus, snapshot, timestamp).
 
-    `opts_kwargs` go to `MetricOptions` (seed, batch_size, gather, segmenter, segmenter_weights, dataset...).
+    With num_gpus > 1 every rank must call it; `gather=None` then means
+    `torch_utils.distributed.all_gather_cat` (needs an active process group of num_gpus ranks). The
+    results are those of one process; ranks other than 0 may get NaN or no values.
+    `opts_kwargs` go to `MetricOptions` (seed, batch_size, segmenter, segmenter_weights, dataset...).
     """
     fn = _resolve(metric)
     if fn is None:
@@ -154,7 +157,8 @@ def calc_metric(metric: str, G=None, dataset_kwargs: dict | None = None, device:
     opts = metric_utils.MetricOptions(G=G, dataset_kwargs=dict(dataset_kwargs or {}),
                                       device=torch.device(device),
                                       num_gpus=num_gpus, rank=rank, cache=cache, progress=progress,
-                                      detector_sources=dict(detector_sources or {}), **opts_kwargs)
+                                      detector_sources=dict(detector_sources or {}), gather=gather,
+                                      **opts_kwargs)
     start = time.time()
     results = fn(opts)
     total = time.time() - start

@@ -47,7 +47,7 @@ def _latents(opts: metric_utils.MetricOptions, space: str, n: int, t: torch.Tens
              gen: torch.Generator) -> torch.Tensor:
     """ws `[2n, num_ws, w_dim]`: rows 0..n-1 at t, rows n..2n-1 at t + eps."""
     G = opts.G
-    z = torch.randn([n * 2, G.z_dim], generator=gen, device=opts.device)
+    z = metric_utils.randn([n * 2, G.z_dim], gen, opts.device)
     c = metric_utils.sample_labels(opts, n, metric_utils.numpy_rng(gen))
     c2 = torch.cat([c, c])
     if space == "w":
@@ -78,7 +78,7 @@ def _batch_distances(opts, vgg, space: str, sampling: str, crop: bool, eps: floa
                      batch_idx: int) -> torch.Tensor:
     G = opts.G
     gen = metric_utils.batch_generator(opts, batch_idx, salt=17)
-    t = torch.rand([n], generator=gen, device=opts.device) * (sampling == "full")
+    t = torch.rand([n], generator=gen).to(opts.device) * (sampling == "full")
     ws = _latents(opts, space, n, t, eps, gen)
     _randomize_noise(G, gen)
     kwargs = {}
@@ -103,12 +103,13 @@ def compute_ppl(opts: metric_utils.MetricOptions, num_samples: int, space: str, 
     vgg = opts.detector("vgg16")
     # A private copy: re-randomising the noise buffers must not touch the caller's G (e.g. G_ema in training).
     opts = metric_utils.copy_options(opts, G=copy.deepcopy(opts.G))
-    num_batches = -(-num_samples // batch_size)
-    dists = []
+    dists, keys = [], []
     with metric_utils.progress_bar(opts, num_samples, "ppl") as bar:
-        for b in range(opts.rank, num_batches, opts.num_gpus):
-            n = min(batch_size, num_samples - b * batch_size)
-            dists.append(_batch_distances(opts, vgg, space, sampling, crop, eps, n, b).cpu())
+        for b, n in metric_utils.rank_batches(opts, num_samples, batch_size):
+            dists.append(_batch_distances(opts, vgg, space, sampling, crop, eps, n, b).cpu().float())
+            keys.append(torch.full([n], b, dtype=torch.int64))
             bar.update(n * opts.num_gpus)
-    dist = opts.gather(torch.cat(dists)).numpy()
+    # Same gather calls on every rank (empty tensors when it got no batch), rows back in batch order.
+    dist = metric_utils.gather_rows(opts, metric_utils.cat_rows(dists, [], torch.float32),
+                                    metric_utils.cat_rows(keys, [], torch.int64)).numpy()
     return filtered_mean(dist) if opts.rank == 0 else float("nan")

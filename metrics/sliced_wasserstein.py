@@ -123,26 +123,52 @@ def swd_from_images(real: torch.Tensor, fake: torch.Tensor, seed: int = 0) -> di
     return swd_from_descriptors(dr, df, res, real.shape[1], seed)
 
 
-def _collect(opts: metric_utils.MetricOptions, batches, salt: int) -> tuple[list[torch.Tensor], list[int]]:
-    """Per-level descriptors of this rank's batches (gathered) and the level resolutions."""
-    per_level: list[list[torch.Tensor]] = []
-    resolutions: list[int] = []
-    for i, images in enumerate(batches):
+def pyramid_resolutions(resolution: int, min_res: int = MIN_RES) -> list[int]:
+    """Level resolutions of `laplacian_pyramid` for `resolution` x `resolution` images."""
+    out = [resolution]
+    while out[-1] > min_res and out[-1] % 2 == 0:
+        out.append(out[-1] // 2)
+    return out
+
+
+def _collect(opts: metric_utils.MetricOptions, batches, num_levels: int, salt: int) -> list[torch.Tensor]:
+    """Per-level descriptors of all ranks' batches `(b, uint8 images)`, in batch order.
+
+    Patch positions come from the batch's own generator, and every rank makes the same gather calls
+    (empty tensors when it has no batch), so the result equals one process."""
+    per_level: list[list[torch.Tensor]] = [[] for _ in range(num_levels)]
+    keys = []
+    for b, images in batches:
         if images.shape[1] == 1:
             images = images.repeat(1, 3, 1, 1)
-        descs = descriptors_for_images(images.to(opts.device), metric_utils.batch_generator(opts, i, salt))
-        resolutions = [lvl.shape[-1] for lvl in laplacian_pyramid(images[:1].float())]
-        per_level = per_level or [[] for _ in descs]
+        descs = descriptors_for_images(images.to(opts.device), metric_utils.batch_generator(opts, b, salt))
+        if len(descs) != num_levels:
+            raise ValueError(f"images of {images.shape[-1]} px give {len(descs)} pyramid levels, "
+                             f"expected {num_levels}")
         for lst, d in zip(per_level, descs):
             lst.append(d)
-    return [opts.gather(torch.cat(lst)) for lst in per_level], resolutions
+        keys.append(torch.full([descs[0].shape[0]], b, dtype=torch.int64))
+    width = 3 * PATCH * PATCH
+    order = torch.argsort(opts.gather(metric_utils.cat_rows(keys, [], torch.int64)), stable=True)
+    return [opts.gather(metric_utils.cat_rows(lst, [width], torch.float16))[order] for lst in per_level]
+
+
+def _resolution(dataset) -> int:
+    res = getattr(dataset, "resolution", None)
+    return int(res) if res else int(np.asarray(dataset[0][0]).shape[-1])
 
 
 def compute_swd(opts: metric_utils.MetricOptions, num_images: int) -> dict[str, float]:
-    """SWD of `num_images` generated vs the first `num_images` real images (dataset without x-flip)."""
+    """SWD of `num_images` generated vs the first `num_images` real images (dataset without x-flip).
+
+    Every rank must call it; only rank 0 gets the values (the others get {})."""
     dataset = metric_utils.get_dataset(opts, xflip=False, max_size=None)
-    real, resolutions = _collect(opts, metric_utils.iterate_real_images(opts, dataset, num_images), salt=1)
-    fake, _ = _collect(opts, metric_utils.iterate_generated_images(opts, num_images), salt=2)
+    resolution = _resolution(dataset)
+    if int(getattr(opts.G, "img_resolution", resolution)) != resolution:
+        raise ValueError(f"G makes {opts.G.img_resolution} px images, the dataset has {resolution} px")
+    resolutions = pyramid_resolutions(resolution)
+    real = _collect(opts, metric_utils.iterate_real_images(opts, dataset, num_images), len(resolutions), 1)
+    fake = _collect(opts, metric_utils.iterate_generated_images(opts, num_images), len(resolutions), 2)
     if opts.rank != 0:
         return {}
     return swd_from_descriptors(real, fake, resolutions, 3, opts.seed)

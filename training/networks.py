@@ -364,7 +364,7 @@ class ToRGBLayer(nn.Module):
     def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True,
                 heat: torch.Tensor | None = None, object_w: torch.Tensor | None = None) -> torch.Tensor:
         if self.spatial_style:
-            styles = se.spatial_styles(self.affine, w, object_w, heat) * self.weight_gain
+            styles = se.spatial_styles(self.affine, w, object_w, heat).scaled(self.weight_gain)
             x = se.spatially_modulated_conv2d(x, self.weight, styles, demodulate=False)
         else:
             styles = self.affine(w) * self.weight_gain

@@ -42,7 +42,7 @@ from training import heatmaps as hm
 
 __all__ = [
     "ENCODINGS", "SpatialConfig", "build_spatial", "EqualizedConv2d", "SELNorm", "SELConcat", "build_sel",
-    "HeatmapEncoder", "HeatmapInputs", "spatial_styles", "spatially_modulated_conv2d", "flatten_heatmaps",
+    "HeatmapEncoder", "HeatmapInputs", "StyleMap", "spatial_styles", "spatially_modulated_conv2d", "flatten_heatmaps",
 ]
 
 ENCODINGS = ("sel_norm", "sel_concat", "sel_indoor", "flatten")
@@ -378,50 +378,86 @@ def flatten_heatmaps(spec: hm.HeatmapSpec, cfg: SpatialConfig) -> torch.Tensor:
 # SEL_indoor: spatially varying styles.
 
 
-def spatial_styles(affine: nn.Module, w: torch.Tensor, object_w: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-    """Eq. 3: s(x) = sum_i affine(w_i) H_i(x) + affine(w) -> [N, C, r, r].
+@dataclass
+class StyleMap:
+    """A per-pixel style s(x) = sum_a maps[:, a](x) * codes[:, a] (Eq. 3, the background being a map of
+    ones): codes [N, A, C], maps [N, A, h, w]. Kept factorised because s(x)^2 then expands into
+    A(A+1)/2 map products, which makes the per-pixel demodulation cheap and still exact."""
+
+    codes: torch.Tensor
+    maps: torch.Tensor
+
+    def dense(self) -> torch.Tensor:
+        """[N, C, h, w]."""
+        return torch.einsum("nac,nahw->nchw", self.codes, self.maps.to(self.codes.dtype))
+
+    def scaled(self, factor) -> StyleMap:
+        """s * factor (a number or a per-sample tensor [N])."""
+        factor = torch.as_tensor(factor, dtype=self.codes.dtype, device=self.codes.device)
+        return StyleMap(self.codes * factor.reshape(-1, 1, 1) if factor.ndim else self.codes * factor, self.maps)
+
+
+def spatial_styles(affine: nn.Module, w: torch.Tensor, object_w: torch.Tensor, maps: torch.Tensor) -> StyleMap:
+    """Eq. 3: s(x) = sum_i affine(w_i) H_i(x) + affine(w).
 
     w [N, w_dim] (background), object_w [N, K, w_dim], maps [N, K, r, r] (dead objects are zero)."""
     n, k = maps.shape[:2]
     misc.assert_shape(object_w, [n, k, w.shape[1]], "object_w")
     s_bg = affine(w)                                                    # [N, C]
     s_obj = affine(object_w.reshape(n * k, -1)).reshape(n, k, -1)       # [N, K, C]
-    return s_bg[:, :, None, None] + torch.einsum("nkc,nkhw->nchw", s_obj, maps.to(s_obj.dtype))
+    ones = torch.ones_like(maps[:, :1], dtype=s_obj.dtype)
+    return StyleMap(torch.cat([s_bg[:, None], s_obj], dim=1), torch.cat([ones, maps.to(s_obj.dtype)], dim=1))
 
 
-def _demod_map(styles: torch.Tensor, weight: torch.Tensor, flip_weight: bool) -> torch.Tensor:
+def _demod_map(styles: StyleMap, weight: torch.Tensor, flip_weight: bool) -> torch.Tensor:
     """rsqrt(conv(s^2, W^2) + 1e-8): per-pixel, per-output-channel demodulation [N, O, h, w].
 
+    With s = sum_a m_a S_a, conv(s^2, W^2)_o = sum_{a<=b} conv(m_a m_b, M_ab)_o where
+    M_ab[o] = (2 - [a == b]) * sum_i W^2[o, i] S_a[i] S_b[i]: a grouped convolution over A(A+1)/2 map
+    products instead of one over all C input channels (C / 10 times cheaper for 3 objects), same maths.
     Replicate padding makes a spatially constant style give exactly the usual per-channel coefficient
-    rsqrt(sum_{i,k} (W s_i)^2 + 1e-8), also at the border."""
+    rsqrt(sum_{i,k} (W s_i)^2 + 1e-8), also at the border.
+    """
+    codes, maps = styles.codes.to(torch.float32), styles.maps.to(torch.float32)
+    n, a = codes.shape[:2]
     kh, kw = weight.shape[2:]
-    w2 = weight.to(styles.dtype).square()
+    w2 = weight.to(torch.float32).square()
     if not flip_weight:
         w2 = w2.flip([2, 3])
-    s2 = F.pad(styles.square(), [kw // 2, kw // 2, kh // 2, kh // 2], mode="replicate")
-    return (F.conv2d(s2, w2) + 1e-8).rsqrt()
+    ia, ib = torch.triu_indices(a, a, device=codes.device)
+    pair = codes[:, ia] * codes[:, ib] * (2 - (ia == ib).to(codes.dtype))[None, :, None]   # [N, P, I]
+    kernels = torch.einsum("npi,oikl->nopkl", pair, w2)                                 # [N, O, P, kh, kw]
+    products = F.pad(maps[:, ia] * maps[:, ib], [kw // 2, kw // 2, kh // 2, kh // 2], mode="replicate")
+    p = ia.numel()
+    d = F.conv2d(products.reshape(1, n * p, *products.shape[2:]), kernels.reshape(-1, p, kh, kw), groups=n)
+    # The expansion can round a true zero slightly below it; s^2 is never negative.
+    return (d.reshape(n, -1, *d.shape[2:]).clamp_min(0) + 1e-8).rsqrt()
 
 
-def spatially_modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor,
+def spatially_modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: StyleMap,
                                noise: torch.Tensor | None = None, up: int = 1, padding: int | None = None,
                                resample_filter: torch.Tensor | None = None, demodulate: bool = True,
                                flip_weight: bool = True) -> torch.Tensor:
-    """Modulated conv with a per-pixel style map: x [N, I, h, w], styles [N, I, h, w] -> [N, O, h*up, w*up].
+    """Modulated conv with a per-pixel style map: x [N, I, h, w], styles (dense [N, I, h, w]) ->
+    [N, O, h*up, w*up].
 
     x' = x * s(x); y = conv(x', W); y_o(x) *= rsqrt(conv(s^2, W^2)_o(x) + 1e-8). For up=2 the demod map is
     computed at the input resolution and nearest-upsampled (exact for a constant style; an approximation
     of the transposed conv's footprint otherwise). Always the non-fused path (the style is not per sample).
     """
     out_channels, in_channels, kh, kw = weight.shape
-    misc.assert_shape(styles, [x.shape[0], in_channels, x.shape[2], x.shape[3]], "styles")
+    misc.assert_shape(styles.codes, [x.shape[0], None, in_channels], "styles.codes")
+    misc.assert_shape(styles.maps, [x.shape[0], styles.codes.shape[1], x.shape[2], x.shape[3]], "styles.maps")
     padding = kh // 2 if padding is None else padding
-    styles = styles.to(torch.float32)
+    styles = StyleMap(styles.codes.to(torch.float32), styles.maps.to(torch.float32))
+    dense = styles.dense()
     if x.dtype == torch.float16 and demodulate:
         # Keep fp16 products in range; a per-sample scale cancels in the demodulation exactly.
         weight = weight * (1 / math.sqrt(in_channels * kh * kw)
                            / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
-        styles = styles / styles.abs().amax(dim=[1, 2, 3], keepdim=True)
-    x = x * styles.to(x.dtype)
+        scale = 1 / dense.abs().amax(dim=[1, 2, 3])
+        styles, dense = styles.scaled(scale), dense * scale.reshape(-1, 1, 1, 1)
+    x = x * dense.to(x.dtype)
     x = conv2d_resample.conv2d_resample(x, weight.to(x.dtype), f=resample_filter, up=up, padding=padding,
                                         flip_weight=flip_weight)
     if demodulate:

@@ -177,10 +177,6 @@ def _sample_batch(run: Run):
     return out
 
 
-def _split(x, n: int):
-    return [x[i * n:(i + 1) * n] for i in range(len(x) // n)]
-
-
 def _run_phase(run: Run, phase: Phase, real_img, real_c, gen) -> None:
     opts = run.options
     bg = opts["batch_gpu"]

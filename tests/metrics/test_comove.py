@@ -49,7 +49,7 @@ def colour_segmenter(image):
 
 def _run(G, n=24, segmenter=colour_segmenter):
     opts = metric_utils.MetricOptions(G=G, progress=False, segmenter=segmenter, seed=1)
-    return comove.compute_comove(opts, n, batch_size=8, move_fn=comove.move_center)
+    return comove.compute_comove(opts, n, batch_size=8)
 
 
 def test_generator_following_heatmap_has_ratio_one():

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from torch_utils.misc import count_params
 from training import heatmaps as hm
@@ -213,7 +214,7 @@ def test_indoor_style_map_follows_the_heatmap():
     w, obj_w = torch.randn(1, 6), torch.randn(1, 2, 6)
     maps = torch.zeros(1, 2, 4, 4)
     maps[0, 0, 0, 0] = 1.0
-    s = se.spatial_styles(affine, w, obj_w, maps)
+    s = se.spatial_styles(affine, w, obj_w, maps).dense()
     assert s.shape == (1, 4, 4, 4)
     torch.testing.assert_close(s[0, :, 3, 3], affine(w)[0])
     torch.testing.assert_close(s[0, :, 0, 0], affine(w)[0] + affine(obj_w[0])[0])
@@ -244,9 +245,23 @@ def test_object_ws_follow_style_seeds():
 def test_demod_map_is_exact_at_borders_for_constant_style():
     torch.manual_seed(0)
     weight, s = torch.randn(3, 4, 3, 3), torch.randn(1, 4)
-    d = se._demod_map(s.reshape(1, 4, 1, 1).expand(1, 4, 5, 5), weight, flip_weight=True)
+    d = se._demod_map(se.StyleMap(s[:, None], torch.ones(1, 1, 5, 5)), weight, flip_weight=True)
     expected = ((weight * s.reshape(1, 4, 1, 1)).square().sum([1, 2, 3]) + 1e-8).rsqrt()
     torch.testing.assert_close(d, expected.reshape(1, 3, 1, 1).expand(1, 3, 5, 5))
+
+
+def test_factorised_demod_equals_dense_convolution_of_squared_styles():
+    """The pairwise expansion must equal rsqrt(conv(s^2, W^2) + eps) on the dense style map."""
+    torch.manual_seed(1)
+    codes, maps = torch.randn(2, 4, 6), torch.rand(2, 4, 7, 7)
+    maps[:, 0] = 1
+    weight = torch.randn(5, 6, 3, 3)
+    styles = se.StyleMap(codes, maps)
+    for flip in (True, False):
+        w2 = weight.square() if flip else weight.square().flip([2, 3])
+        s2 = F.pad(styles.dense().square(), [1, 1, 1, 1], mode="replicate")
+        expected = (F.conv2d(s2, w2) + 1e-8).rsqrt()
+        torch.testing.assert_close(se._demod_map(styles, weight, flip_weight=flip), expected, rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------

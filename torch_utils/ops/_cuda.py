@@ -330,6 +330,23 @@ def _run_cases(name: str, cases, device: torch.device) -> str | None:
     return None
 
 
+def _away_from_clamp(x, b, dim, act, alpha, clamp, reference, margin=0.03) -> torch.Tensor:
+    """Shift inputs whose output lands within `margin` of the clamp level.
+
+    Right at the clamp the gradient flips between gain and 0, and fp16 rounding decides the side; a
+    kernel that computes in fp32 legitimately disagrees with an fp16 reference there. The check is about
+    the kernel's arithmetic, so it keeps its inputs away from that knife edge.
+    """
+    x = x.clone()
+    for _ in range(50):
+        y = reference(x.double(), b.double(), dim, act, alpha, 1.4, None)
+        near = ((y.abs() - clamp).abs() < margin * clamp)
+        if not near.any():
+            break
+        x[near] += 0.25
+    return x
+
+
 def _check_bias_act(device: torch.device, reference: Callable) -> str | None:
     gen = torch.Generator().manual_seed(1)
     cases = []
@@ -339,6 +356,8 @@ def _check_bias_act(device: torch.device, reference: Callable) -> str | None:
         dim = 2 if act == "swish" else 1
         x = torch.randn([2, 5, 4, 3], generator=gen) * 2
         b = torch.randn([x.shape[dim]], generator=gen)
+        if clamp is not None:
+            x = _away_from_clamp(x, b, dim, act, alpha, clamp, reference)
 
         def fn(x, b, act=act, alpha=alpha, clamp=clamp, dim=dim):
             return bias_act_cuda(x, b, dim, act, alpha, 1.4, clamp)

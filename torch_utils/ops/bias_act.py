@@ -147,7 +147,10 @@ class _BiasActPiecewiseLinear(torch.autograd.Function):
         dim, act, alpha, gain, clamp = ctx.args
         g = dy
         if clamp is not None:
-            g = torch.ops.aten.hardtanh_backward(g, y, -clamp, clamp)  # zero where |y| == clamp
+            # Compare with the clamp as stored in y's dtype: fp16 cannot hold e.g. 0.9 exactly, and a
+            # saturated output equals the rounded value, not the Python float.
+            c = float(torch.tensor(clamp, dtype=y.dtype))
+            g = torch.ops.aten.hardtanh_backward(g, y, -c, c)  # zero where |y| == clamp
         if act == "relu":
             g = torch.ops.aten.threshold_backward(g, y, 0)
         elif act == "lrelu":

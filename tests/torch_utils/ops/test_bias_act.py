@@ -110,3 +110,12 @@ def test_invalid_arguments():
         bias_act(x, clamp=-1)
     with pytest.raises(ValueError, match="impl"):
         bias_act(x, impl="fast")
+
+
+def test_fp16_saturated_outputs_get_zero_gradient():
+    """0.9 is not representable in fp16: saturated outputs equal the rounded clamp and must not pass
+    gradient (a comparison against the Python float would let it leak)."""
+    x = torch.tensor([5.0, 0.1, -7.0], dtype=torch.float16, requires_grad=True)
+    y = bias_act(x, dim=0, act="lrelu", clamp=0.9, impl="ref")
+    (g,) = torch.autograd.grad(y.float().sum(), x)
+    assert g[0] == 0 and g[2] == 0 and g[1] != 0
