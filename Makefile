@@ -27,7 +27,7 @@ build-ops: install
 	$(VPY) -m torch_utils.custom_ops --build
 
 demo: install
-	$(VPY) train.py --cfg=tiny-spatial --data=synthetic:shapes:32 --outdir=$(DEMO_DIR) --kimg=40 --snap=5 --metrics=none
+	$(VPY) train.py --cfg=tiny-spatial --data=synthetic:shapes:32 --outdir=$(DEMO_DIR) --kimg=20 --snap=5 --metrics=none
 	$(VPY) generate.py --network=$$(ls -t $(DEMO_DIR)/*/network-snapshot-*.pt | head -n 1) \
 		--seeds=0-15 --heatmap-seeds=0 --grid --show-heatmaps --outdir=$(DEMO_DIR)/generated
 
