@@ -29,7 +29,7 @@ build-ops: install
 demo: install
 	$(VPY) train.py --cfg=tiny-spatial --data=synthetic:shapes:32 --outdir=$(DEMO_DIR) --kimg=20 --snap=5 --metrics=none
 	$(VPY) generate.py --network=$$(ls -t $(DEMO_DIR)/*/network-snapshot-*.pt | head -n 1) \
-		--seeds=0-15 --heatmap-seeds=0 --grid --show-heatmaps --outdir=$(DEMO_DIR)/generated
+		--seeds=0-7 --heatmap-seeds=0-3 --fixed-layout --show-heatmaps --outdir=$(DEMO_DIR)/generated
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
