@@ -205,16 +205,25 @@ def _batch_ratios(opts, segmenter, move_fn, n: int, batch_idx: int, counts: dict
     return ratios
 
 
+def default_segmenter(opts: metric_utils.MetricOptions):
+    """`opts.segmenter`, else `synthetic:<kind>` when the real data is a built-in synthetic set (its
+    objects are recognisable from pixels), else a ValueError asking for one."""
+    if opts.segmenter is not None:
+        return opts.segmenter
+    data = str(opts.dataset_kwargs.get("data", ""))
+    if data.startswith("synthetic:"):
+        return "synthetic:" + data.split(":")[1]
+    raise ValueError(f"comove needs a segmenter for --data={data or '?'}: pass --segmenter=maskrcnn "
+                     f"--segmenter-weights=FILE (or synthetic:<kind> for the built-in datasets)")
+
+
 def compute_comove(opts: metric_utils.MetricOptions, num_samples: int, batch_size: int = 16,
                    move_fn=None) -> dict[str, float]:
     """Co-move ratio statistics over `num_samples` samples (see the module docstring)."""
     if getattr(opts.G, "heatmap_sampler", None) is None:
         raise ValueError("comove needs a spatial generator (G.heatmap_sampler is None: the baseline "
                          "cannot move objects)")
-    if opts.segmenter is None:
-        raise ValueError("comove needs a segmenter: pass --segmenter=synthetic:<kind> or "
-                         "--segmenter=maskrcnn")
-    segmenter = get_segmenter(opts.segmenter, opts.segmenter_weights, opts.device)
+    segmenter = get_segmenter(default_segmenter(opts), opts.segmenter_weights, opts.device)
     move_fn = move_fn or edits.move
     counts = dict(skipped_no_move=0, skipped_no_object=0, skipped_no_match=0)
     ratios: list[float] = []

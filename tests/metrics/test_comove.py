@@ -101,3 +101,14 @@ def test_baseline_generator_and_missing_segmenter_rejected():
         comove.get_segmenter("nope")
     with pytest.raises(RuntimeError, match="segmenter-weights"):
         comove.get_segmenter("maskrcnn", None)
+
+
+def test_segmenter_defaults_to_the_synthetic_dataset_kind():
+    from metrics import comove, metric_utils
+
+    opts = metric_utils.MetricOptions(dataset_kwargs={"data": "synthetic:rooms:32"})
+    assert comove.default_segmenter(opts) == "synthetic:rooms"
+    opts = metric_utils.MetricOptions(dataset_kwargs={"data": "/data/bedroom.zip"}, segmenter="maskrcnn")
+    assert comove.default_segmenter(opts) == "maskrcnn"
+    with pytest.raises(ValueError, match="bedroom.zip"):
+        comove.default_segmenter(metric_utils.MetricOptions(dataset_kwargs={"data": "/data/bedroom.zip"}))
