@@ -17,7 +17,7 @@ import click
 
 import torch
 
-from dnnlib.cli import user_errors
+from dnnlib.cli import pick_device, user_errors
 
 
 def parse_detector_option(value: str | None) -> dict[str, str]:
@@ -36,14 +36,6 @@ def parse_detector_option(value: str | None) -> dict[str, str]:
                                        f"{list(DETECTOR_NAMES)}")
         out[name] = src
     return out
-
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise click.ClickException("--device=cuda but no CUDA device is available")
-    return torch.device(device)
 
 
 def load_generator(network: str, device: torch.device):

@@ -25,7 +25,7 @@ import click
 import numpy as np
 import torch
 
-from dnnlib.cli import user_errors
+from dnnlib.cli import pick_device, user_errors
 from dnnlib.util import parse_int_list
 
 
@@ -45,14 +45,6 @@ def parse_edits(move, scale, remove, restyle) -> list:
     out = [edits.parse_move(t) for t in move] + [edits.parse_scale(t) for t in scale]
     out += [edits.parse_remove(t) for t in remove] + [edits.parse_restyle(t) for t in restyle]
     return out
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise click.ClickException("--device=cuda but no CUDA device is available")
-    return torch.device(name)
 
 
 def check_heatmap_options(G, hm_seeds, layout, edit_list, fixed_layout: bool) -> None:

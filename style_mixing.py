@@ -23,18 +23,10 @@ import click
 import numpy as np
 import torch
 
-from dnnlib.cli import user_errors
+from dnnlib.cli import pick_device, user_errors
 from dnnlib.util import parse_int_list
 
 DEFAULT_STYLES = list(range(7))  # StyleGAN2-ADA's default '0-6': the coarse and middle layers
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise click.ClickException("--device=cuda but no CUDA device is available")
-    return torch.device(name)
 
 
 def resolve_styles(text: str | None, num_ws: int) -> list[int]:

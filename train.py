@@ -27,6 +27,7 @@ from pathlib import Path
 import click
 import torch
 
+from dnnlib.cli import pick_device
 from torch_utils import distributed
 from torch_utils.misc import tune_cpu_allocator
 from training.training_loop import TrainingError
@@ -104,17 +105,6 @@ def describe(options: dict, args: dict) -> str:
     if args["desc"]:
         parts.append(args["desc"])
     return "-".join(re.sub(r"[^\w.]+", "_", p) for p in parts)
-
-
-def pick_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise click.ClickException("--device=cuda but no CUDA device is available")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
 
 
 def open_training_set(data: str, cfg: str, args: dict):

@@ -30,3 +30,18 @@ def user_errors(*errors: type[BaseException]):
         return inner
 
     return wrap
+
+
+def pick_device(name: str, local_rank: int = 0):
+    """`--device=auto|cpu|cuda` -> torch.device (auto: CUDA when available). On CUDA the process is bound
+    to GPU `local_rank` (torchrun's LOCAL_RANK)."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise click.ClickException("--device=cuda but no CUDA device is available")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
