@@ -284,11 +284,14 @@ def run_training(args: dict) -> None:
 
     try:
         training_loop(run_dir, options, device=device, rank=env.rank, world_size=env.world_size, resume=resume)
-        distributed.barrier()  # no rank tears the group down while another still talks (rank 0's last save)
-    finally:
+    except BaseException:
         if logger is not None:
             logger.close()
         distributed.shutdown()
+        raise
+    if logger is not None:
+        logger.close()
+    distributed.exit_after_success()  # waits for every rank (rank 0's last save) before leaving
 
 
 if __name__ == "__main__":

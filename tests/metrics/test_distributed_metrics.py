@@ -119,8 +119,7 @@ def _worker(cfg_path: str) -> None:
     distributed.init(env, torch.device("cpu"), timeout_s=cfg["timeout"])
     results = compute_all(cfg["detector"], num_gpus=env.world_size, rank=env.rank)
     Path(cfg["out"], f"rank{env.rank}.json").write_text(json.dumps(results))
-    distributed.barrier()
-    distributed.shutdown()
+    distributed.exit_after_success()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -73,8 +73,7 @@ def _worker(cfg_path: str) -> None:
     except RuntimeError as err:
         record["detected_difference"] = str(err)
     (out / f"rank{env.rank}.json").write_text(json.dumps(record))
-    distributed.barrier()
-    distributed.shutdown()
+    distributed.exit_after_success()
 
 
 # ---------------------------------------------------------------------------------------------------
