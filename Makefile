@@ -4,7 +4,7 @@ VENV   ?= .venv
 VPY    := $(VENV)/bin/python
 DEMO_DIR ?= demo-out
 
-.PHONY: install test demo lint build-ops clean
+.PHONY: install test test-fast test-gpu demo lint build-ops clean
 
 $(VENV)/.installed: requirements-dev.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,14 @@ install: $(VENV)/.installed
 
 test: install
 	$(VPY) -m pytest -q -n 2 --dist=loadfile
+
+# While iterating: skip the tests marked slow (real-Inception FID, every preset, kernel builds).
+test-fast: install
+	$(VPY) -m pytest -q -n 2 --dist=loadfile -m "not slow"
+
+# On a CUDA machine: only the GPU tests (kernels vs reference).
+test-gpu: install
+	$(VPY) -m pytest -q -m gpu
 
 lint: install
 	$(VPY) -m ruff check .

@@ -52,6 +52,16 @@ def test_gradcheck_and_gradgradcheck():
     assert torch.autograd.gradgradcheck(grid_sample, (x, g))
 
 
+def central_differences(fn, x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """d fn / d x by central differences, one element at a time (fn: tensor -> scalar tensor)."""
+    numeric = torch.zeros_like(x)
+    for i in range(x.numel()):
+        d = torch.zeros(x.numel(), dtype=x.dtype).reshape(x.shape)
+        d.view(-1)[i] = eps
+        numeric.view(-1)[i] = (fn((x + d).detach()) - fn((x - d).detach())) / (2 * eps)
+    return numeric
+
+
 def test_second_derivative_against_finite_differences():
     """R1 through the augmentation: d/dx of |d(loss)/dx|^2, versus finite differences of the first grad."""
     torch.manual_seed(3)
@@ -65,15 +75,7 @@ def test_second_derivative_against_finite_differences():
 
     x = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
     (analytic,) = torch.autograd.grad(r1(x, True), x)
-    eps = 1e-6
-    numeric = torch.zeros_like(x)
-    for i in range(x.numel()):
-        d = torch.zeros(x.numel(), dtype=torch.float64)
-        d[i] = eps
-        d = d.reshape(x.shape)
-        plus = r1((x + d).detach().requires_grad_(), False)
-        minus = r1((x - d).detach().requires_grad_(), False)
-        numeric.view(-1)[i] = (plus - minus) / (2 * eps)
+    numeric = central_differences(lambda t: r1(t.requires_grad_(), False), x.detach())
     assert analytic.abs().max() > 1e-3
     torch.testing.assert_close(analytic, numeric, rtol=1e-5, atol=1e-6)
 
@@ -132,13 +134,5 @@ def test_second_derivative_with_grid_gradient():
 
     g = g0.clone().requires_grad_()
     (analytic,) = torch.autograd.grad(penalty(g, True), g)
-    eps = 1e-6
-    numeric = torch.zeros_like(g0)
-    for i in range(g0.numel()):
-        d = torch.zeros(g0.numel(), dtype=torch.float64)
-        d[i] = eps
-        d = d.reshape(g0.shape)
-        plus = penalty((g0 + d).requires_grad_(), False)
-        minus = penalty((g0 - d).requires_grad_(), False)
-        numeric.view(-1)[i] = (plus - minus) / (2 * eps)
+    numeric = central_differences(lambda t: penalty(t.requires_grad_(), False), g0)
     torch.testing.assert_close(analytic, numeric, rtol=1e-5, atol=1e-6)
