@@ -1,8 +1,9 @@
 """Cheap statistics collection: `report()` anywhere, aggregated once per tick by a `Collector`.
 
-`report(name, values)` adds count, sum and sum of squares (float64) to a per-name accumulator
-without any device synchronisation beyond moving three numbers to the CPU lazily. A `Collector`
-gathers the accumulators at `update()`, optionally all-reduces them across ranks (one collective per
+`report(name, values)` adds count, sum and sum of squares (float64) to a per-name accumulator on the
+values' own device, so reporting never synchronises a GPU; the numbers reach the CPU once per tick,
+when a `Collector`
+gathers the accumulators at `update()` and optionally all-reduces them across ranks (one collective per
 tick), and exposes num/mean/std per name.
 """
 
@@ -14,7 +15,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-_counters: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(3, dtype=torch.float64))
+_counters: dict[str, dict[torch.device, torch.Tensor]] = defaultdict(dict)  # name -> device -> [3]
 _sync_device: torch.device | None = None
 _rank = 0
 
@@ -26,16 +27,28 @@ def init_multiprocessing(rank: int, sync_device: torch.device | None) -> None:
 
 
 def report(name: str, value) -> torch.Tensor | float:
-    """Accumulate `value` (number or tensor; every element counts) under `name`; returns `value`."""
-    elems = torch.as_tensor(value).detach().flatten().to(torch.float64)
+    """Accumulate `value` (number or tensor; every finite element counts) under `name`; returns `value`."""
+    elems = torch.as_tensor(value).detach().flatten()
+    per_device = _counters[name]  # created even when empty (report0 on rank > 0): all ranks hold every name
     if elems.numel() == 0:
-        _counters[name]  # create the name anyway (report0 on rank > 0): every rank holds the same names
         return value
-    elems = elems.cpu()
-    finite = elems[torch.isfinite(elems)]
-    _counters[name] += torch.stack([torch.tensor(float(finite.numel()), dtype=torch.float64), finite.sum(),
-                                    finite.square().sum()])
+    elems = elems.to(torch.float64)
+    finite = torch.isfinite(elems)
+    elems = torch.where(finite, elems, torch.zeros_like(elems))  # masking, not indexing: no host sync
+    moments = torch.stack([finite.sum(dtype=torch.float64), elems.sum(), elems.square().sum()])
+    if elems.device in per_device:
+        per_device[elems.device].add_(moments)
+    else:
+        per_device[elems.device] = moments
     return value
+
+
+def _total(name: str) -> torch.Tensor:
+    """[count, sum, sum of squares] of `name` over every device, on the CPU."""
+    total = torch.zeros(3, dtype=torch.float64)
+    for moments in _counters[name].values():
+        total += moments.cpu()
+    return total
 
 
 def report0(name: str, value):
@@ -49,7 +62,9 @@ class Collector:
     def __init__(self, regex: str = ".*", keep_previous: bool = True):
         self._regex = re.compile(regex)
         self._keep_previous = keep_previous
-        self._cumulative: dict[str, torch.Tensor] = {}
+        # Only what is reported after the collector exists counts (a second run in the same process must
+        # not inherit the first run's statistics).
+        self._cumulative: dict[str, torch.Tensor] = {name: _total(name) for name in list(_counters)}
         self._moments: dict[str, np.ndarray] = {}
 
     def names(self) -> list[str]:
@@ -68,7 +83,7 @@ class Collector:
             return
         deltas = []
         for name in names:
-            total = _counters[name].clone()  # (a name new to this rank starts at zero)
+            total = _total(name)  # (a name new to this rank starts at zero)
             prev = self._cumulative.get(name, torch.zeros(3, dtype=torch.float64))
             deltas.append(total - prev)
             self._cumulative[name] = total

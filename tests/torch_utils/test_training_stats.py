@@ -37,3 +37,11 @@ def test_non_finite_values_are_not_counted():
     training_stats.report("x", torch.tensor([1.0, float("nan"), float("inf"), 3.0]))
     collector.update()
     assert collector.num("x") == 2 and collector.mean("x") == 2.0
+
+
+def test_a_new_collector_ignores_earlier_reports():
+    training_stats.report("x", 5.0)
+    collector = training_stats.Collector()
+    training_stats.report("x", 1.0)
+    collector.update()
+    assert collector.num("x") == 1 and collector.mean("x") == 1.0
