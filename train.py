@@ -136,6 +136,7 @@ def build_options(args: dict, world_size: int) -> dict:
         args["cfg"], info, world_size, kimg=args["kimg"], batch=args["batch"], batch_gpu=args["batch_gpu"],
         gamma=args["gamma"], seed=args["seed"], snap=args["snap"], tick=args["tick"], workers=args["workers"],
         aug=args["aug"], p=args["p"], target=args["target"], augpipe=args["augpipe"], fp32=args["fp32"],
+        channels_last=args["channels_last"],
         metrics=parse_metrics(args["metrics"]), pl_weight=args["pl_weight"], style_mixing=args["style_mixing"],
         allow_tf32=args["allow_tf32"], cudnn_benchmark=not args["nobench"], spatial=spatial, align=align)
 
@@ -163,6 +164,8 @@ def build_options(args: dict, world_size: int) -> dict:
 @click.option("--workers", type=click.IntRange(min=0), default=3, show_default=True, help="DataLoader workers")
 @click.option("--metrics", metavar="LIST", help="Metrics at each snapshot, e.g. fid50k_full,comove1k, or none")
 @click.option("--fp32", type=bool, default=False, metavar="BOOL", help="Disable mixed precision")
+@click.option("--channels-last", type=bool, default=False, metavar="BOOL",
+              help="Channels-last memory format in the fp16 layers (faster on tensor-core GPUs)")
 @click.option("--allow-tf32", type=bool, default=False, metavar="BOOL", help="Allow TF32 matmul/convolutions")
 @click.option("--nobench", type=bool, default=False, metavar="BOOL", help="Disable cuDNN benchmarking")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)

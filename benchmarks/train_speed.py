@@ -8,9 +8,11 @@ Sections
   A  foundation: amortised step (Gmain + Greg/4 + Dmain + Dreg/16) at 32² with paper256 widths and with
      channel_base 8192 / channel_max 256 (vs the published 6.9 s / 1.65 s), G and D forward+backward at
      256² paper256 (vs 10.7 s / 8.1 s), phase img/s at tiny / 64² / 256², peak memory.
-  B  SpatialGAN: sec/kimg and peak memory of lsun-cat256 / lsun-bedroom256 vs baseline256.
+  B  SpatialGAN: sec/kimg and peak memory of lsun-cat256 / lsun-bedroom256 vs baseline256 (interleaved
+     rounds; the overhead is the median per-round ratio).
   C  distributed (CPU, gloo): N ranks vs 1 rank at the same per-rank batch -> scaling efficiency.
-  D  GPU: reference vs CUDA ops, fp32 vs mixed precision, batch 32, FLOPs/img and fraction of peak.
+  D  GPU: reference vs CUDA ops, fp32 vs mixed precision (also with channels-last fp16 blocks), batch 32,
+     FLOPs/img and fraction of peak.
 
 Machine noise: the machines are shared, so every row that matters is also measured with a *naive ops*
 mode written here from the maths (zero-insertion upsampling materialised, padding, full 2-D FIR
@@ -95,7 +97,7 @@ def set_allocator(tuned: bool) -> None:
         return
     if tuned:
         libc.mallopt(-4, 0)            # M_MMAP_MAX
-        libc.mallopt(-1, 2**30)        # M_TRIM_THRESHOLD
+        libc.mallopt(-1, -1)           # M_TRIM_THRESHOLD: never trim (SIZE_MAX)
     else:
         libc.mallopt(-4, 65536)
         libc.mallopt(-3, 32 * 2**20)   # M_MMAP_THRESHOLD: glibc's dynamic maximum
@@ -244,12 +246,13 @@ def naive_ops() -> Iterator[None]:
 
 
 def make_options(cfg: str, res: int, batch: int = 8, world_size: int = 1, fp32: bool = True,
-                 channel_base: int | None = None, channel_max: int | None = None) -> dict[str, Any]:
+                 channel_base: int | None = None, channel_max: int | None = None,
+                 channels_last: bool = False) -> dict[str, Any]:
     """Resolved options: `cfg` at `res`, no augmentation, one round per phase (batch_gpu = per-rank batch)."""
     ds = open_dataset(f"synthetic:shapes:{res}", max_size=16)
     info = dict(kwargs=ds.kwargs, name=ds.name, resolution=res, num_channels=3, label_dim=0)
     opts = resolve_options(cfg, info, world_size, batch=batch, batch_gpu=batch // world_size, aug="noaug",
-                           workers=0, metrics=[], fp32=fp32)
+                           workers=0, metrics=[], fp32=fp32, channels_last=channels_last)
     for kw in (opts["G_kwargs"]["synthesis_kwargs"], opts["D_kwargs"]):
         if channel_base is not None:
             kw["channel_base"] = channel_base
@@ -268,14 +271,16 @@ def build(opts: dict[str, Any], device: torch.device, rank: int = 0, world_size:
     return run
 
 
-def time_phases(run: tl.Run, reps: int, phases=PHASES) -> dict[str, float]:
-    """Seconds per phase (median of `reps`, after one untimed pass); '_mem' = peak memory (GiB)."""
+def time_phases(run: tl.Run, reps: int, phases=PHASES, warmup: bool = True) -> dict[str, float]:
+    """Seconds per phase (median of `reps`, after one untimed pass unless `warmup=False`); '_mem' = peak
+    memory (GiB) of the warm-up pass (measuring it trims the heap, and the pass after a trim re-faults
+    its pages, so it is never a timed one). reps=0: the warm-up pass alone (memory only)."""
     by_name = {ph.name: ph for ph in run.phases}
     times: dict[str, list[float]] = {p: [] for p in phases}
     mem = PeakMemory(run.device)
-    for rep in range(reps + 1):
+    for rep in range(0 if warmup else 1, reps + 1):
         gens = dict(zip([ph.name for ph in run.phases], tl._sample_batch(run)))
-        ctx = mem if rep == 1 else contextlib.nullcontext()
+        ctx = mem if rep == 0 else contextlib.nullcontext()
         with ctx:
             for name in phases:
                 distributed.barrier()
@@ -286,8 +291,8 @@ def time_phases(run: tl.Run, reps: int, phases=PHASES) -> dict[str, float]:
                 distributed.barrier()
                 if rep > 0:
                     times[name].append(time.perf_counter() - t)
-    out = {p: float(np.median(v)) for p, v in times.items()}
-    out["_mem"] = mem.gib
+    out = {p: float(np.median(v)) for p, v in times.items() if v}
+    out["_mem"] = mem.gib if warmup else None
     return out
 
 
@@ -336,8 +341,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a / b
 
 
-def section_a(device: torch.device, quick: bool, reps: int, naive: bool) -> dict[str, Any]:
-    """Foundation rows; returns the 256² phase timing for reuse as section B's baseline."""
+def section_a(device: torch.device, quick: bool, reps: int, naive: bool) -> None:
+    """Foundation rows."""
     emit("## A. Foundation: amortised steps and forward+backward (batch 8, fp32, noaug)\n")
     rows = []
     steps = [("step32_paper256", "paper256", 32, None, None), ("step32_cb8192", "paper256", 32, 8192, 256)]
@@ -360,7 +365,7 @@ def section_a(device: torch.device, quick: bool, reps: int, naive: bool) -> dict
     del run
     table(["row", "ours (s)", "naive ops (s)", "ours / naive", "published (s)", "speed-up vs published"], rows)
     emit("## A. Phases (img/s; amortised = Gmain + Greg/4 + Dmain + Dreg/16)\n")
-    prow, keep = [], None
+    prow = []
     configs = [("tiny", 32), ("paper256", 64)] + ([] if quick else [("paper256", 256)])
     for cfg, res in configs:
         run = build(make_options(cfg, res), device)
@@ -368,33 +373,39 @@ def section_a(device: torch.device, quick: bool, reps: int, naive: bool) -> dict
         n = run.bench_real.shape[0]
         prow.append([f"{cfg} {res}²", *(n / t[p] for p in PHASES), n / (t["Gmain"] + t["Dmain"]),
                      n / amortised(t), t["_mem"]])
-        if res == 256:
-            keep = t
         del run
     table(["config", *[f"{p} img/s" for p in PHASES], "main only img/s", "amortised img/s", "peak mem GiB"], prow)
-    return {"baseline256": keep}
 
 
 def section_b(device: torch.device, quick: bool, reps: int, batch: int = 8, fp32: bool = True,
-              cached: dict | None = None, title: str = "B. SpatialGAN overhead") -> list[list[Any]]:
-    emit(f"## {title} (batch {batch}, {'fp32' if fp32 else 'mixed precision'}, noaug, one amortised step)\n")
+              rounds: int = 3) -> list[list[Any]]:
+    """The three configs built side by side and timed in interleaved rounds (one amortised step each):
+    the overhead is the median over rounds of the per-round ratio, so slow drifts of a shared machine
+    hit the baseline and the SpatialGAN configs alike."""
+    rounds = max(rounds, reps)
+    emit(f"## B. SpatialGAN overhead (batch {batch}, {'fp32' if fp32 else 'mixed precision'}, noaug, "
+         f"one amortised step, {rounds} interleaved rounds)\n")
     res = 16 if quick else 256
-    results = {}
-    for cfg in ("baseline256", "lsun-cat256", "lsun-bedroom256"):
-        if cached and cached.get(cfg) is not None and not quick:
-            results[cfg] = cached[cfg]
-            continue
-        run = build(make_options(cfg, res, batch=batch, fp32=fp32,
-                                 channel_base=1024 if quick else None, channel_max=64 if quick else None), device)
-        results[cfg] = time_phases(run, reps)
-        del run
-    base = amortised(results["baseline256"])
+    configs = ("baseline256", "lsun-cat256", "lsun-bedroom256")
+    runs, mem = {}, {}
+    for cfg in configs:
+        runs[cfg] = build(make_options(cfg, res, batch=batch, fp32=fp32, channel_base=1024 if quick else None,
+                                       channel_max=64 if quick else None), device)
+        mem[cfg] = time_phases(runs[cfg], 0)["_mem"]
+    secs: dict[str, list[float]] = {cfg: [] for cfg in configs}
+    for _ in range(rounds):
+        for cfg in configs:
+            secs[cfg].append(amortised(time_phases(runs[cfg], 1, warmup=False)))
+    base = np.array(secs["baseline256"])
     rows = []
-    for cfg, t in results.items():
-        sec = amortised(t)
-        rows.append([f"{cfg} @{res}²", sec, sec * 1000 / batch, t["_mem"], sec / base,
-                     f"{100 * (sec / base - 1):+.1f}%"])
-    table(["config", "s/step", "s/kimg", "peak mem GiB", "time vs baseline", "overhead"], rows)
+    for cfg in configs:
+        ratios = np.array(secs[cfg]) / base
+        sec = float(np.median(secs[cfg]))
+        rows.append([f"{cfg} @{res}²", sec, sec * 1000 / batch, mem[cfg], float(np.median(ratios)),
+                     f"{100 * (np.median(ratios) - 1):+.1f}% ({100 * (ratios.min() - 1):+.1f} to "
+                     f"{100 * (ratios.max() - 1):+.1f})"])
+    table(["config", "s/step (median)", "s/kimg", "peak mem GiB", "time vs baseline (median ratio)",
+           "overhead (range over rounds)"], rows)
     return rows
 
 
@@ -473,22 +484,24 @@ def section_d(device: torch.device, quick: bool, reps: int, batch: int) -> None:
     rows = []
     for cfg in ("baseline256", "lsun-cat256", "lsun-bedroom256"):
         flops = None
-        for fp32 in (True, False):
-            for ops in ("ref", "auto"):
-                os.environ["SPATIALGAN_OPS"] = ops
-                run = build(make_options(cfg, res, batch=batch, fp32=fp32), device)
-                if flops is None:
-                    flops = count_flops(run)
-                t = time_phases(run, reps)
-                sec = amortised(t)
-                peak = (peaks or {}).get("fp32" if fp32 else "fp16")
-                frac = flops * batch / sec / (peak * 1e12) if peak else None
-                used = "cuda" if ops == "auto" and not any(_cuda._status.get(o) for o in ("bias_act", "upfirdn2d")) \
-                    and _cuda._status else "ref"
-                rows.append([f"{cfg} @{res}²", "fp32" if fp32 else "mixed", f"{ops} ({used})", sec * 1000 / batch,
-                             batch / sec, t["_mem"], flops / 1e9, frac])
-                del run
-                torch.cuda.empty_cache()
+        variants = [(True, "ref", False), (True, "auto", False), (False, "ref", False), (False, "auto", False),
+                    (False, "auto", True)]  # (fp32, ops, channels-last fp16 blocks)
+        for fp32, ops, channels_last in variants:
+            os.environ["SPATIALGAN_OPS"] = ops
+            run = build(make_options(cfg, res, batch=batch, fp32=fp32, channels_last=channels_last), device)
+            if flops is None:
+                flops = count_flops(run)
+            t = time_phases(run, reps)
+            sec = amortised(t)
+            peak = (peaks or {}).get("fp32" if fp32 else "fp16")
+            frac = flops * batch / sec / (peak * 1e12) if peak else None
+            used = "cuda" if ops == "auto" and not any(_cuda._status.get(o) for o in ("bias_act", "upfirdn2d")) \
+                and _cuda._status else "ref"
+            precision = "fp32" if fp32 else ("mixed, channels-last" if channels_last else "mixed")
+            rows.append([f"{cfg} @{res}²", precision, f"{ops} ({used})", sec * 1000 / batch,
+                         batch / sec, t["_mem"], flops / 1e9, frac])
+            del run
+            torch.cuda.empty_cache()
     os.environ.pop("SPATIALGAN_OPS", None)
     table(["config", "precision", "ops (used)", "s/kimg", "img/s", "peak mem GiB", "GFLOP/img (amortised)",
            "fraction of peak"], rows)
@@ -520,11 +533,10 @@ def main(device, quick, sections, nproc, reps, threads, naive, gpu_batch, out):
     emit(f"\nload average at start: {os.getloadavg()}; dense reference (512x512 3x3 conv, [8,512,32,32]): "
          f"{dense_reference(dev):.1f} GFLOP/s\n")
     start = time.time()
-    cached = {}
     if "A" in wanted:
-        cached = section_a(dev, quick, reps, naive)
+        section_a(dev, quick, reps, naive)
     if "B" in wanted:
-        section_b(dev, quick, reps, cached=cached)
+        section_b(dev, quick, reps)
     if "C" in wanted:
         section_c(nproc, quick, reps)
     if "D" in wanted:

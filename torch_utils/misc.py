@@ -88,7 +88,11 @@ def tune_cpu_allocator() -> bool:
     Training allocates and frees the same large activation buffers every step. By default glibc
     serves blocks above 32 MiB with mmap and unmaps them on free, so each step re-faults every page
     of those buffers (a quarter of the CPU time at 256²). Disabling mmap and trimming makes freed
-    buffers reusable without page faults. Returns True when the settings were applied (glibc only).
+    buffers reusable without page faults. Trimming is switched off altogether (a trim threshold of
+    -1 is SIZE_MAX inside glibc): any finite threshold is exceeded by the free top of the heap once a
+    phase's peak is large enough (SEL_indoor at 256² frees > 2 GiB at once), and every later step then
+    re-faults those pages. The resident size stays at the peak, like PyTorch's CUDA caching allocator.
+    Returns True when the settings were applied (glibc only).
     """
     global _allocator_tuned
     if _allocator_tuned:
@@ -98,7 +102,7 @@ def tune_cpu_allocator() -> bool:
         return False
     try:
         libc = ctypes.CDLL(name)
-        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**30) == 1
+        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, -1) == 1
     except (OSError, AttributeError):
         return False
     _allocator_tuned = ok

@@ -73,6 +73,12 @@ def _block_dtype(use_fp16: bool, device: torch.device, force_fp32: bool) -> torc
     return torch.float16 if (use_fp16 and not force_fp32 and device.type == "cuda") else torch.float32
 
 
+def _block_memory_format(channels_last: bool, force_fp32: bool) -> torch.memory_format:
+    """channels_last for the fp16 blocks when asked (tensor cores read NHWC without transposes); kept
+    on any device so that the layout change itself is testable on CPU, and off with `force_fp32`."""
+    return torch.channels_last if (channels_last and not force_fp32) else torch.contiguous_format
+
+
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
     """x / sqrt(mean(x^2) + eps) along `dim` (puts z and label embeddings on the unit sphere * sqrt(d))."""
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
@@ -384,13 +390,14 @@ class SynthesisBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
                  is_last: bool, architecture: str = "skip", resample_filter: Sequence[int] = RESAMPLE_FILTER,
-                 conv_clamp: float | None = 256, use_fp16: bool = False,
+                 conv_clamp: float | None = 256, use_fp16: bool = False, fp16_channels_last: bool = False,
                  spatial: se.SpatialConfig | None = None, **layer_kwargs):
         super().__init__()
         misc.check_choice("architecture", architecture, G_ARCHITECTURES)
         self.in_channels, self.out_channels, self.w_dim = in_channels, out_channels, w_dim
         self.resolution, self.img_channels, self.is_last = resolution, img_channels, is_last
         self.architecture, self.use_fp16 = architecture, use_fp16
+        self.channels_last = use_fp16 and fp16_channels_last
         self.encoded = spatial is not None and spatial.encodes(resolution)
         self.spatial_style = self.encoded and spatial.encoding == "sel_indoor"
         self.register_buffer("resample_filter", upfirdn2d.setup_filter(resample_filter))
@@ -425,6 +432,7 @@ class SynthesisBlock(nn.Module):
         w_iter = iter(ws.unbind(dim=1))
         o_iter = iter(object_ws.unbind(dim=2)) if (self.spatial_style and object_ws is not None) else None
         dtype = _block_dtype(self.use_fp16, ws.device, force_fp32)
+        memory_format = _block_memory_format(self.channels_last, force_fp32)
         if fused_modconv is None:
             fused_modconv = (not self.training) and (dtype == torch.float32 or ws.shape[0] == 1)
 
@@ -438,9 +446,10 @@ class SynthesisBlock(nn.Module):
 
         if self.in_channels == 0:
             x = self.const.to(dtype).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            x = x.contiguous(memory_format=memory_format)
         else:
             misc.assert_shape(x, [None, self.in_channels, self.resolution // 2, self.resolution // 2], "x")
-            x = x.to(dtype)
+            x = x.to(dtype=dtype, memory_format=memory_format)
 
         if self.in_channels == 0:
             x = run(self.conv1, x, noise_mode=noise_mode)
@@ -463,7 +472,7 @@ class SynthesisBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"resolution={self.resolution}, architecture={self.architecture}, use_fp16={self.use_fp16}, "
-                f"encoded={self.encoded}")
+                f"channels_last={self.channels_last}, encoded={self.encoded}")
 
 
 class SynthesisNetwork(nn.Module):
@@ -647,10 +656,11 @@ class DiscriminatorBlock(nn.Module):
     def __init__(self, in_channels: int, tmp_channels: int, out_channels: int, resolution: int,
                  img_channels: int, architecture: str = "resnet", activation: str = "lrelu",
                  resample_filter: Sequence[int] = RESAMPLE_FILTER, conv_clamp: float | None = None,
-                 use_fp16: bool = False):
+                 use_fp16: bool = False, fp16_channels_last: bool = False):
         super().__init__()
         self.in_channels, self.resolution, self.img_channels = in_channels, resolution, img_channels
         self.architecture, self.use_fp16 = architecture, use_fp16
+        self.channels_last = use_fp16 and fp16_channels_last
         self.register_buffer("resample_filter", upfirdn2d.setup_filter(resample_filter))
         conv = dict(activation=activation, conv_clamp=conv_clamp, resample_filter=resample_filter)
         if in_channels == 0 or architecture == "skip":
@@ -664,12 +674,13 @@ class DiscriminatorBlock(nn.Module):
     def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, force_fp32: bool = False):
         device = (x if x is not None else img).device
         dtype = _block_dtype(self.use_fp16, device, force_fp32)
+        memory_format = _block_memory_format(self.channels_last, force_fp32)
         if x is not None:
             misc.assert_shape(x, [None, self.in_channels, self.resolution, self.resolution], "x")
-            x = x.to(dtype)
+            x = x.to(dtype=dtype, memory_format=memory_format)
         if self.in_channels == 0 or self.architecture == "skip":
             misc.assert_shape(img, [None, self.img_channels, self.resolution, self.resolution], "img")
-            y = self.fromrgb(img.to(dtype))
+            y = self.fromrgb(img.to(dtype=dtype, memory_format=memory_format))
             x = x + y if x is not None else y
             img = upfirdn2d.downsample2d(img, self.resample_filter) if self.architecture == "skip" else None
         if self.architecture == "resnet":
@@ -681,7 +692,8 @@ class DiscriminatorBlock(nn.Module):
         return x, img
 
     def extra_repr(self) -> str:
-        return f"resolution={self.resolution}, architecture={self.architecture}, use_fp16={self.use_fp16}"
+        return (f"resolution={self.resolution}, architecture={self.architecture}, use_fp16={self.use_fp16}, "
+                f"channels_last={self.channels_last}")
 
 
 class MinibatchStdLayer(nn.Module):

@@ -146,3 +146,13 @@ def test_spatial_overrides_on_baseline_and_spatial_presets():
     assert opts["align"]["tau"] == 0.1
     # Overrides must not leak into the preset files' cached state.
     assert config.load_preset("tiny-spatial")["spatial"]["sampler"] == "hierarchical"
+
+
+def test_channels_last_reaches_both_networks_only_with_fp16_blocks():
+    opts = resolve_options("paper256", info(256), channels_last=True)
+    assert opts["G_kwargs"]["synthesis_kwargs"]["fp16_channels_last"] is True
+    assert opts["D_kwargs"]["block_kwargs"] == {"fp16_channels_last": True}
+    plain = resolve_options("paper256", info(256))
+    assert "fp16_channels_last" not in plain["G_kwargs"]["synthesis_kwargs"] and "block_kwargs" not in plain["D_kwargs"]
+    fp32 = resolve_options("paper256", info(256), channels_last=True, fp32=True)  # no fp16 blocks: nothing to do
+    assert "block_kwargs" not in fp32["D_kwargs"]

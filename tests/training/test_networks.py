@@ -332,3 +332,43 @@ def test_fp16_blocks_pipeline(monkeypatch):
     logits, dfeats = D(img, None, return_features=True)
     assert dfeats[8].dtype == torch.float16 and logits.dtype == torch.float32
     torch.testing.assert_close(logits, D(img, None, force_fp32=True), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("spatial", [None, dict(encoding="sel_indoor")], ids=["plain", "sel_indoor"])
+def test_fp16_channels_last_same_function_and_gradients(spatial):
+    """fp16_channels_last only changes the memory layout of the fp16 blocks (testable on CPU, where
+    those blocks stay fp32): identical images, logits and parameter gradients, NHWC block outputs."""
+    def build(channels_last):
+        torch.manual_seed(0)
+        G = nets.Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=3,
+                           mapping_kwargs=dict(num_layers=2), spatial_kwargs=spatial,
+                           synthesis_kwargs=dict(SMALL, num_fp16_res=2, fp16_channels_last=channels_last))
+        D = tiny_D(16, num_fp16_res=2, block_kwargs=dict(fp16_channels_last=channels_last))
+        return G, D
+
+    results = []
+    for channels_last in (False, True):
+        G, D = build(channels_last)
+        assert G.synthesis.b16.channels_last == channels_last and not G.synthesis.b4.channels_last
+        assert D.b16.channels_last == channels_last
+        torch.manual_seed(1)
+        z = torch.randn(4, 16)
+        spec = G.heatmap_sampler(4, generator=0) if G.heatmap_sampler is not None else None
+        img, feats = G(z, None, heatmaps=spec, noise_mode="const", return_features=True)
+        logits, dfeats = D(img, None, return_features=True)
+        logits.sum().backward()
+        assert feats[16].is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert dfeats[8].is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert feats[4].is_contiguous()
+        grads = [p.grad.clone() for p in [*G.parameters(), *D.parameters()] if p.grad is not None]
+        results.append((img.detach(), logits.detach(), grads))
+    (img0, log0, g0), (img1, log1, g1) = results
+    torch.testing.assert_close(img1, img0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(log1, log0, rtol=1e-5, atol=1e-5)
+    assert len(g0) == len(g1) > 0
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    G, _ = build(True)
+    assert G.synthesis.init_kwargs["fp16_channels_last"] is True
+    rebuilt = nets.Generator(**G.init_kwargs)
+    assert rebuilt.synthesis.b16.channels_last

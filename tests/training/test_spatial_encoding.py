@@ -264,6 +264,45 @@ def test_factorised_demod_equals_dense_convolution_of_squared_styles():
         torch.testing.assert_close(se._demod_map(styles, weight, flip_weight=flip), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_clamped_rsqrt_matches_composed_ops_and_zeroes_clamped_gradient():
+    torch.manual_seed(2)
+    v = torch.cat([torch.rand(20) + 0.1, -torch.rand(5)]).requires_grad_(True)
+    y = se.clamped_rsqrt(v)
+    torch.testing.assert_close(y, (v.detach().clamp_min(0) + 1e-8).rsqrt())
+    (g,) = torch.autograd.grad(y.sum(), v)
+    torch.testing.assert_close(g[:20], -0.5 * y.detach()[:20] ** 3)
+    assert torch.equal(g[20:], torch.zeros(5))
+
+
+def test_clamped_rsqrt_first_and_second_derivatives():
+    torch.manual_seed(3)
+    v = (torch.rand(2, 3, 4, 4, dtype=torch.float64) + 0.2).requires_grad_(True)
+    assert torch.autograd.gradcheck(se.clamped_rsqrt, (v,))
+    assert torch.autograd.gradgradcheck(se.clamped_rsqrt, (v,))
+
+
+def test_indoor_conv_gradients_match_autograd_of_the_dense_formula():
+    """The whole SEL_indoor conv (factorised demodulation, fused noise) against the plain formula
+    y = conv(x s, W) rsqrt(conv(pad(s)^2, W^2) + eps) + noise, values and first derivatives."""
+    torch.manual_seed(4)
+    x = torch.randn(2, 6, 7, 7, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(5, 6, 3, 3, dtype=torch.float64, requires_grad=True)
+    codes = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    maps = torch.rand(2, 3, 7, 7, dtype=torch.float64)
+    maps[:, 0] = 1
+    noise = torch.randn(2, 1, 7, 7, dtype=torch.float64)
+    y = se.spatially_modulated_conv2d(x, weight, se.StyleMap(codes, maps), noise=noise)
+    dense = torch.einsum("nac,nahw->nchw", codes, maps)
+    s2 = F.pad(dense.square(), [1, 1, 1, 1], mode="replicate")
+    ref = F.conv2d(x * dense, weight, padding=1) * (F.conv2d(s2, weight.square()) + 1e-8).rsqrt() + noise
+    torch.testing.assert_close(y, ref.to(y.dtype), rtol=1e-5, atol=1e-6)
+    gy = torch.randn_like(ref)
+    got = torch.autograd.grad(y, (x, weight, codes), gy.to(y.dtype))
+    want = torch.autograd.grad(ref, (x, weight, codes), gy)
+    for g, w, name in zip(got, want, ("x", "weight", "codes")):
+        torch.testing.assert_close(g.to(w.dtype), w, rtol=1e-4, atol=1e-5, msg=name)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Flatten ablation.
 
