@@ -2,9 +2,8 @@
 
 `report(name, values)` adds count, sum and sum of squares (float64) to a per-name accumulator on the
 values' own device, so reporting never synchronises a GPU; the numbers reach the CPU once per tick,
-when a `Collector`
-gathers the accumulators at `update()` and optionally all-reduces them across ranks (one collective per
-tick), and exposes num/mean/std per name.
+when a `Collector` gathers the accumulators at `update()` and optionally all-reduces them across ranks
+(one collective per tick), and exposes num/mean/std per name.
 """
 
 from __future__ import annotations

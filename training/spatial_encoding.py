@@ -460,9 +460,9 @@ class _ClampedRsqrt(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         # dy/dv = -y^3 / 2 where v > 0. The clamped region is exactly where y == rsqrt(eps) (its
-        # maximum), which also covers positive v below fp32 resolution of eps (derivative ~0 there anyway).
+        # maximum); that also zeroes the rsqrt's singular slope for 0 < v below eps's resolution.
         (y,) = ctx.saved_tensors
-        cap = torch.tensor(DEMOD_EPS, dtype=y.dtype).rsqrt()
+        cap = float(torch.tensor(DEMOD_EPS, dtype=y.dtype).rsqrt())  # rsqrt(eps) as y's dtype rounds it
         if torch.is_grad_enabled():  # create_graph: plain differentiable ops (y links back to v)
             return torch.where(y < cap, dy * y.square() * y * -0.5, torch.zeros_like(y))
         return y.square().mul_(y).mul_(dy).mul_(-0.5).masked_fill_(y >= cap, 0)
