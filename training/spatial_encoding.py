@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from torch_utils import misc
 from torch_utils.ops import bias_act, conv2d_resample, fma
@@ -427,45 +428,83 @@ def _demod_map(styles: StyleMap, weight: torch.Tensor, flip_weight: bool) -> tor
         w2 = w2.flip([2, 3])
     ia, ib = torch.triu_indices(a, a, device=codes.device)
     pair = codes[:, ia] * codes[:, ib] * (2 - (ia == ib).to(codes.dtype))[None, :, None]   # [N, P, I]
-    kernels = torch.einsum("npi,oikl->nopkl", pair, w2).flatten(2)                      # [N, O, P kh kw]
+    kernels = torch.einsum("npi,oikl->nopkl", pair, w2)                                 # [N, O, P, kh, kw]
     products = F.pad(maps[:, ia] * maps[:, ib], [kw // 2, kw // 2, kh // 2, kh // 2], mode="replicate")
-    # A per-sample conv with P*kh*kw (~90) input taps, written as im2col + one batched matmul: as a
-    # grouped conv (groups=N, P channels each) oneDNN ran its forward and weight gradient ~15x below
-    # its dense rate. The columns need no gradient (heatmaps are inputs), so the backward is one bmm.
-    cols = F.unfold(products, (kh, kw))                                                 # [N, P kh kw, h w]
-    d = torch.bmm(kernels, cols)                                                        # [N, O, h w]
-    return clamped_rsqrt(d.reshape(n, -1, *maps.shape[2:]))
+    h, w = maps.shape[2:]
+    # A per-sample conv with P (~10) input channels. Never as one grouped conv (groups=N): oneDNN ran
+    # its forward and weight gradient ~15x below its dense rate. Large maps: one dense conv per
+    # sample (at 256² 2x faster than im2col in the forward, and it saves the P-channel products for
+    # the backward instead of 9x as many columns). Small maps: im2col + one batched matmul, which
+    # wins there because the per-call overhead dominates. The products need no gradient.
+    if h * w >= DEMOD_LOOP_MIN_PIXELS:
+        d = torch.cat([F.conv2d(products[i:i + 1], kernels[i]) for i in range(n)])          # [N, O, h, w]
+    else:
+        cols = F.unfold(products, (kh, kw))                                             # [N, P kh kw, h w]
+        d = torch.bmm(kernels.flatten(2), cols).reshape(n, -1, h, w)                    # [N, O, h, w]
+    return clamped_rsqrt(d, inplace=True)
 
 
+# Map size (h * w) from which _demod_map convolves sample by sample instead of im2col + bmm; both
+# orders were timed at 32², 128² and 256² (2 CPU threads): equal at 128², im2col ahead below.
+DEMOD_LOOP_MIN_PIXELS = 128 * 128
 DEMOD_EPS = 1e-8
 
 
-def clamped_rsqrt(v: torch.Tensor) -> torch.Tensor:
+def clamped_rsqrt(v: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """rsqrt(max(v, 0) + 1e-8) of any shape, with the derivative 0 where v <= 0.
 
     The factorised expansion of s^2 can round a true zero slightly below it (s^2 is never negative), hence
     the clamp. One autograd node with one output buffer instead of clamp/add/rsqrt (three full-size
-    tensors per layer forward and again in the backward at 256²); twice differentiable.
+    tensors per layer forward and again in the backward at 256²), and its derivative is one node too
+    (the path-length regulariser differentiates it twice). `inplace=True` reuses `v`'s storage (for a
+    fresh intermediate that nothing else reads).
     """
-    return _ClampedRsqrt.apply(v)
+    return _ClampedRsqrt.apply(v, inplace)
+
+
+def _demod_cap(dtype: torch.dtype) -> float:
+    """rsqrt(eps) as `dtype` rounds it: the value of clamped_rsqrt wherever v <= 0."""
+    return float(torch.tensor(DEMOD_EPS, dtype=dtype).rsqrt())
 
 
 class _ClampedRsqrt(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, v):
-        y = v.clamp_min(0).add_(DEMOD_EPS).rsqrt_()
+    def forward(ctx, v, inplace):
+        # max(v + eps, eps) == max(v, 0) + eps exactly (rounding is monotonic); add, clamp and rsqrt all
+        # write one buffer (v's own with inplace=True).
+        y = (v.add_(DEMOD_EPS) if inplace else v.add(DEMOD_EPS)).clamp_min_(DEMOD_EPS).rsqrt_()
+        if inplace:
+            ctx.mark_dirty(v)
         ctx.save_for_backward(y)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        # dy/dv = -y^3 / 2 where v > 0. The clamped region is exactly where y == rsqrt(eps) (its
-        # maximum); that also zeroes the rsqrt's singular slope for 0 < v below eps's resolution.
         (y,) = ctx.saved_tensors
-        cap = float(torch.tensor(DEMOD_EPS, dtype=y.dtype).rsqrt())  # rsqrt(eps) as y's dtype rounds it
-        if torch.is_grad_enabled():  # create_graph: plain differentiable ops (y links back to v)
-            return torch.where(y < cap, dy * y.square() * y * -0.5, torch.zeros_like(y))
-        return y.square().mul_(y).mul_(dy).mul_(-0.5).masked_fill_(y >= cap, 0)
+        return _ClampedRsqrtGrad.apply(dy, y), None
+
+
+class _ClampedRsqrtGrad(torch.autograd.Function):
+    """dv = dy * (-y^3 / 2) where y < cap (v > 0), else 0. The clamped region is exactly where y equals
+    its maximum rsqrt(eps); that also zeroes the rsqrt's singular slope for 0 < v below eps's resolution."""
+
+    @staticmethod
+    def forward(ctx, dy, y):
+        ctx.save_for_backward(dy, y)
+        return y.square().mul_(y).mul_(dy).mul_(-0.5).masked_fill_(y >= _demod_cap(y.dtype), 0)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        # d/d(dy) = -y^3 / 2; d/dy = -3/2 y^2 dy (y's own history then carries it back to v).
+        dy, y = ctx.saved_tensors
+        clamped = y >= _demod_cap(y.dtype)
+        g_dy = g_y = None
+        if ctx.needs_input_grad[0]:
+            g_dy = y.square().mul_(y).mul_(g).mul_(-0.5).masked_fill_(clamped, 0)
+        if ctx.needs_input_grad[1]:
+            g_y = y.square().mul_(dy).mul_(g).mul_(-1.5).masked_fill_(clamped, 0)
+        return g_dy, g_y
 
 
 def spatially_modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: StyleMap,

@@ -250,7 +250,17 @@ def test_demod_map_is_exact_at_borders_for_constant_style():
     torch.testing.assert_close(d, expected.reshape(1, 3, 1, 1).expand(1, 3, 5, 5))
 
 
-def test_factorised_demod_equals_dense_convolution_of_squared_styles():
+@pytest.fixture(params=["im2col", "per_sample"])
+def demod_route(request, monkeypatch):
+    """Both routes of _demod_map: im2col + bmm (small maps) and one conv per sample (large maps)."""
+    if request.param == "per_sample":
+        monkeypatch.setattr(se, "DEMOD_LOOP_MIN_PIXELS", 1)
+    else:
+        monkeypatch.setattr(se, "DEMOD_LOOP_MIN_PIXELS", 10**9)
+    return request.param
+
+
+def test_factorised_demod_equals_dense_convolution_of_squared_styles(demod_route):
     """The pairwise expansion must equal rsqrt(conv(s^2, W^2) + eps) on the dense style map."""
     torch.manual_seed(1)
     codes, maps = torch.randn(2, 4, 6), torch.rand(2, 4, 7, 7)
@@ -274,6 +284,32 @@ def test_clamped_rsqrt_matches_composed_ops_and_zeroes_clamped_gradient():
     assert torch.equal(g[20:], torch.zeros(5))
 
 
+def test_clamped_rsqrt_inplace_reuses_storage_and_keeps_gradients():
+    torch.manual_seed(5)
+    base = torch.cat([torch.rand(20) + 0.1, -torch.rand(5)]).requires_grad_(True)
+    v = base * 1  # a fresh non-leaf, as in _demod_map
+    ptr = v.data_ptr()
+    y = se.clamped_rsqrt(v, inplace=True)
+    assert y.data_ptr() == ptr
+    want = (base.detach().clamp_min(0) + 1e-8).rsqrt()
+    torch.testing.assert_close(y, want)
+    (g,) = torch.autograd.grad(y.sum(), base)
+    torch.testing.assert_close(g[:20], -0.5 * want[:20] ** 3)
+    assert torch.equal(g[20:], torch.zeros(5))
+
+
+def test_clamped_rsqrt_second_derivative_through_a_path_length_like_loss():
+    """grad of (grad of <y, r>) against the closed form 3/4 y^5 r r2 (the regulariser's pattern)."""
+    torch.manual_seed(6)
+    v = (torch.rand(3, 4, dtype=torch.float64) + 0.3).requires_grad_(True)
+    r, r2 = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    (g,) = torch.autograd.grad((se.clamped_rsqrt(v) * r).sum(), v, create_graph=True)
+    (gg,) = torch.autograd.grad((g * r2).sum(), v)
+    y = (v.detach() + 1e-8).rsqrt()
+    torch.testing.assert_close(g.detach(), -0.5 * y**3 * r)
+    torch.testing.assert_close(gg, 0.75 * y**5 * r * r2)
+
+
 def test_clamped_rsqrt_first_and_second_derivatives():
     torch.manual_seed(3)
     v = (torch.rand(2, 3, 4, 4, dtype=torch.float64) + 0.2).requires_grad_(True)
@@ -281,7 +317,7 @@ def test_clamped_rsqrt_first_and_second_derivatives():
     assert torch.autograd.gradgradcheck(se.clamped_rsqrt, (v,))
 
 
-def test_indoor_conv_gradients_match_autograd_of_the_dense_formula():
+def test_indoor_conv_gradients_match_autograd_of_the_dense_formula(demod_route):
     """The whole SEL_indoor conv (factorised demodulation, fused noise) against the plain formula
     y = conv(x s, W) rsqrt(conv(pad(s)^2, W^2) + eps) + noise, values and first derivatives."""
     torch.manual_seed(4)

@@ -7,7 +7,8 @@ import torch
 from training import checkpoint
 from training.config import resolve_options
 from training.dataset import open_dataset
-from training.training_loop import TrainingError, build_run, train_step, training_loop
+from training.training_loop import (TrainingError, build_run, make_snapshot, restore, train_step,
+                                    training_loop)
 
 
 def tiny_options(cfg: str = "tiny", **overrides) -> dict:
@@ -95,3 +96,29 @@ def test_nan_parameters_raise_clear_error(tmp_path):
         assert "NaN" in str(err) and "G." in str(err)
     else:
         raise AssertionError("NaN parameters were not detected")
+
+
+def test_optimisers_use_the_multi_tensor_update_with_loop_identical_results():
+    run = build_run(tiny_options(), torch.device("cpu"), 0, 1)
+    snap = make_snapshot(run)
+    for opt_state in snap["state"]["optimizers"].values():  # as written by an older version
+        for group in opt_state["param_groups"]:
+            group["foreach"] = None
+    restore(run, snap, "old-snapshot.pt")
+    for ph in run.phases:
+        assert all(g["foreach"] is True for g in ph.opt.param_groups), ph.name
+    # Same rounding as PyTorch's default per-parameter loop (resumes and comparisons stay bitwise).
+    torch.manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(s)) for s in ((5, 7), (300,), (8, 3, 3, 3))]
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    start = [p.detach().clone() for p in ps]
+    kw = dict(lr=0.002, betas=(0.0, 0.99), eps=1e-8)
+    multi, loop = torch.optim.Adam(ps, foreach=True, **kw), torch.optim.Adam(qs, foreach=False, **kw)
+    for _ in range(5):
+        for p, q in zip(ps, qs):
+            g = torch.randn_like(p) * 10.0 ** float(torch.randint(-9, 1, ()))
+            p.grad, q.grad = g.clone(), g.clone()
+        multi.step()
+        loop.step()
+    assert all(torch.equal(p, q) for p, q in zip(ps, qs))
+    assert all(not torch.equal(p, s) for p, s in zip(ps, start))  # the updates did move the weights
