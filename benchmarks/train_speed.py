@@ -96,12 +96,12 @@ def set_allocator(tuned: bool) -> None:
     if libc is None:
         return
     if tuned:
-        libc.mallopt(-4, 0)            # M_MMAP_MAX
-        libc.mallopt(-1, -1)           # M_TRIM_THRESHOLD: never trim (SIZE_MAX)
+        libc.mallopt(misc._M_MMAP_MAX, 0)  # as misc.tune_cpu_allocator (never trim)
+        libc.mallopt(misc._M_TRIM_THRESHOLD, -1)
     else:
-        libc.mallopt(-4, 65536)
-        libc.mallopt(-3, 32 * 2**20)   # M_MMAP_THRESHOLD: glibc's dynamic maximum
-        libc.mallopt(-1, 64 * 2**20)   # M_TRIM_THRESHOLD: 2 x the mmap threshold, as glibc sets it
+        libc.mallopt(misc._M_MMAP_MAX, 65536)
+        libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD: glibc's dynamic maximum
+        libc.mallopt(misc._M_TRIM_THRESHOLD, 64 * 2**20)  # 2 x the mmap threshold, as glibc sets it
 
 
 def _rss_bytes() -> int:

@@ -88,14 +88,17 @@ def build_augment(options: dict[str, Any], device: torch.device):
     return pipe, ada
 
 
+# One multi-tensor kernel per update instead of a Python loop over ~100 parameters (-3 % of a small
+# network's CPU step); same update rule and the same rounding as PyTorch's default loop.
+ADAM_IMPL = {"foreach": True}
+
+
 def build_phases(options: dict[str, Any], G, D) -> list[Phase]:
     phases = []
     for name, module, opt_kwargs, interval in (("G", G, options["G_opt_kwargs"], options["G_reg_interval"]),
                                                 ("D", D, options["D_opt_kwargs"], options["D_reg_interval"])):
         kw = dict(opt_kwargs, betas=tuple(opt_kwargs["betas"]))
-        # foreach: one multi-tensor kernel per update step instead of a Python loop over ~100
-        # parameters (-3 % of a small network's CPU step); same update rule, same rounding.
-        opt = torch.optim.Adam(module.parameters(), foreach=True, **kw)
+        opt = torch.optim.Adam(module.parameters(), **kw, **ADAM_IMPL)
         if interval is None:
             phases.append(Phase(name + "both", module, opt, 1))
         else:
@@ -321,7 +324,7 @@ def restore(run: Run, snap: dict[str, Any], path: str) -> None:
     for ph in run.phases:
         ph.opt.load_state_dict(state["optimizers"][ph.name[0]])
         for group in ph.opt.param_groups:  # the snapshot's groups replace ours; keep this run's update code
-            group["foreach"] = True
+            group.update(ADAM_IMPL)
     run.loss.load_state_dict(state["loss"])
     if run.ada is not None and state.get("ada") is not None:
         run.ada.load_state_dict(state["ada"])
