@@ -66,13 +66,22 @@ def emit(line: str = "") -> None:
 
 
 def table(header: list[str], rows: list[list[Any]]) -> None:
-    def fmt(v):
-        return f"{v:.3g}" if isinstance(v, float) else ("—" if v is None else str(v))
+    table_header(header)
+    for r in rows:
+        table_row(r)
+    emit()
+
+
+def table_header(header: list[str]) -> None:
     emit("| " + " | ".join(header) + " |")
     emit("|" + "|".join("---" for _ in header) + "|")
-    for r in rows:
-        emit("| " + " | ".join(fmt(v) for v in r) + " |")
-    emit()
+
+
+def table_row(row: list[Any]) -> None:
+    """One Markdown row, emitted at once (long sections keep what they measured if killed)."""
+    def fmt(v):
+        return f"{v:.3g}" if isinstance(v, float) else ("—" if v is None else str(v))
+    emit("| " + " | ".join(fmt(v) for v in row) + " |")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -481,11 +490,14 @@ def section_d(device: torch.device, quick: bool, reps: int, batch: int) -> None:
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     res = 64 if quick else 256
-    rows = []
+    # Rows stream out as measured, most wanted first: the baseline's four (ops x precision) rows give
+    # both targets (CUDA ops vs reference, mixed vs fp32); channels-last and the SpatialGAN configs follow.
+    variants = [(True, "ref", False), (True, "auto", False), (False, "ref", False), (False, "auto", False),
+                (False, "auto", True)]  # (fp32, ops, channels-last fp16 blocks)
+    table_header(["config", "precision", "ops (used)", "s/kimg", "img/s", "peak mem GiB", "GFLOP/img (amortised)",
+                  "fraction of peak"])
     for cfg in ("baseline256", "lsun-cat256", "lsun-bedroom256"):
         flops = None
-        variants = [(True, "ref", False), (True, "auto", False), (False, "ref", False), (False, "auto", False),
-                    (False, "auto", True)]  # (fp32, ops, channels-last fp16 blocks)
         for fp32, ops, channels_last in variants:
             os.environ["SPATIALGAN_OPS"] = ops
             run = build(make_options(cfg, res, batch=batch, fp32=fp32, channels_last=channels_last), device)
@@ -498,13 +510,12 @@ def section_d(device: torch.device, quick: bool, reps: int, batch: int) -> None:
             used = "cuda" if ops == "auto" and not any(_cuda._status.get(o) for o in ("bias_act", "upfirdn2d")) \
                 and _cuda._status else "ref"
             precision = "fp32" if fp32 else ("mixed, channels-last" if channels_last else "mixed")
-            rows.append([f"{cfg} @{res}²", precision, f"{ops} ({used})", sec * 1000 / batch,
-                         batch / sec, t["_mem"], flops / 1e9, frac])
+            table_row([f"{cfg} @{res}²", precision, f"{ops} ({used})", sec * 1000 / batch, batch / sec, t["_mem"],
+                       flops / 1e9, frac])
             del run
             torch.cuda.empty_cache()
     os.environ.pop("SPATIALGAN_OPS", None)
-    table(["config", "precision", "ops (used)", "s/kimg", "img/s", "peak mem GiB", "GFLOP/img (amortised)",
-           "fraction of peak"], rows)
+    emit()
     emit(f"CUDA op status: {dict(_cuda._status)} (None = kernel in use)\n")
 
 

@@ -25,7 +25,7 @@ import torch
 
 from dnnlib.util import cache_dir
 
-__all__ = ["BuildError", "get_plugin", "load_op", "ops_sources", "build_all"]
+__all__ = ["BuildError", "get_plugin", "load_op", "ops_sources", "ops_headers", "build_all"]
 
 DEFAULT_CUDA_FLAGS = ("--use_fast_math",)
 DEFAULT_ARCH_LIST = "8.0;9.0"  # used only when no GPU is visible (CI, build machines)
@@ -40,8 +40,13 @@ class BuildError(RuntimeError):
 
 
 def ops_sources(op: str) -> list[Path]:
-    """The `.cpp` binding and `.cu` kernel of one op in `torch_utils/ops` (e.g. 'bias_act')."""
+    """The `.cpp` binding and `.cu` launch of one op in `torch_utils/ops` (e.g. 'bias_act')."""
     return [OPS_DIR / f"{op}_kernel.cpp", OPS_DIR / f"{op}_kernel.cu"]
+
+
+def ops_headers(op: str) -> list[Path]:
+    """The `.cuh` with the op's kernels and launch logic (shared with the tests' CPU emulator)."""
+    return [OPS_DIR / f"{op}_kernel.cuh"]
 
 
 def _is_rank_zero() -> bool:
@@ -166,7 +171,7 @@ def _silence_stdout() -> Iterator[None]:
 
 def load_op(op: str, verbose: bool = False) -> types.ModuleType:
     """Build/load the extension of one op in `torch_utils/ops` ('bias_act' or 'upfirdn2d')."""
-    return get_plugin(f"spatialgan_{op}", ops_sources(op), verbose=verbose)
+    return get_plugin(f"spatialgan_{op}", ops_sources(op), ops_headers(op), verbose=verbose)
 
 
 def build_all(ops: Sequence[str] = ("bias_act", "upfirdn2d"), verbose: bool = False) -> dict[str, str | None]:

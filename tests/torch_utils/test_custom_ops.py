@@ -58,6 +58,18 @@ def test_kernel_compiles(built_ops, op):
 # custom_ops without a compiler
 
 
+@pytest.mark.parametrize("op", OPS)
+def test_load_op_hashes_the_kernel_header(monkeypatch, op):
+    """The .cuh holds the kernels: editing it must change the build directory (i.e. rebuild)."""
+    seen = {}
+    monkeypatch.setattr(custom_ops, "get_plugin",
+                        lambda name, sources, headers=(), **kw: seen.update(sources=sources, headers=headers))
+    custom_ops.load_op(op)
+    files = [*seen["sources"], *seen["headers"]]
+    assert {p.name for p in files} == {f"{op}_kernel.cpp", f"{op}_kernel.cu", f"{op}_kernel.cuh"}
+    assert all(p.is_file() for p in files)
+
+
 def test_digest_changes_only_with_content(tmp_path):
     src = tmp_path / "k.cu"
     src.write_text("int a;")

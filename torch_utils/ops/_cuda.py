@@ -24,6 +24,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from torch_utils import custom_ops
+from torch_utils import ops as _ops
 
 __all__ = ["use_cuda", "resolve_impl", "bias_act_cuda", "upfirdn2d_cuda"]
 
@@ -42,8 +43,8 @@ _IN_PROGRESS = "self-check in progress"
 
 
 def _is_cuda_tensor(x: torch.Tensor) -> bool:
-    """Device test, separate so that tests can pretend a CPU tensor is on a GPU."""
-    return x.is_cuda
+    """Whether `x` may run a kernel (tests widen KERNEL_DEVICE_TYPES or replace this function)."""
+    return x.device.type in _ops.KERNEL_DEVICE_TYPES
 
 
 def _load_plugin(op: str) -> types.ModuleType:

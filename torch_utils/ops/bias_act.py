@@ -16,6 +16,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from torch_utils import ops as _ops
+
 __all__ = ["ActivationSpec", "activation_funcs", "bias_act"]
 
 
@@ -87,7 +89,7 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: 
     spec = activation_funcs[act]
     alpha = float(alpha if alpha is not None else spec.def_alpha)
     gain = float(gain if gain is not None else spec.def_gain)
-    if x.is_cuda and impl != "ref":
+    if x.device.type in _ops.KERNEL_DEVICE_TYPES and impl != "ref":
         from . import _cuda  # imported lazily: CPU runs never touch the extension machinery
 
         if _cuda.use_cuda("bias_act", x, impl, reference=_reference_for_cuda):

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from torch_utils import ops as _ops
+
 __all__ = ["setup_filter", "upfirdn2d", "filter2d", "upsample2d", "downsample2d"]
 
 _IMPLS = ("ref", "cuda", "auto")
@@ -215,7 +217,7 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up=1, down=1, padding=0, 
                          f"up={up}, down={down}, padding={padding}")
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
-    if x.is_cuda and impl != "ref" and not f.requires_grad:
+    if x.device.type in _ops.KERNEL_DEVICE_TYPES and impl != "ref" and not f.requires_grad:
         from . import _cuda  # imported lazily: CPU runs never touch the extension machinery
 
         if _cuda.use_cuda("upfirdn2d", x, impl, reference=_reference_for_cuda):

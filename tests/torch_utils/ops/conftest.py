@@ -1,0 +1,49 @@
+"""Fixtures for the kernel tests: the real GPU, or the CUDA kernels emulated on the CPU."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from torch_utils import custom_ops, ops
+from torch_utils.ops import _cuda
+
+EMULATION_DIR = Path(__file__).resolve().parent / "cuda_emulation"
+
+_emulated: dict[str, object] = {}
+
+
+def emulated_plugin():
+    """The kernels' .cuh code compiled for the CPU (cuda_emulation/), built once per test session."""
+    if "module" not in _emulated:
+        if not (shutil.which("c++") or shutil.which("g++")):
+            pytest.skip("no C++ compiler: cannot build the CPU emulation of the CUDA kernels")
+        headers = [EMULATION_DIR / "cuda_shim.h", *custom_ops.ops_headers("bias_act"),
+                   *custom_ops.ops_headers("upfirdn2d")]
+        _emulated["module"] = custom_ops.get_plugin("spatialgan_cuda_emulation",
+                                                    [EMULATION_DIR / "emulated_ops.cpp"], headers)
+    return _emulated["module"]
+
+
+@pytest.fixture(params=[pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+                            not torch.cuda.is_available(), reason="needs a CUDA device")]),
+                        pytest.param("emulated", marks=pytest.mark.slow)])
+def kernel_device(request, monkeypatch) -> str:
+    """Where the `_cuda` kernels run: 'cuda' (a real GPU) or 'cpu' (the emulator standing in for it).
+
+    With the emulator, CPU tensors are offered to the kernels (`KERNEL_DEVICE_TYPES`) and both
+    plugins are the emulated module, so everything above the launch (op selection, self-check,
+    autograd Functions, the networks' calls) runs exactly as on a GPU.
+    """
+    if request.param == "cuda":
+        return "cuda"
+    module = emulated_plugin()
+    monkeypatch.delenv("SPATIALGAN_OPS", raising=False)
+    monkeypatch.setattr(ops, "KERNEL_DEVICE_TYPES", ("cuda", "cpu"))
+    monkeypatch.setattr(_cuda, "_load_plugin", lambda op: module)
+    _cuda._reset()
+    request.addfinalizer(_cuda._reset)
+    return "cpu"

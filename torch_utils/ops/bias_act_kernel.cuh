@@ -1,0 +1,139 @@
+// Fused bias + activation + gain + clamp, and its first/second derivative, as one elementwise kernel.
+//
+// With z = x + b[c] (c = index along the bias dimension), f = act(z), y = f * gain:
+//   mode 0:  out = clamp(y, -clamp, clamp)                         (forward)
+//   mode 1:  out = g1      * gain * f'(z) * [|y| <= clamp]         (dL/dx given dL/dout = g1)
+//   mode 2:  out = g1 * g2 * gain * f''(z) * [|y| <= clamp]        (second-order term)
+// clamp < 0 means "no clamp". The clamp test matches torch.clamp's backward, which passes the
+// gradient where the input lies inside the closed interval. Arithmetic runs in float (double for
+// double inputs); half inputs are converted on load and rounded once on store.
+//
+// This header holds the kernel and the launch decisions; the `launch` callback passed to bias_act_run
+// only issues the kernel. bias_act_kernel.cu launches on the GPU; the test suite's CPU emulator
+// (tests/torch_utils/ops/cuda_emulation) runs this same code.
+
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/AccumulateType.h>
+#include <ATen/Dispatch.h>
+
+#include <algorithm>
+
+namespace {
+
+// Keep in sync with _ACT_IDS in torch_utils/ops/_cuda.py.
+enum Act : int { kLinear = 0, kRelu, kLrelu, kTanh, kSigmoid, kElu, kSelu, kSoftplus, kSwish };
+
+__device__ __forceinline__ float dev_exp(float v) { return expf(v); }
+__device__ __forceinline__ double dev_exp(double v) { return exp(v); }
+__device__ __forceinline__ float dev_tanh(float v) { return tanhf(v); }
+__device__ __forceinline__ double dev_tanh(double v) { return tanh(v); }
+__device__ __forceinline__ float dev_log1p(float v) { return log1pf(v); }
+__device__ __forceinline__ double dev_log1p(double v) { return log1p(v); }
+
+template <typename T>
+__device__ __forceinline__ T sigmoid(T z) { return T(1) / (T(1) + dev_exp(-z)); }
+
+// f(z), f'(z), f''(z). Derivatives at kinks follow PyTorch's autograd (relu: 0 at 0, lrelu: alpha).
+template <typename T>
+__device__ __forceinline__ void activation(int act, T z, T alpha, T& f, T& d1, T& d2) {
+  const T selu_scale = T(1.0507009873554804934193349852946);
+  const T selu_alpha = T(1.6732632423543772848170429916717);
+  d2 = T(0);
+  switch (act) {
+    case kRelu: f = z > T(0) ? z : T(0); d1 = z > T(0) ? T(1) : T(0); break;
+    case kLrelu: f = z > T(0) ? z : z * alpha; d1 = z > T(0) ? T(1) : alpha; break;
+    case kTanh: f = dev_tanh(z); d1 = T(1) - f * f; d2 = T(-2) * f * d1; break;
+    case kSigmoid: {
+      f = sigmoid(z); d1 = f * (T(1) - f); d2 = d1 * (T(1) - T(2) * f); break;
+    }
+    case kElu: {
+      const T e = dev_exp(z);
+      f = z > T(0) ? z : alpha * (e - T(1)); d1 = z > T(0) ? T(1) : alpha * e; d2 = z > T(0) ? T(0) : alpha * e;
+      break;
+    }
+    case kSelu: {
+      const T e = selu_scale * selu_alpha * dev_exp(z);
+      f = z > T(0) ? selu_scale * z : e - selu_scale * selu_alpha;
+      d1 = z > T(0) ? selu_scale : e; d2 = z > T(0) ? T(0) : e;
+      break;
+    }
+    case kSoftplus: {
+      // torch.nn.functional.softplus returns z itself above threshold 20 (gradient 1 there).
+      const T s = sigmoid(z);
+      const bool lin = z > T(20);
+      f = lin ? z : dev_log1p(dev_exp(z)); d1 = lin ? T(1) : s; d2 = lin ? T(0) : s * (T(1) - s);
+      break;
+    }
+    case kSwish: {
+      const T s = sigmoid(z), ds = s * (T(1) - s);
+      f = z * s; d1 = s + z * ds; d2 = ds * (T(2) + z * (T(1) - T(2) * s));
+      break;
+    }
+    default: f = z; d1 = T(1); break;  // kLinear
+  }
+}
+
+struct BiasActParams {
+  int64_t numel, bias_stride, bias_size;  // bias index of element i = (i / bias_stride) % bias_size
+  int act, mode;
+  double alpha, gain, clamp;
+};
+
+template <typename scalar_t>
+__global__ void bias_act_kernel(scalar_t* __restrict__ out, const scalar_t* __restrict__ x,
+                                const scalar_t* __restrict__ b, const scalar_t* __restrict__ g1,
+                                const scalar_t* __restrict__ g2, BiasActParams p) {
+  using acc_t = at::acc_type<scalar_t, true>;
+  const acc_t alpha = acc_t(p.alpha), gain = acc_t(p.gain), clamp = acc_t(p.clamp);
+  const int64_t step = int64_t(blockDim.x) * gridDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < p.numel; i += step) {
+    acc_t z = acc_t(x[i]);
+    if (b != nullptr) z += acc_t(b[(i / p.bias_stride) % p.bias_size]);
+    acc_t f, d1, d2;
+    activation<acc_t>(p.act, z, alpha, f, d1, d2);
+    const acc_t y = f * gain;
+    if (p.mode == 0) {
+      out[i] = scalar_t(clamp >= acc_t(0) ? (y > clamp ? clamp : (y < -clamp ? -clamp : y)) : y);
+      continue;
+    }
+    const bool pass = clamp < acc_t(0) || (y >= -clamp && y <= clamp);
+    acc_t g = acc_t(g1[i]);
+    if (g2 != nullptr) g *= acc_t(g2[i]);
+    out[i] = scalar_t(pass ? g * gain * (p.mode == 1 ? d1 : d2) : acc_t(0));
+  }
+}
+
+inline const void* ptr_or_null(const at::Tensor& t) { return t.numel() ? t.data_ptr() : nullptr; }
+
+// x, g1, g2 (when non-empty) share one dense layout; b is empty or 1-D contiguous of size x.size(dim).
+// launch(kernel, grid, block, shared_bytes, kernel arguments...) issues one kernel.
+template <typename Launch>
+at::Tensor bias_act_run(const at::Tensor& x, const at::Tensor& b, const at::Tensor& g1, const at::Tensor& g2,
+                        int64_t dim, int64_t act, int64_t mode, double alpha, double gain, double clamp,
+                        Launch&& launch) {
+  at::Tensor out = at::empty_like(x);  // preserve_format keeps x's strides for dense tensors
+  TORCH_CHECK(out.strides() == x.strides(), "bias_act: output layout differs from x");
+  if (x.numel() == 0) return out;
+  BiasActParams p;
+  p.numel = x.numel();
+  p.bias_stride = x.dim() ? x.stride(dim) : 1;
+  p.bias_size = x.dim() ? x.size(dim) : 1;
+  if (p.bias_stride <= 0) p.bias_stride = 1;
+  p.act = int(act);
+  p.mode = int(mode);
+  p.alpha = alpha;
+  p.gain = gain;
+  p.clamp = clamp;
+  const int threads = 256;
+  const int64_t blocks = std::min<int64_t>((p.numel + threads - 1) / threads, 65536);
+  AT_DISPATCH_FLOATING_TYPES_AND_HALF(x.scalar_type(), "bias_act", [&] {
+    launch(bias_act_kernel<scalar_t>, dim3(unsigned(blocks)), dim3(threads), size_t(0), out.data_ptr<scalar_t>(),
+           x.data_ptr<scalar_t>(), static_cast<const scalar_t*>(ptr_or_null(b)),
+           static_cast<const scalar_t*>(ptr_or_null(g1)), static_cast<const scalar_t*>(ptr_or_null(g2)), p);
+  });
+  return out;
+}
+
+}  // namespace

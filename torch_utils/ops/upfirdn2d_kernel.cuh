@@ -1,0 +1,159 @@
+// upfirdn2d: per channel, zero-insert upsample, pad/crop, FIR filter, downsample.
+//
+// The kernel receives the *correlation* filter g [fh, fw] (the Python side mirrors f unless
+// flip_filter, and folds in the gain). Along one axis, with u = up, d = down, p0 = leading pad:
+//   out[o] = sum_t g[t] * x[(o*d + t - p0) / u]   over taps t where o*d + t - p0 is a multiple of u
+//                                                  and the quotient is a valid input index.
+// Two paths compute exactly this sum:
+//   tiled   - a block loads the input patch behind a 32x32 output tile (and the filter) into shared
+//             memory once, then every thread reads only shared memory; used when up, down <= 2 and
+//             the patch fits (the cases StyleGAN-style networks hit: up=2 / down=2, small filters,
+//             and the 1-D passes of separable filters).
+//   general - one thread per output pixel reading global memory; any up/down/filter size.
+// Both step through only the taps that hit real (non-inserted) samples, so upsampling costs
+// fh*fw/(ux*uy) multiply-adds per output. Accumulation is in float (double for double input).
+//
+// This header holds the kernels and everything the launch decides (output size, path, grid); the
+// `launch` callback passed to upfirdn2d_run only issues the kernel. upfirdn2d_kernel.cu launches on
+// the GPU; the test suite's CPU emulator (tests/torch_utils/ops/cuda_emulation) runs this same code.
+
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/AccumulateType.h>
+#include <ATen/Dispatch.h>
+
+#include <algorithm>
+
+namespace {
+
+constexpr int kTileW = 32, kTileH = 32;       // outputs per block (tiled path)
+constexpr int kBlockW = 32, kBlockH = 8;      // threads per block (tiled path)
+constexpr int kMaxSharedBytes = 48 * 1024;    // default dynamic shared-memory limit
+
+struct Params {
+  int64_t planes, channels;                   // planes = N * C
+  int in_h, in_w, out_h, out_w;
+  int upx, upy, downx, downy, padx0, pady0;
+  int fw, fh;
+  int64_t sx_n, sx_c, sx_h, sx_w;             // input strides (any layout); output is contiguous NCHW
+  int tile_in_w, tile_in_h;                   // tiled path: input patch size per block
+};
+
+__host__ __device__ __forceinline__ int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+__host__ __device__ __forceinline__ int pos_mod(int a, int b) { return ((a % b) + b) % b; }
+
+template <typename scalar_t>
+__global__ void upfirdn2d_general(scalar_t* __restrict__ y, const scalar_t* __restrict__ x,
+                                  const float* __restrict__ g, Params p) {
+  using acc_t = at::acc_type<scalar_t, true>;
+  const int64_t total = p.planes * p.out_h * p.out_w;
+  const int64_t step = int64_t(blockDim.x) * gridDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += step) {
+    const int ox = int(i % p.out_w), oy = int((i / p.out_w) % p.out_h);
+    const int64_t plane = i / (int64_t(p.out_w) * p.out_h);
+    const scalar_t* xp = x + (plane / p.channels) * p.sx_n + (plane % p.channels) * p.sx_c;
+    const int mx = ox * p.downx - p.padx0, my = oy * p.downy - p.pady0;
+    const int tx0 = pos_mod(-mx, p.upx), ty0 = pos_mod(-my, p.upy);
+    const int ix0 = (mx + tx0) / p.upx, iy0 = (my + ty0) / p.upy;  // exact divisions
+    acc_t sum = 0;
+    for (int ty = ty0, iy = iy0; ty < p.fh && iy < p.in_h; ty += p.upy, ++iy) {
+      if (iy < 0) continue;
+      for (int tx = tx0, ix = ix0; tx < p.fw && ix < p.in_w; tx += p.upx, ++ix) {
+        if (ix < 0) continue;
+        sum += acc_t(g[ty * p.fw + tx]) * acc_t(xp[iy * p.sx_h + ix * p.sx_w]);
+      }
+    }
+    y[i] = scalar_t(sum);
+  }
+}
+
+template <typename scalar_t>
+__global__ void upfirdn2d_tiled(scalar_t* __restrict__ y, const scalar_t* __restrict__ x,
+                                const float* __restrict__ g, Params p) {
+  using acc_t = at::acc_type<scalar_t, true>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  acc_t* s_x = reinterpret_cast<acc_t*>(smem_raw);
+  acc_t* s_g = s_x + p.tile_in_w * p.tile_in_h;
+  const int tid = threadIdx.y * blockDim.x + threadIdx.x, nthreads = blockDim.x * blockDim.y;
+  for (int k = tid; k < p.fw * p.fh; k += nthreads) s_g[k] = acc_t(g[k]);
+
+  // Input patch behind this output tile: rows/cols [iy_base, iy_base + tile_in_h), zero outside.
+  const int ox_base = blockIdx.x * kTileW, oy_base = blockIdx.y * kTileH;
+  const int ix_base = floor_div(ox_base * p.downx - p.padx0, p.upx);
+  const int iy_base = floor_div(oy_base * p.downy - p.pady0, p.upy);
+  const int patch = p.tile_in_w * p.tile_in_h;
+  for (int64_t plane = blockIdx.z; plane < p.planes; plane += gridDim.z) {
+    const scalar_t* xp = x + (plane / p.channels) * p.sx_n + (plane % p.channels) * p.sx_c;
+    __syncthreads();  // the previous plane's reads of s_x are done
+    for (int k = tid; k < patch; k += nthreads) {
+      const int iy = iy_base + k / p.tile_in_w, ix = ix_base + k % p.tile_in_w;
+      const bool inside = iy >= 0 && iy < p.in_h && ix >= 0 && ix < p.in_w;
+      s_x[k] = inside ? acc_t(xp[int64_t(iy) * p.sx_h + int64_t(ix) * p.sx_w]) : acc_t(0);
+    }
+    __syncthreads();
+    scalar_t* yp = y + plane * p.out_h * p.out_w;
+    for (int ly = threadIdx.y; ly < kTileH && oy_base + ly < p.out_h; ly += blockDim.y) {
+      const int oy = oy_base + ly, my = oy * p.downy - p.pady0;
+      const int ty0 = pos_mod(-my, p.upy), sy0 = (my + ty0) / p.upy - iy_base;
+      for (int lx = threadIdx.x; lx < kTileW && ox_base + lx < p.out_w; lx += blockDim.x) {
+        const int ox = ox_base + lx, mx = ox * p.downx - p.padx0;
+        const int tx0 = pos_mod(-mx, p.upx), sx0 = (mx + tx0) / p.upx - ix_base;
+        acc_t sum = 0;
+        for (int ty = ty0, sy = sy0; ty < p.fh; ty += p.upy, ++sy) {
+          const acc_t* row = s_x + sy * p.tile_in_w;
+          const acc_t* grow = s_g + ty * p.fw;
+          for (int tx = tx0, sx = sx0; tx < p.fw; tx += p.upx, ++sx) sum += grow[tx] * row[sx];
+        }
+        yp[int64_t(oy) * p.out_w + ox] = scalar_t(sum);
+      }
+    }
+  }
+}
+
+// x [N, C, H, W] (any strides), g [fh, fw] float32 contiguous on x's device; returns y [N, C, oh, ow]
+// (contiguous). path: 0 = choose, 1 = force general, 2 = force tiled (errors if it cannot run).
+// launch(kernel, grid, block, shared_bytes, kernel arguments...) issues one kernel.
+template <typename Launch>
+at::Tensor upfirdn2d_run(const at::Tensor& x, const at::Tensor& g, int64_t upx, int64_t upy, int64_t downx,
+                         int64_t downy, int64_t padx0, int64_t padx1, int64_t pady0, int64_t pady1, int64_t path,
+                         Launch&& launch) {
+  Params p;
+  p.channels = x.size(1);
+  p.planes = x.size(0) * x.size(1);
+  p.in_h = int(x.size(2)), p.in_w = int(x.size(3));
+  p.upx = int(upx), p.upy = int(upy), p.downx = int(downx), p.downy = int(downy);
+  p.padx0 = int(padx0), p.pady0 = int(pady0);
+  p.fh = int(g.size(0)), p.fw = int(g.size(1));
+  p.out_w = int((int64_t(p.in_w) * upx + padx0 + padx1 - p.fw) / downx + 1);
+  p.out_h = int((int64_t(p.in_h) * upy + pady0 + pady1 - p.fh) / downy + 1);
+  TORCH_CHECK(p.out_w >= 1 && p.out_h >= 1, "upfirdn2d: empty output");
+  p.sx_n = x.stride(0), p.sx_c = x.stride(1), p.sx_h = x.stride(2), p.sx_w = x.stride(3);
+  p.tile_in_w = ((kTileW - 1) * p.downx + p.fw - 1) / p.upx + 2;
+  p.tile_in_h = ((kTileH - 1) * p.downy + p.fh - 1) / p.upy + 2;
+
+  at::Tensor y = at::empty({x.size(0), x.size(1), p.out_h, p.out_w}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  if (y.numel() == 0) return y;
+  const size_t acc_size = x.scalar_type() == at::kDouble ? sizeof(double) : sizeof(float);
+  const size_t smem = acc_size * (size_t(p.tile_in_w) * p.tile_in_h + size_t(p.fw) * p.fh);
+  const bool tiled_ok = p.upx <= 2 && p.upy <= 2 && p.downx <= 2 && p.downy <= 2 && smem <= kMaxSharedBytes;
+  TORCH_CHECK(path != 2 || tiled_ok, "upfirdn2d: tiled path unavailable for these arguments");
+  const bool tiled = path == 2 || (path == 0 && tiled_ok);
+  AT_DISPATCH_FLOATING_TYPES_AND_HALF(x.scalar_type(), "upfirdn2d", [&] {
+    scalar_t* out = y.data_ptr<scalar_t>();
+    const scalar_t* in = x.data_ptr<scalar_t>();
+    const float* filter = g.data_ptr<float>();
+    if (tiled) {
+      const dim3 grid((p.out_w + kTileW - 1) / kTileW, (p.out_h + kTileH - 1) / kTileH,
+                      unsigned(std::min<int64_t>(p.planes, 65535)));
+      launch(upfirdn2d_tiled<scalar_t>, grid, dim3(kBlockW, kBlockH), smem, out, in, filter, p);
+    } else {
+      const int threads = 256;
+      const int64_t blocks = std::min<int64_t>((y.numel() + threads - 1) / threads, 65536);
+      launch(upfirdn2d_general<scalar_t>, dim3(unsigned(blocks)), dim3(threads), size_t(0), out, in, filter, p);
+    }
+  });
+  return y;
+}
+
+}  // namespace
