@@ -199,3 +199,21 @@ def test_networks_match_reference_ops(kernel_device, monkeypatch):
     assert len(got) == len(expected) > 4
     for i, (a, b) in enumerate(zip(got, expected)):
         _assert_close(a, b, torch.float32, f"tensor {i}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_kernels_beyond_one_grid():
+    """More planes than a grid's z limit (65535, tiled upfirdn2d) and more elements than 65536 blocks of
+    256 threads (general upfirdn2d, bias_act): the kernels' loops must cover the rest. Too many blocks
+    to emulate on the CPU, hence GPU only."""
+    gen = torch.Generator(device="cuda").manual_seed(4)
+    x = torch.randn([1, 70000, 16, 16], generator=gen, device="cuda")
+    f = torch.rand([4, 4], generator=gen, device="cuda")
+    args = (f, (2, 2), (1, 1), (2, 1, 2, 1), False, 4.0)  # 32x32 outputs: 72M > 16.8M threads
+    ref = _upfirdn2d_ref(x, *args)
+    for path in (1, 2):
+        _assert_close(_cuda.upfirdn2d_cuda(x, *args, path=path), ref, torch.float32, f"upfirdn2d path {path}")
+    b = torch.randn([70000], generator=gen, device="cuda")
+    _assert_close(_cuda.bias_act_cuda(x, b, 1, "lrelu", 0.2, 2 ** 0.5, 1.0),
+                  _bias_act_ref(x, b, 1, "lrelu", 0.2, 2 ** 0.5, 1.0), torch.float32, "bias_act")

@@ -1,15 +1,34 @@
 // The project's CUDA kernels compiled for the CPU through cuda_shim.h, with the bindings' signatures.
 //
 // Same .cuh code as the GPU build (kernels, output shapes, path choice, grid sizes); only the launch
-// differs. Tests swap this module in for the built plugins to check the kernels' arithmetic and the
-// autograd glue in torch_utils/ops/_cuda.py without a GPU.
+// differs, and every input is surrounded by NaNs (out-of-bounds reads show). Tests swap this module
+// in for the built plugins to check the kernels' arithmetic and the autograd glue in
+// torch_utils/ops/_cuda.py without a GPU.
 
 #include <torch/extension.h>
+
+#include <limits>
 
 #include "cuda_shim.h"
 
 #include "bias_act_kernel.cuh"
 #include "upfirdn2d_kernel.cuh"
+
+// A copy of t, with t's strides, inside a buffer of NaNs: a kernel reading outside t's elements (an
+// indexing bug that a GPU might survive silently) gets NaNs, which the tests' comparisons catch.
+static at::Tensor nan_guarded(const at::Tensor& t) {
+  if (t.numel() == 0) return t;
+  int64_t extent = 1;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    TORCH_CHECK(t.stride(d) >= 0, "emulated ops: negative strides are not supported");
+    extent += (t.size(d) - 1) * t.stride(d);
+  }
+  const int64_t guard = 4096;
+  at::Tensor buf = at::full({extent + 2 * guard}, std::numeric_limits<double>::quiet_NaN(), t.options());
+  at::Tensor copy = buf.as_strided(t.sizes(), t.strides(), guard);
+  copy.copy_(t);
+  return copy;
+}
 
 static at::Tensor bias_act(const at::Tensor& x, const at::Tensor& b, const at::Tensor& g1, const at::Tensor& g2,
                            int64_t dim, int64_t act, int64_t mode, double alpha, double gain, double clamp) {
@@ -17,7 +36,8 @@ static at::Tensor bias_act(const at::Tensor& x, const at::Tensor& b, const at::T
   for (const at::Tensor* g : {&g1, &g2})
     TORCH_CHECK(!g->numel() || (g->sizes() == x.sizes() && g->strides() == x.strides()),
                 "emulated bias_act: gradient inputs must have the shape and strides of x");
-  return bias_act_run(x, b, g1, g2, dim, act, mode, alpha, gain, clamp, cuda_emulation::Launch{});
+  return bias_act_run(nan_guarded(x), nan_guarded(b), nan_guarded(g1), nan_guarded(g2), dim, act, mode, alpha, gain,
+                      clamp, cuda_emulation::Launch{});
 }
 
 static at::Tensor upfirdn2d(const at::Tensor& x, const at::Tensor& g, int64_t upx, int64_t upy, int64_t downx,
@@ -26,7 +46,8 @@ static at::Tensor upfirdn2d(const at::Tensor& x, const at::Tensor& g, int64_t up
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 4, "emulated upfirdn2d: x must be 4-D, on the CPU");
   TORCH_CHECK(g.scalar_type() == at::kFloat && g.dim() == 2 && g.is_contiguous(),
               "emulated upfirdn2d: filter must be contiguous 2-D float32");
-  return upfirdn2d_run(x, g, upx, upy, downx, downy, padx0, padx1, pady0, pady1, path, cuda_emulation::Launch{});
+  return upfirdn2d_run(nan_guarded(x), nan_guarded(g), upx, upy, downx, downy, padx0, padx1, pady0, pady1, path,
+                       cuda_emulation::Launch{});
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
