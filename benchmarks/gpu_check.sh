@@ -12,6 +12,7 @@ OUTDIR="${1:-${OUT:-gpu-check-out}}"
 mkdir -p "$OUTDIR"
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1  # a step killed at its limit still leaves its output in the log
 SUMMARY="$OUTDIR/summary.md"
 echo "# GPU check $(date -u +%FT%TZ)" > "$SUMMARY"
 
@@ -27,7 +28,19 @@ step() {  # step NAME LIMIT_S COMMAND...
 }
 
 step 01-versions 30 bash -c "nvidia-smi; $PY -c 'import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda, torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)'"
-step 02-build-ops 150 "$PY" -m torch_utils.custom_ops --build --verbose
+# Both ops compile at once (two processes; each op's build is locked separately), then the CLI loads
+# them from the cache and reports one line per op with the exit status.
+build_ops() {
+  local op
+  for op in bias_act upfirdn2d; do
+    "$PY" -c "import sys; from torch_utils import custom_ops; custom_ops.load_op(sys.argv[1])" "$op" &
+  done
+  wait
+  "$PY" -m torch_utils.custom_ops --build --verbose
+}
+export -f build_ops
+export PY
+step 02-build-ops 150 bash -c build_ops
 # -m gpu over tests/ covers tests/torch_utils/ops/test_cuda_ops.py and every other gpu-marked test.
 step 03-gpu-tests 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
 step 04-ops-training 60 "$PY" benchmarks/gpu_ops_training_check.py --steps=4
