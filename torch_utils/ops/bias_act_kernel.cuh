@@ -19,6 +19,7 @@
 #include <ATen/Dispatch.h>
 
 #include <algorithm>
+#include <cstdint>
 
 namespace {
 
@@ -75,22 +76,47 @@ __device__ __forceinline__ void activation(int act, T z, T alpha, T& f, T& d1, T
   }
 }
 
+// n / d and n % d for a divisor d fixed for the whole launch, by a multiply-high, an add and a shift.
+// GPUs have no integer divide instruction (a 64-bit `/` is a long software routine); one per element
+// would make this memory-bound kernel compute-bound. Round-up method (Granlund & Montgomery): with
+// l = ceil(log2 d) and m = floor(2^32 (2^l - d) / d) + 1, n / d == (mulhi(n, m) + n) >> l for all
+// 0 <= n, d < 2^31 (m < 2^32, and mulhi(n, m) + n < 2n cannot overflow).
+struct FastDivmod {
+  uint32_t d = 1, m = 1, l = 0;
+  FastDivmod() = default;
+  explicit FastDivmod(uint32_t divisor) : d(divisor) {
+    while ((uint64_t(1) << l) < d) ++l;
+    m = uint32_t((uint64_t(1) << 32) * ((uint64_t(1) << l) - d) / d + 1);
+  }
+  __device__ __forceinline__ uint32_t div(uint32_t n) const { return (__umulhi(n, m) + n) >> l; }
+  __device__ __forceinline__ uint32_t mod(uint32_t n) const { return n - div(n) * d; }
+};
+
 struct BiasActParams {
   int64_t numel, bias_stride, bias_size;  // bias index of element i = (i / bias_stride) % bias_size
+  FastDivmod by_stride, by_size;          // the same divisions, for launches with 32-bit indices
   int act, mode;
   double alpha, gain, clamp;
 };
 
-template <typename scalar_t>
+__device__ __forceinline__ int64_t bias_index(int64_t i, const BiasActParams& p) {
+  return (i / p.bias_stride) % p.bias_size;
+}
+__device__ __forceinline__ uint32_t bias_index(uint32_t i, const BiasActParams& p) {
+  return p.by_size.mod(p.by_stride.div(i));
+}
+
+// index_t: uint32_t when numel < 2^31 (then i + step cannot wrap: step <= 2^24), else int64_t.
+template <typename scalar_t, typename index_t>
 __global__ void bias_act_kernel(scalar_t* __restrict__ out, const scalar_t* __restrict__ x,
                                 const scalar_t* __restrict__ b, const scalar_t* __restrict__ g1,
                                 const scalar_t* __restrict__ g2, BiasActParams p) {
   using acc_t = at::acc_type<scalar_t, true>;
   const acc_t alpha = acc_t(p.alpha), gain = acc_t(p.gain), clamp = acc_t(p.clamp);
-  const int64_t step = int64_t(blockDim.x) * gridDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < p.numel; i += step) {
+  const index_t step = index_t(blockDim.x) * gridDim.x, numel = index_t(p.numel);
+  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += step) {
     acc_t z = acc_t(x[i]);
-    if (b != nullptr) z += acc_t(b[(i / p.bias_stride) % p.bias_size]);
+    if (b != nullptr) z += acc_t(b[bias_index(i, p)]);
     acc_t f, d1, d2;
     activation<acc_t>(p.act, z, alpha, f, d1, d2);
     const acc_t y = f * gain;
@@ -126,10 +152,16 @@ at::Tensor bias_act_run(const at::Tensor& x, const at::Tensor& b, const at::Tens
   p.alpha = alpha;
   p.gain = gain;
   p.clamp = clamp;
+  const bool narrow = p.numel < (int64_t(1) << 31);  // then stride and size are < 2^31 as well
+  if (narrow) {
+    p.by_stride = FastDivmod(uint32_t(p.bias_stride));
+    p.by_size = FastDivmod(uint32_t(p.bias_size));
+  }
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((p.numel + threads - 1) / threads, 65536);
   AT_DISPATCH_FLOATING_TYPES_AND_HALF(x.scalar_type(), "bias_act", [&] {
-    launch(bias_act_kernel<scalar_t>, dim3(unsigned(blocks)), dim3(threads), size_t(0), out.data_ptr<scalar_t>(),
+    const auto kernel = narrow ? bias_act_kernel<scalar_t, uint32_t> : bias_act_kernel<scalar_t, int64_t>;
+    launch(kernel, dim3(unsigned(blocks)), dim3(threads), size_t(0), out.data_ptr<scalar_t>(),
            x.data_ptr<scalar_t>(), static_cast<const scalar_t*>(ptr_or_null(b)),
            static_cast<const scalar_t*>(ptr_or_null(g1)), static_cast<const scalar_t*>(ptr_or_null(g2)), p);
   });

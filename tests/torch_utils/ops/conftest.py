@@ -28,6 +28,12 @@ def emulated_plugin():
     return _emulated["module"]
 
 
+@pytest.fixture
+def emulated_ops():
+    """The emulated extension module itself (kernels run on CPU tensors, plus test helpers)."""
+    return emulated_plugin()
+
+
 @pytest.fixture(params=[pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
                             not torch.cuda.is_available(), reason="needs a CUDA device")]),
                         pytest.param("emulated", marks=pytest.mark.slow)])

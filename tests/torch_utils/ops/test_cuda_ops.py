@@ -217,3 +217,36 @@ def test_kernels_beyond_one_grid():
     b = torch.randn([70000], generator=gen, device="cuda")
     _assert_close(_cuda.bias_act_cuda(x, b, 1, "lrelu", 0.2, 2 ** 0.5, 1.0),
                   _bias_act_ref(x, b, 1, "lrelu", 0.2, 2 ** 0.5, 1.0), torch.float32, "bias_act")
+
+
+@pytest.mark.slow
+def test_bias_act_fast_division_is_exact(emulated_ops):
+    """The multiply-high division bias_act uses for its bias index, checked on the CPU through the
+    emulator build: edge divisors and dividends, and random ones, up to 2^31 - 1."""
+    fast_divmod = emulated_ops.fast_divmod
+    top = 2**31 - 1
+    divisors = [1, 2, 3, 5, 7, 31, 64, 255, 256, 257, 4095, 65535, 65536, 65537, 2**20 + 3, 2**30 - 1, 2**30,
+                2**30 + 1, top - 1, top]
+    gen = torch.Generator().manual_seed(5)
+    for d in divisors:
+        edges = torch.tensor([0, 1, d - 1, d, d + 1, 2 * d - 1, 2 * d, top - 1, top, top - top % d, top - top % d - 1])
+        n = torch.cat([edges.clamp(0, top), torch.randint(0, top + 1, [20000], generator=gen)])
+        q, r = fast_divmod(n, d)
+        assert torch.equal(q, n // d) and torch.equal(r, n % d), f"divisor {d}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bias_act_64bit_indices():
+    """A tensor of more than 2^31 elements takes bias_act's 64-bit index path: check its first and
+    last rows (bias index = channel) against the reference on the same slices. ~9 GB of GPU memory."""
+    if torch.cuda.get_device_properties(0).total_memory < 24 * 2**30:
+        pytest.skip("needs 24 GB of GPU memory")
+    gen = torch.Generator(device="cuda").manual_seed(6)
+    x = torch.randn([2, 4, 16384, 16400], generator=gen, device="cuda", dtype=torch.float16)
+    assert x.numel() > 2**31
+    b = torch.randn([4], generator=gen, device="cuda", dtype=torch.float16)
+    y = _cuda.bias_act_cuda(x, b, 1, "lrelu", 0.2, 2 ** 0.5, None)
+    for rows in (slice(0, 2), slice(-2, None)):
+        _assert_close(y[:, :, rows], _bias_act_ref(x[:, :, rows], b, 1, "lrelu", 0.2, 2 ** 0.5, None),
+                      torch.float16, f"rows {rows}")

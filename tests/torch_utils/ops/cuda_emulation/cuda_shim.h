@@ -34,6 +34,8 @@ struct dim3 {
   constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 
+inline unsigned __umulhi(unsigned a, unsigned b) { return unsigned((static_cast<unsigned long long>(a) * b) >> 32); }
+
 namespace {
 // What the kernels declare as `extern __shared__ unsigned char smem_raw[]` (same unnamed namespace).
 alignas(16) unsigned char smem_raw[48 * 1024];

@@ -50,7 +50,25 @@ static at::Tensor upfirdn2d(const at::Tensor& x, const at::Tensor& g, int64_t up
                        cuda_emulation::Launch{});
 }
 
+// The kernel's FastDivmod on n [any shape] int64 in [0, 2^31): (n / d, n % d), for exactness tests.
+static std::tuple<at::Tensor, at::Tensor> fast_divmod(const at::Tensor& n, int64_t d) {
+  TORCH_CHECK(d >= 1 && d < (int64_t(1) << 31), "fast_divmod: d must be in [1, 2^31)");
+  TORCH_CHECK(n.scalar_type() == at::kLong && n.device().is_cpu(), "fast_divmod: n must be int64 on the CPU");
+  const at::Tensor nc = n.contiguous();
+  at::Tensor q = at::empty_like(nc), r = at::empty_like(nc);
+  const FastDivmod by(static_cast<uint32_t>(d));
+  const int64_t* np = nc.data_ptr<int64_t>();
+  int64_t *qp = q.data_ptr<int64_t>(), *rp = r.data_ptr<int64_t>();
+  for (int64_t k = 0; k < nc.numel(); ++k) {
+    TORCH_CHECK(np[k] >= 0 && np[k] < (int64_t(1) << 31), "fast_divmod: n must be in [0, 2^31)");
+    qp[k] = by.div(static_cast<uint32_t>(np[k]));
+    rp[k] = by.mod(static_cast<uint32_t>(np[k]));
+  }
+  return {q, r};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("fast_divmod", &fast_divmod, "bias_act's FastDivmod (quotient, remainder) on the CPU");
   m.def("bias_act", &bias_act, "bias_act kernel run by the CPU emulator");
   m.def("upfirdn2d", &upfirdn2d, "upfirdn2d kernels run by the CPU emulator");
 }
