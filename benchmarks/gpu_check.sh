@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# One-shot GPU check (about 6 minutes on an H100, 9.5 at most): versions, CUDA-op build, GPU tests,
-# ref-vs-cuda training losses, and the GPU speed benchmark (section D of train_speed.py). Every step
-# has its own time limit so that one hung step cannot eat the device session; a failed step is
-# recorded and the script goes on. The benchmark writes each table row as soon as it is measured.
+# One-shot GPU check (9.75 minutes at most): versions, CUDA-op build, GPU tests, ref-vs-cuda training
+# losses, the GPU speed benchmark (section D of train_speed.py) and a profile of one mixed-precision
+# step. Every step has its own time limit so that one hung step cannot eat the device session; a
+# failed step is recorded and the script goes on. The benchmark writes each row as it is measured.
 #
 #   bash benchmarks/gpu_check.sh [OUTDIR]      (default: $OUT, else ./gpu-check-out)
 #
@@ -40,12 +40,14 @@ build_ops() {
 }
 export -f build_ops
 export PY
-step 02-build-ops 150 bash -c build_ops
+step 02-build-ops 120 bash -c build_ops
 # -m gpu over tests/ covers tests/torch_utils/ops/test_cuda_ops.py and every other gpu-marked test.
 step 03-gpu-tests 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
 step 04-ops-training 60 "$PY" benchmarks/gpu_ops_training_check.py --steps=4
 step 05-train-speed 240 "$PY" benchmarks/train_speed.py --device=cuda --sections=D --reps=2 \
   --out "$OUTDIR/train_speed.md"
+step 06-step-profile 45 "$PY" benchmarks/step_profile.py --device=cuda --out "$OUTDIR/step_profile.md"
 
 { echo; echo "## train_speed tables"; cat "$OUTDIR/train_speed.md" 2>/dev/null || echo "(none: see 05-train-speed.log)"; } >> "$SUMMARY"
+{ echo; cat "$OUTDIR/step_profile.md" 2>/dev/null || echo "(no profile: see 06-step-profile.log)"; } >> "$SUMMARY"
 echo "done: $OUTDIR (summary.md)"
