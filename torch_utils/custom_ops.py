@@ -147,7 +147,7 @@ def _build(name: str, sources: list[Path], headers: list[Path], cuda_flags: list
     build_dir = cache_dir("torch_extensions", f"{name}-{_digest([*sources, *headers], cuda_flags)}")
     loud = verbose and _is_rank_zero()
     if _is_rank_zero() and not any(build_dir.glob(f"{name}.*")):
-        print(f"Compiling CUDA extension {name!r} into {build_dir} (first use: a minute or two) ...",
+        print(f"Compiling extension {name!r} into {build_dir} (first use: a minute or two) ...",
               file=sys.stderr, flush=True)
     with _file_lock(build_dir.with_name(build_dir.name + ".lock")) as locked:
         if locked:
