@@ -58,7 +58,7 @@ struct Block {
     dim3 idx;
     bool done = false;
   };
-  static constexpr size_t kStackBytes = 256 * 1024;
+  static constexpr size_t kStackBytes = 64 * 1024;  // kernels keep a few hundred bytes of locals
   ucontext_t scheduler;
   std::vector<Fiber> fibers;
   Fiber* current = nullptr;
