@@ -60,7 +60,8 @@ def main(device, cfg, res, batch, fp32, ops, top, out):
     rows.sort(reverse=True)
     total = sum(r[0] for r in rows)
     what = "device" if on_gpu else "CPU"
-    ts.emit(f"## Step profile: {cfg} @{res}², batch {batch}, {'fp32' if fp32 else 'mixed'}, SPATIALGAN_OPS={ops}, "
+    precision = "fp32" if fp32 or not on_gpu else "mixed"  # the networks keep fp16 off on the CPU
+    ts.emit(f"## Step profile: {cfg} @{res}², batch {batch}, {precision}, SPATIALGAN_OPS={ops}, "
             f"{torch.cuda.get_device_name(dev) if on_gpu else 'CPU'}; self {what} time of one step of each phase "
             f"(Gmain + Greg + Dmain + Dreg, not amortised): {total / 1e3:.1f} ms\n")
     ts.table(["op / kernel", f"self {what} ms", "share", "calls"],

@@ -28,6 +28,7 @@ encoded blocks by a per-pixel style map.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -462,6 +463,7 @@ def clamped_rsqrt(v: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     return _ClampedRsqrt.apply(v, inplace)
 
 
+@functools.cache
 def _demod_cap(dtype: torch.dtype) -> float:
     """rsqrt(eps) as `dtype` rounds it: the value of clamped_rsqrt wherever v <= 0."""
     return float(torch.tensor(DEMOD_EPS, dtype=dtype).rsqrt())

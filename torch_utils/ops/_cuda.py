@@ -331,7 +331,7 @@ def _run_cases(name: str, cases, device: torch.device) -> str | None:
     return None
 
 
-def _away_from_clamp(x, b, dim, act, alpha, clamp, reference, margin=0.03) -> torch.Tensor:
+def _away_from_clamp(x, b, dim, act, alpha, gain, clamp, reference, margin=0.03) -> torch.Tensor:
     """Shift inputs whose output lands within `margin` of the clamp level.
 
     Right at the clamp the gradient flips between gain and 0, and fp16 rounding decides the side; a
@@ -340,7 +340,7 @@ def _away_from_clamp(x, b, dim, act, alpha, clamp, reference, margin=0.03) -> to
     """
     x = x.clone()
     for _ in range(50):
-        y = reference(x.double(), b.double(), dim, act, alpha, 1.4, None)
+        y = reference(x.double(), b.double(), dim, act, alpha, gain, None)
         near = ((y.abs() - clamp).abs() < margin * clamp)
         if not near.any():
             break
@@ -358,7 +358,7 @@ def _check_bias_act(device: torch.device, reference: Callable) -> str | None:
         x = torch.randn([2, 5, 4, 3], generator=gen) * 2
         b = torch.randn([x.shape[dim]], generator=gen)
         if clamp is not None:
-            x = _away_from_clamp(x, b, dim, act, alpha, clamp, reference)
+            x = _away_from_clamp(x, b, dim, act, alpha, 1.4, clamp, reference)
 
         def fn(x, b, act=act, alpha=alpha, clamp=clamp, dim=dim):
             return bias_act_cuda(x, b, dim, act, alpha, 1.4, clamp)

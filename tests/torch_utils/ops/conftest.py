@@ -13,19 +13,13 @@ from torch_utils.ops import _cuda
 
 EMULATION_DIR = Path(__file__).resolve().parent / "cuda_emulation"
 
-_emulated: dict[str, object] = {}
-
-
 def emulated_plugin():
-    """The kernels' .cuh code compiled for the CPU (cuda_emulation/), built once per test session."""
-    if "module" not in _emulated:
-        if not (shutil.which("c++") or shutil.which("g++")):
-            pytest.skip("no C++ compiler: cannot build the CPU emulation of the CUDA kernels")
-        headers = [EMULATION_DIR / "cuda_shim.h", *custom_ops.ops_headers("bias_act"),
-                   *custom_ops.ops_headers("upfirdn2d")]
-        _emulated["module"] = custom_ops.get_plugin("spatialgan_cuda_emulation",
-                                                    [EMULATION_DIR / "emulated_ops.cpp"], headers)
-    return _emulated["module"]
+    """The kernels' .cuh code compiled for the CPU (cuda_emulation/); get_plugin builds it once per
+    process and caches it on disk."""
+    if not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("no C++ compiler: cannot build the CPU emulation of the CUDA kernels")
+    headers = [EMULATION_DIR / "cuda_shim.h", *custom_ops.ops_headers("bias_act"), *custom_ops.ops_headers("upfirdn2d")]
+    return custom_ops.get_plugin("spatialgan_cuda_emulation", [EMULATION_DIR / "emulated_ops.cpp"], headers)
 
 
 @pytest.fixture
