@@ -1,33 +1,55 @@
 #!/usr/bin/env bash
-# One-shot GPU check (9.75 minutes at most): versions, CUDA-op build, GPU tests, ref-vs-cuda training
-# losses, the GPU speed benchmark (section D of train_speed.py) and a profile of one mixed-precision
-# step. Every step has its own time limit so that one hung step cannot eat the device session; a
-# failed step is recorded and the script goes on. The benchmark writes each row as it is measured.
+# One-shot GPU check: versions, CUDA-op build, GPU tests, ref-vs-cuda training losses, op-level kernel
+# timings, the GPU speed benchmark (section D of train_speed.py) and a profile of one mixed-precision
+# step. Every step has its own time limit (590 s in all; about 5 minutes expected) so that one hung
+# step cannot eat a timed GPU
+# session; a failed step is recorded and the script goes on. The benchmark writes each row as it is
+# measured, so a step killed at its limit keeps what it measured.
 #
-#   bash benchmarks/gpu_check.sh [OUTDIR]      (default: $OUT, else ./gpu-check-out)
+#   bash benchmarks/gpu_check.sh [OUTDIR [STEP ...]]     (OUTDIR default: $OUT, else ./gpu-check-out)
 #
-# Uses the machine's python3 (no venv, installs nothing). Writes NN-name.log files and summary.md.
+# STEP is any of: tests training ops speed profile (default: all five, in that order). The versions and
+# build steps always run (the build is a cache check once the ops are built), so a rerun can name only
+# the steps that failed or timed out the first time.
+#
+# OUTDIR gets five files: summary.md (one line per step, then the tables), steps.log (every step's
+# output, in order), ops_speed.md, train_speed.md and step_profile.md. Exits 1 when any step failed or timed out
+# (summary.md names them). Uses the machine's python3 (or $PYTHON; no
+# venv, installs nothing).
 set -u
 OUTDIR="${1:-${OUT:-gpu-check-out}}"
+shift $(( $# > 0 ? 1 : 0 ))
+ALL_STEPS="tests training ops speed profile"
+WANTED="${*:-$ALL_STEPS}"
+for s in $WANTED; do
+  case " $ALL_STEPS " in *" $s "*) ;; *) echo "gpu_check.sh: unknown step '$s' (steps: $ALL_STEPS)" >&2; exit 2;; esac
+done
 mkdir -p "$OUTDIR"
+OUTDIR="$(cd "$OUTDIR" && pwd)"
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1  # a step killed at its limit still leaves its output in the log
-SUMMARY="$OUTDIR/summary.md"
-echo "# GPU check $(date -u +%FT%TZ)" > "$SUMMARY"
+SUMMARY="$OUTDIR/summary.md" LOG="$OUTDIR/steps.log"
+echo "# GPU check $(date -u +%FT%TZ) (steps: versions build $WANTED)" > "$SUMMARY"
+: > "$LOG"
+FAILED_STEPS=""
+
+wanted() { case " $WANTED " in *" $1 "*) return 0;; *) return 1;; esac; }
 
 step() {  # step NAME LIMIT_S COMMAND...
   local name="$1" limit="$2"; shift 2
   local start=$SECONDS
-  echo "== $name (limit ${limit}s): $*"
-  timeout --kill-after=10 "$limit" "$@" > "$OUTDIR/$name.log" 2>&1
+  echo "== $name (limit ${limit}s): $*" | tee -a "$LOG"
+  local before; before=$(wc -l < "$LOG")
+  timeout --kill-after=10 "$limit" "$@" >> "$LOG" 2>&1
   local rc=$?
+  tail -n +"$((before + 1))" "$LOG" | tail -n 5
   local verdict="ok"; [ $rc -eq 124 ] && verdict="TIMEOUT"; [ $rc -ne 0 ] && [ $rc -ne 124 ] && verdict="FAILED"
-  echo "- $name: $verdict (rc $rc, $((SECONDS - start)) s)" | tee -a "$SUMMARY"
-  tail -n 5 "$OUTDIR/$name.log"
+  [ $rc -ne 0 ] && FAILED_STEPS="$FAILED_STEPS $name"
+  echo "- $name: $verdict (rc $rc, $((SECONDS - start)) s)" | tee -a "$SUMMARY" "$LOG"
 }
 
-step 01-versions 30 bash -c "nvidia-smi; $PY -c 'import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda, torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)'"
+step versions 20 bash -c "nvidia-smi; $PY -c 'import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda, torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)'"
 # Both ops compile at once (two processes; each op's build is locked separately), then the CLI loads
 # them from the cache and reports one line per op with the exit status.
 build_ops() {
@@ -40,14 +62,26 @@ build_ops() {
 }
 export -f build_ops
 export PY
-step 02-build-ops 120 bash -c build_ops
+step build 120 bash -c build_ops
 # -m gpu over tests/ covers tests/torch_utils/ops/test_cuda_ops.py and every other gpu-marked test.
-step 03-gpu-tests 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
-step 04-ops-training 60 "$PY" benchmarks/gpu_ops_training_check.py --steps=4
-step 05-train-speed 240 "$PY" benchmarks/train_speed.py --device=cuda --sections=D --reps=2 \
+wanted tests && step tests 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
+wanted training && step training 60 "$PY" benchmarks/gpu_ops_training_check.py --steps=4
+wanted ops && step ops 40 "$PY" benchmarks/ops_speed.py --device=cuda --out "$OUTDIR/ops_speed.md"
+wanted speed && step speed 215 "$PY" benchmarks/train_speed.py --device=cuda --sections=D --reps=2 \
   --out "$OUTDIR/train_speed.md"
-step 06-step-profile 45 "$PY" benchmarks/step_profile.py --device=cuda --out "$OUTDIR/step_profile.md"
+wanted profile && step profile 45 "$PY" benchmarks/step_profile.py --device=cuda --out "$OUTDIR/step_profile.md"
 
-{ echo; echo "## train_speed tables"; cat "$OUTDIR/train_speed.md" 2>/dev/null || echo "(none: see 05-train-speed.log)"; } >> "$SUMMARY"
-{ echo; cat "$OUTDIR/step_profile.md" 2>/dev/null || echo "(no profile: see 06-step-profile.log)"; } >> "$SUMMARY"
-echo "done: $OUTDIR (summary.md)"
+if wanted ops; then
+  { echo; cat "$OUTDIR/ops_speed.md" 2>/dev/null || echo "(no op timings: see steps.log)"; } >> "$SUMMARY"
+fi
+if wanted speed; then
+  { echo; echo "## train_speed tables"; cat "$OUTDIR/train_speed.md" 2>/dev/null || echo "(none: see steps.log)"; } >> "$SUMMARY"
+fi
+if wanted profile; then
+  { echo; cat "$OUTDIR/step_profile.md" 2>/dev/null || echo "(no profile: see steps.log)"; } >> "$SUMMARY"
+fi
+echo "done: $OUTDIR (summary.md, steps.log)"
+if [ -n "$FAILED_STEPS" ]; then
+  echo "failed or timed out:$FAILED_STEPS" | tee -a "$SUMMARY"
+  exit 1
+fi

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+import ops_speed  # noqa: E402
 import train_speed as ts  # noqa: E402
 
 
@@ -27,7 +28,7 @@ def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("script", ["train_speed.py", "step_profile.py", "gpu_ops_training_check.py",
-                                    "metric_speed.py"])
+                                    "metric_speed.py", "ops_speed.py"])
 def test_help(script):
     proc = _run(str(BENCH / script), "--help")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -37,6 +38,62 @@ def test_help(script):
 def test_gpu_check_script_parses():
     proc = subprocess.run(["bash", "-n", str(BENCH / "gpu_check.sh")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+# Stands in for python3 in gpu_check.sh: echoes its arguments, writes a row to any --out file, and fails
+# the pytest step, so the script's bookkeeping can be checked on a machine without a GPU.
+_STUB_PYTHON = """#!/usr/bin/env bash
+echo "stub python: $*"
+out=
+for a in "$@"; do
+  if [ -n "$out" ]; then echo "| stub row |" > "$a"; out=; fi
+  [ "$a" = --out ] && out=1
+done
+case " $* " in *" pytest "*) echo "stub: tests failed"; exit 3;; esac
+exit 0
+"""
+
+
+def _gpu_check(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    stub = tmp_path / "stub-python"
+    stub.write_text(_STUB_PYTHON)
+    stub.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(stub))
+    return subprocess.run(["bash", str(BENCH / "gpu_check.sh"), *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_gpu_check_records_every_step_and_goes_on_after_a_failure(tmp_path):
+    out = tmp_path / "out"
+    proc = _gpu_check(tmp_path, str(out))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    summary = (out / "summary.md").read_text()
+    verdicts = [line.split(":")[0][2:] + ":" + line.split(":")[1].split()[0] for line in summary.splitlines()
+                if line.startswith("- ")]
+    assert verdicts == ["versions:ok", "build:ok", "tests:FAILED", "training:ok", "ops:ok", "speed:ok", "profile:ok"]
+    assert "failed or timed out: tests" in summary
+    # The tables are copied into the summary; every step's output lands in the one log, in order.
+    assert summary.count("| stub row |") == 3
+    log = (out / "steps.log").read_text()
+    order = [log.index(f"== {name} ") for name in ("versions", "build", "tests", "training", "ops", "speed", "profile")]
+    assert order == sorted(order)
+    assert "stub: tests failed" in log and "benchmarks/step_profile.py --device=cuda" in log
+    # A timed GPU session fetches only a few result files: the script keeps to five.
+    assert sorted(p.name for p in out.iterdir()) == ["ops_speed.md", "step_profile.md", "steps.log", "summary.md",
+                                                     "train_speed.md"]
+
+
+def test_gpu_check_reruns_only_the_named_steps(tmp_path):
+    out = tmp_path / "rerun"
+    proc = _gpu_check(tmp_path, str(out), "speed")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = (out / "summary.md").read_text()
+    assert [line.split(":")[0] for line in summary.splitlines() if line.startswith("- ")] == \
+        ["- versions", "- build", "- speed"]
+    assert "| stub row |" in summary and not (out / "step_profile.md").exists()
+
+    proc = _gpu_check(tmp_path, str(out), "tets")
+    assert proc.returncode == 2 and "unknown step 'tets'" in proc.stderr
 
 
 def test_flop_count_includes_every_phase():
@@ -61,3 +118,17 @@ def test_step_profile_on_cpu(tmp_path):
     text = out.read_text()
     assert "## Step profile: tiny @16²" in text
     assert text.count("| op / kernel |") == 1 and "| convolutions |" in text
+
+
+def test_ops_speed_times_every_kernel(kernel_device, tmp_path):
+    """Every row of the op benchmark runs, kernels included (on the GPU, or emulated on the CPU)."""
+    out = tmp_path / "ops.md"
+    ops_speed.main.main(["--device", kernel_device, "--quick", "--batch=1", "--reps=1", f"--out={out}"],
+                        standalone_mode=False)
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith(("| bias_act", "| upfirdn2d"))]
+    # Per dtype: 2 bias_act cases x (ref, cuda) x (fwd, fwd+bwd), 3 upfirdn2d cases x (those 4 + 3 kernels).
+    assert len(rows) == 2 * (2 * 4 + 3 * 7)
+    assert sum(r[3] == "kernel: tiled fixed" for r in rows) == 6
+    assert all(float(r[5]) > 0 for r in rows)
+    assert all(r[7].endswith("× |") for r in rows if r[3] != "ref")  # each kernel row is compared with ref
+    assert "{'bias_act': None, 'upfirdn2d': None}" in out.read_text()  # the kernels ran, no fallback

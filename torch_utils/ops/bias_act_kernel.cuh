@@ -146,7 +146,8 @@ at::Tensor bias_act_run(const at::Tensor& x, const at::Tensor& b, const at::Tens
   p.numel = x.numel();
   p.bias_stride = x.dim() ? x.stride(dim) : 1;
   p.bias_size = x.dim() ? x.size(dim) : 1;
-  if (p.bias_stride <= 0) p.bias_stride = 1;
+  // A size-1 dimension may carry any stride (even 0 or one beyond 2^32): its bias index is always 0.
+  if (p.bias_size == 1 || p.bias_stride <= 0) p.bias_stride = 1;
   p.act = int(act);
   p.mode = int(mode);
   p.alpha = alpha;

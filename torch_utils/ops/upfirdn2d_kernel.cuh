@@ -8,7 +8,10 @@
 //   tiled   - a block loads the input patch behind a 32x32 output tile (and the filter) into shared
 //             memory once, then every thread reads only shared memory; used when up, down <= 2 and
 //             the patch fits (the cases StyleGAN-style networks hit: up=2 / down=2, small filters,
-//             and the 1-D passes of separable filters).
+//             and the 1-D passes of separable filters). Its fixed variant, for the 4x4 filters
+//             (outer products of 4-tap filters) with up=2, down=2 or neither that every block of
+//             those networks runs, has the factors and filter size as compile-time constants: the
+//             tap loops unroll and each thread keeps its filter taps in registers.
 //   general - one thread per output pixel reading global memory; any up/down/filter size.
 // Both step through only the taps that hit real (non-inserted) samples, so upsampling costs
 // fh*fw/(ux*uy) multiply-adds per output. Accumulation is in float (double for double input).
@@ -68,20 +71,44 @@ __global__ void upfirdn2d_general(scalar_t* __restrict__ y, const scalar_t* __re
   }
 }
 
-template <typename scalar_t>
+// UP, DOWN, TAPS: 0 = read the factors and the filter size from p (any up, down <= 2, any filter that
+// fits); else the fixed variant: up = UP and down = DOWN along both axes, a TAPS x TAPS filter.
+template <typename scalar_t, int UP = 0, int DOWN = 0, int TAPS = 0>
 __global__ void upfirdn2d_tiled(scalar_t* __restrict__ y, const scalar_t* __restrict__ x,
                                 const float* __restrict__ g, Params p) {
   using acc_t = at::acc_type<scalar_t, true>;
+  constexpr bool kFixed = TAPS > 0;
+  constexpr int kUp = kFixed ? UP : 1, kDown = kFixed ? DOWN : 1;  // nonzero, for the constants below
+  static_assert(!kFixed || (UP >= 1 && DOWN >= 1 && TAPS % kUp == 0), "fixed variant: TAPS must be a multiple of UP");
+  const int upx = kFixed ? UP : p.upx, upy = kFixed ? UP : p.upy;
+  const int downx = kFixed ? DOWN : p.downx, downy = kFixed ? DOWN : p.downy;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t* s_x = reinterpret_cast<acc_t*>(smem_raw);
   acc_t* s_g = s_x + p.tile_in_w * p.tile_in_h;
   const int tid = threadIdx.y * blockDim.x + threadIdx.x, nthreads = blockDim.x * blockDim.y;
-  for (int k = tid; k < p.fw * p.fh; k += nthreads) s_g[k] = acc_t(g[k]);
+  if constexpr (!kFixed)
+    for (int k = tid; k < p.fw * p.fh; k += nthreads) s_g[k] = acc_t(g[k]);
 
   // Input patch behind this output tile: rows/cols [iy_base, iy_base + tile_in_h), zero outside.
   const int ox_base = blockIdx.x * kTileW, oy_base = blockIdx.y * kTileH;
-  const int ix_base = floor_div(ox_base * p.downx - p.padx0, p.upx);
-  const int iy_base = floor_div(oy_base * p.downy - p.pady0, p.upy);
+  const int ix_base = floor_div(ox_base * downx - p.padx0, upx);
+  const int iy_base = floor_div(oy_base * downy - p.pady0, upy);
+
+  // Fixed variant: a thread's outputs share one column and rows kBlockH apart, hence one filter phase
+  // (tx0, ty0) for all of them; only the TAPS/UP x TAPS/UP taps of that phase are ever used.
+  constexpr int kPhaseTaps = kFixed ? TAPS / kUp : 1;
+  acc_t gp[kPhaseTaps][kPhaseTaps];
+  if constexpr (kFixed) {
+    static_assert(kBlockW == kTileW && kBlockH * kDown % kUp == 0,
+                  "fixed variant: every output of a thread must have the same filter phase");
+    const int tx0 = pos_mod(-((ox_base + int(threadIdx.x)) * downx - p.padx0), upx);
+    const int ty0 = pos_mod(-((oy_base + int(threadIdx.y)) * downy - p.pady0), upy);
+#pragma unroll
+    for (int ky = 0; ky < kPhaseTaps; ++ky)
+#pragma unroll
+      for (int kx = 0; kx < kPhaseTaps; ++kx) gp[ky][kx] = acc_t(g[(ty0 + ky * upy) * TAPS + tx0 + kx * upx]);
+  }
+
   for (int64_t plane = blockIdx.z; plane < p.planes; plane += gridDim.z) {
     const scalar_t* xp = x + (plane / p.channels) * p.sx_n + (plane % p.channels) * p.sx_c;
     __syncthreads();  // the previous plane's reads of s_x are done
@@ -98,16 +125,25 @@ __global__ void upfirdn2d_tiled(scalar_t* __restrict__ y, const scalar_t* __rest
     __syncthreads();
     scalar_t* yp = y + plane * p.out_h * p.out_w;
     for (int ly = threadIdx.y; ly < kTileH && oy_base + ly < p.out_h; ly += blockDim.y) {
-      const int oy = oy_base + ly, my = oy * p.downy - p.pady0;
-      const int ty0 = pos_mod(-my, p.upy), sy0 = (my + ty0) / p.upy - iy_base;
+      const int oy = oy_base + ly, my = oy * downy - p.pady0;
+      const int ty0 = pos_mod(-my, upy), sy0 = (my + ty0) / upy - iy_base;
       for (int lx = threadIdx.x; lx < kTileW && ox_base + lx < p.out_w; lx += blockDim.x) {
-        const int ox = ox_base + lx, mx = ox * p.downx - p.padx0;
-        const int tx0 = pos_mod(-mx, p.upx), sx0 = (mx + tx0) / p.upx - ix_base;
+        const int ox = ox_base + lx, mx = ox * downx - p.padx0;
+        const int tx0 = pos_mod(-mx, upx), sx0 = (mx + tx0) / upx - ix_base;
         acc_t sum = 0;
-        for (int ty = ty0, sy = sy0; ty < p.fh; ty += p.upy, ++sy) {
-          const acc_t* row = s_x + sy * p.tile_in_w;
-          const acc_t* grow = s_g + ty * p.fw;
-          for (int tx = tx0, sx = sx0; tx < p.fw; tx += p.upx, ++sx) sum += grow[tx] * row[sx];
+        if constexpr (kFixed) {
+#pragma unroll
+          for (int ky = 0; ky < kPhaseTaps; ++ky) {
+            const acc_t* row = s_x + (sy0 + ky) * p.tile_in_w + sx0;
+#pragma unroll
+            for (int kx = 0; kx < kPhaseTaps; ++kx) sum += gp[ky][kx] * row[kx];
+          }
+        } else {
+          for (int ty = ty0, sy = sy0; ty < p.fh; ty += upy, ++sy) {
+            const acc_t* row = s_x + sy * p.tile_in_w;
+            const acc_t* grow = s_g + ty * p.fw;
+            for (int tx = tx0, sx = sx0; tx < p.fw; tx += upx, ++sx) sum += grow[tx] * row[sx];
+          }
         }
         yp[int64_t(oy) * p.out_w + ox] = scalar_t(sum);
       }
@@ -116,7 +152,8 @@ __global__ void upfirdn2d_tiled(scalar_t* __restrict__ y, const scalar_t* __rest
 }
 
 // x [N, C, H, W] (any strides), g [fh, fw] float32 contiguous on x's device; returns y [N, C, oh, ow]
-// (contiguous). path: 0 = choose, 1 = force general, 2 = force tiled (errors if it cannot run).
+// (contiguous). path: 0 = choose, 1 = force general, 2 = force tiled, 3 = force the tiled fixed variant
+// (2 and 3 error if they cannot run).
 // launch(kernel, grid, block, shared_bytes, kernel arguments...) issues one kernel.
 template <typename Launch>
 at::Tensor upfirdn2d_run(const at::Tensor& x, const at::Tensor& g, int64_t upx, int64_t upy, int64_t downx,
@@ -141,8 +178,12 @@ at::Tensor upfirdn2d_run(const at::Tensor& x, const at::Tensor& g, int64_t upx, 
   const size_t acc_size = x.scalar_type() == at::kDouble ? sizeof(double) : sizeof(float);
   const size_t smem = acc_size * (size_t(p.tile_in_w) * p.tile_in_h + size_t(p.fw) * p.fh);
   const bool tiled_ok = p.upx <= 2 && p.upy <= 2 && p.downx <= 2 && p.downy <= 2 && smem <= kMaxSharedBytes;
+  const int fixed_up = p.upx == p.upy && p.downx == p.downy && p.upx * p.downx <= 2 ? p.upx : 0;
+  const bool fixed_ok = tiled_ok && p.fw == 4 && p.fh == 4 && fixed_up > 0;
   TORCH_CHECK(path != 2 || tiled_ok, "upfirdn2d: tiled path unavailable for these arguments");
-  const bool tiled = path == 2 || (path == 0 && tiled_ok);
+  TORCH_CHECK(path != 3 || fixed_ok, "upfirdn2d: fixed tiled variant unavailable for these arguments");
+  const bool fixed = path == 3 || (path == 0 && fixed_ok);
+  const bool tiled = fixed || path == 2 || (path == 0 && tiled_ok);
   AT_DISPATCH_FLOATING_TYPES_AND_HALF(x.scalar_type(), "upfirdn2d", [&] {
     scalar_t* out = y.data_ptr<scalar_t>();
     const scalar_t* in = x.data_ptr<scalar_t>();
@@ -150,7 +191,15 @@ at::Tensor upfirdn2d_run(const at::Tensor& x, const at::Tensor& g, int64_t upx, 
     if (tiled) {
       const dim3 grid((p.out_w + kTileW - 1) / kTileW, (p.out_h + kTileH - 1) / kTileH,
                       unsigned(std::min<int64_t>(p.planes, 65535)));
-      launch(upfirdn2d_tiled<scalar_t>, grid, dim3(kBlockW, kBlockH), smem, out, in, filter, p);
+      const dim3 block(kBlockW, kBlockH);
+      if (!fixed)
+        launch(upfirdn2d_tiled<scalar_t>, grid, block, smem, out, in, filter, p);
+      else if (fixed_up == 2)
+        launch(upfirdn2d_tiled<scalar_t, 2, 1, 4>, grid, block, smem, out, in, filter, p);
+      else if (p.downx == 2)
+        launch(upfirdn2d_tiled<scalar_t, 1, 2, 4>, grid, block, smem, out, in, filter, p);
+      else
+        launch(upfirdn2d_tiled<scalar_t, 1, 1, 4>, grid, block, smem, out, in, filter, p);
     } else {
       const int threads = 256;
       const int64_t blocks = std::min<int64_t>((y.numel() + threads - 1) / threads, 65536);

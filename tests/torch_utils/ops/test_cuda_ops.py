@@ -102,6 +102,15 @@ def test_bias_act_channels_last_and_no_bias(kernel_device):
     _assert_close(y, _bias_act_ref(x, None, 1, "lrelu", 0.2, 2 ** 0.5, 1.0), torch.float32, "channels_last")
 
 
+@pytest.mark.parametrize("stride", [0, 2 ** 32])
+def test_bias_act_size_one_bias_dim_with_any_stride(kernel_device, stride):
+    # A size-1 dimension's stride is arbitrary in a dense tensor; the kernel must not divide by it.
+    x = torch.empty_strided((3, 1, 4, 5), (20, stride, 5, 1), device=kernel_device).normal_()
+    b = torch.tensor([0.25], device=kernel_device)
+    y = _cuda.bias_act_cuda(x, b, 1, "lrelu", 0.2, 2 ** 0.5, None)
+    _assert_close(y, _bias_act_ref(x.contiguous(), b, 1, "lrelu", 0.2, 2 ** 0.5, None), torch.float32, "size-1 dim")
+
+
 UPFIRDN_CASES = [
     # (filter shape, up, down, padding, flip_filter)
     ([4, 4], (2, 2), (1, 1), (2, 1, 2, 1), False),
@@ -142,6 +151,7 @@ def test_upfirdn2d_paths_agree(kernel_device, dtype):
     planes = 70 if kernel_device == "cuda" else 3
     x = torch.randn([2, planes, 45, 67], generator=gen, device=kernel_device).to(dtype)
     x_strided = x.to(memory_format=torch.channels_last)
+    fixed_cases = 0
     for (fh, fw), up, down in itertools.product([(4, 4), (1, 12), (5, 3)], [(1, 1), (2, 2), (2, 1)],
                                                 [(1, 1), (2, 2)]):
         f = torch.rand([fh, fw], generator=gen, device=kernel_device)
@@ -149,6 +159,16 @@ def test_upfirdn2d_paths_agree(kernel_device, dtype):
         general = _cuda.upfirdn2d_cuda(x, *args, path=1)
         tiled = _cuda.upfirdn2d_cuda(x_strided, *args, path=2)
         _assert_close(tiled, general, dtype, f"f={fh}x{fw} up={up} down={down}")
+        # The fixed variant: a 4x4 filter with up=2, down=2 or neither, the same along both axes.
+        if (fh, fw) == (4, 4) and up[0] == up[1] and down[0] == down[1] and up[0] * down[0] <= 2:
+            for inp in (x, x_strided):
+                fixed = _cuda.upfirdn2d_cuda(inp, *args, path=3)
+                _assert_close(fixed, general, dtype, f"fixed: up={up} down={down}")
+            fixed_cases += 1
+        else:
+            with pytest.raises(RuntimeError, match="fixed tiled variant unavailable"):
+                _cuda.upfirdn2d_cuda(x, *args, path=3)
+    assert fixed_cases == 3  # up=2; down=2; neither
 
 
 def test_networks_match_reference_ops(kernel_device, monkeypatch):
