@@ -164,8 +164,8 @@ def build_options(args: dict, world_size: int) -> dict:
 @click.option("--workers", type=click.IntRange(min=0), default=3, show_default=True, help="DataLoader workers")
 @click.option("--metrics", metavar="LIST", help="Metrics at each snapshot, e.g. fid50k_full,comove1k, or none")
 @click.option("--fp32", type=bool, default=False, metavar="BOOL", help="Disable mixed precision")
-@click.option("--channels-last", type=bool, default=False, metavar="BOOL",
-              help="Channels-last memory format in the fp16 layers (faster on tensor-core GPUs)")
+@click.option("--channels-last", "--nhwc", "channels_last", type=bool, default=False, metavar="BOOL",
+              help="Channels-last (NHWC) memory format in the fp16 layers (faster on tensor-core GPUs)")
 @click.option("--allow-tf32", type=bool, default=False, metavar="BOOL", help="Allow TF32 matmul/convolutions")
 @click.option("--nobench", type=bool, default=False, metavar="BOOL", help="Disable cuDNN benchmarking")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)

@@ -246,3 +246,12 @@ def test_outdir_not_writable(tmp_path):
         assert_one_line_error(train_inprocess(f"--outdir={outdir}", *SPATIAL), f"--outdir={outdir}")
     finally:
         ro.chmod(0o700)
+
+
+@pytest.mark.parametrize("flag", ["--channels-last=1", "--nhwc=1"])  # --nhwc: StyleGAN2-ADA's name
+def test_channels_last_option_and_its_stylegan2_ada_name(tmp_path, flag):
+    proc = train_inprocess(f"--outdir={tmp_path}", "--cfg=paper256", "--data=synthetic:shapes:32", flag, "--dry-run")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    opts = json.loads(proc.stdout)
+    assert opts["G_kwargs"]["synthesis_kwargs"]["fp16_channels_last"] is True
+    assert opts["D_kwargs"]["block_kwargs"] == {"fp16_channels_last": True}
