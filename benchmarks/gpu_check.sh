@@ -2,20 +2,19 @@
 # One-shot GPU check: versions, CUDA-op build, GPU tests, ref-vs-cuda training losses, op-level kernel
 # timings, the GPU speed benchmark (section D of train_speed.py) and a profile of one mixed-precision
 # step. Every step has its own time limit (590 s in all; about 5 minutes expected) so that one hung
-# step cannot eat a timed GPU
-# session; a failed step is recorded and the script goes on. The benchmark writes each row as it is
-# measured, so a step killed at its limit keeps what it measured.
+# step cannot eat a timed GPU session; a failed step is recorded and the script goes on. The
+# benchmarks write each row as it is measured, so a step killed at its limit keeps what it measured.
 #
 #   bash benchmarks/gpu_check.sh [OUTDIR [STEP ...]]     (OUTDIR default: $OUT, else ./gpu-check-out)
 #
-# STEP is any of: tests training ops speed profile (default: all five, in that order). The versions and
-# build steps always run (the build is a cache check once the ops are built), so a rerun can name only
-# the steps that failed or timed out the first time.
+# STEP is any of: tests training ops speed profile (default: all five, in that order). The versions
+# and build steps always run (the build is a cache check once the ops are built), so a rerun can name
+# only the steps that failed or timed out the first time.
 #
 # OUTDIR gets five files: summary.md (one line per step, then the tables), steps.log (every step's
-# output, in order), ops_speed.md, train_speed.md and step_profile.md. Exits 1 when any step failed or timed out
-# (summary.md names them). Uses the machine's python3 (or $PYTHON; no
-# venv, installs nothing).
+# output, in order), ops_speed.md, train_speed.md and step_profile.md. Exits 1 when any step failed
+# or timed out (summary.md names them). Uses the machine's python3 (or $PYTHON; no venv, installs
+# nothing).
 set -u
 OUTDIR="${1:-${OUT:-gpu-check-out}}"
 shift $(( $# > 0 ? 1 : 0 ))
@@ -44,7 +43,7 @@ step() {  # step NAME LIMIT_S COMMAND...
   timeout --kill-after=10 "$limit" "$@" >> "$LOG" 2>&1
   local rc=$?
   tail -n +"$((before + 1))" "$LOG" | tail -n 5
-  local verdict="ok"; [ $rc -eq 124 ] && verdict="TIMEOUT"; [ $rc -ne 0 ] && [ $rc -ne 124 ] && verdict="FAILED"
+  local verdict="FAILED"; [ $rc -eq 0 ] && verdict="ok"; [ $rc -eq 124 ] || [ $rc -eq 137 ] && verdict="TIMEOUT"
   [ $rc -ne 0 ] && FAILED_STEPS="$FAILED_STEPS $name"
   echo "- $name: $verdict (rc $rc, $((SECONDS - start)) s)" | tee -a "$SUMMARY" "$LOG"
 }
