@@ -61,12 +61,13 @@ build_ops() {
 }
 export -f build_ops
 export PY
-step build 120 bash -c build_ops
-# -m gpu over tests/ covers tests/torch_utils/ops/test_cuda_ops.py and every other gpu-marked test.
-wanted tests && step tests 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
+step build 100 bash -c build_ops
+# -m gpu over tests/: the kernel tests, the op benchmark's smoke test and train.py -> resume -> generate.py with
+# mixed precision (tests/cli/test_train.py).
+wanted tests && step tests 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
 wanted training && step training 60 "$PY" benchmarks/gpu_ops_training_check.py --steps=4
 wanted ops && step ops 40 "$PY" benchmarks/ops_speed.py --device=cuda --out "$OUTDIR/ops_speed.md"
-wanted speed && step speed 215 "$PY" benchmarks/train_speed.py --device=cuda --sections=D --reps=2 \
+wanted speed && step speed 200 "$PY" benchmarks/train_speed.py --device=cuda --sections=D --reps=2 \
   --out "$OUTDIR/train_speed.md"
 wanted profile && step profile 45 "$PY" benchmarks/step_profile.py --device=cuda --out "$OUTDIR/step_profile.md"
 
