@@ -127,9 +127,10 @@ class PeakMemory:
 
     def __enter__(self):
         if self.device.type == "cuda":
+            # Everything allocated counts (networks, optimiser state, activations): what must fit on the GPU.
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
+            self.base = 0
             return self
         libc = _libc()
         if libc is not None:
@@ -282,14 +283,17 @@ def build(opts: dict[str, Any], device: torch.device, rank: int = 0, world_size:
 
 def time_phases(run: tl.Run, reps: int, phases=PHASES, warmup: bool = True) -> dict[str, float]:
     """Seconds per phase (median of `reps`, after one untimed pass unless `warmup=False`); '_mem' = peak
-    memory (GiB) of the warm-up pass (measuring it trims the heap, and the pass after a trim re-faults
-    its pages, so it is never a timed one). reps=0: the warm-up pass alone (memory only)."""
+    memory (GiB). CPU: of the warm-up pass (measuring it trims the heap, and the pass after a trim
+    re-faults its pages, so it is never a timed one). CUDA: of the last pass, after cuDNN's autotuning
+    (whose trial workspaces would inflate the peak). reps=0: the warm-up pass alone (memory only)."""
     by_name = {ph.name: ph for ph in run.phases}
     times: dict[str, list[float]] = {p: [] for p in phases}
     mem = PeakMemory(run.device)
-    for rep in range(0 if warmup else 1, reps + 1):
+    first = 0 if warmup else 1
+    mem_rep = reps if run.device.type == "cuda" and reps > 0 else (0 if warmup else -1)  # -1: not measured
+    for rep in range(first, reps + 1):
         gens = dict(zip([ph.name for ph in run.phases], tl._sample_batch(run)))
-        ctx = mem if rep == 0 else contextlib.nullcontext()
+        ctx = mem if rep == mem_rep else contextlib.nullcontext()
         with ctx:
             for name in phases:
                 distributed.barrier()
@@ -301,7 +305,7 @@ def time_phases(run: tl.Run, reps: int, phases=PHASES, warmup: bool = True) -> d
                 if rep > 0:
                     times[name].append(time.perf_counter() - t)
     out = {p: float(np.median(v)) for p, v in times.items() if v}
-    out["_mem"] = mem.gib if warmup else None
+    out["_mem"] = mem.gib if mem_rep >= first else None
     return out
 
 
@@ -501,7 +505,8 @@ def section_d(device: torch.device, quick: bool, reps: int, batch: int) -> None:
 
     name, peaks = peak_tflops(device)
     emit(f"## D. GPU: {name}, batch {batch}, noaug; peak TFLOP/s used: {peaks} "
-         "(fp32 rows vs fp32 peak with TF32 off, mixed rows vs fp16 peak)\n")
+         "(fp32 rows vs fp32 peak with TF32 off, mixed rows vs fp16 peak); peak mem = all memory allocated on "
+         "the GPU during one step of every phase, after autotuning\n")
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     res = 64 if quick else 256

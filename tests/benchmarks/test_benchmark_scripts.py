@@ -132,3 +132,22 @@ def test_ops_speed_times_every_kernel(kernel_device, tmp_path):
     assert all(float(r[5]) > 0 for r in rows)
     assert all(r[7].endswith("× |") for r in rows if r[3] != "ref")  # each kernel row is compared with ref
     assert "{'bias_act': None, 'upfirdn2d': None}" in out.read_text()  # the kernels ran, no fallback
+
+
+@pytest.mark.slow
+def test_gpu_section_runs_every_row(monkeypatch, tmp_path):
+    """Section D's loop (3 configs x 5 precision/ops/layout variants, FLOP count, fraction of peak) on the
+    CPU at 64² with tiny widths: the GPU session must not be the first to run it."""
+    make_options = ts.make_options
+    monkeypatch.setattr(ts, "make_options", lambda *a, **k: make_options(*a, channel_base=256, channel_max=8, **k))
+    monkeypatch.setattr(ts, "peak_tflops", lambda device: ("stand-in", {"fp32": 1.0, "fp16": 2.0}))
+    monkeypatch.setenv("SPATIALGAN_OPS", "auto")  # restored afterwards; section D sets it per row
+    monkeypatch.setattr(ts, "OUT_FILE", [str(tmp_path / "d.md")])
+    ts.section_d(torch.device("cpu"), quick=True, reps=1, batch=2)
+    rows = [line.split(" | ") for line in (tmp_path / "d.md").read_text().splitlines() if "@64²" in line]
+    assert [r[0].removeprefix("| ") for r in rows] == [f"{cfg} @64²" for cfg in
+                                                       ("baseline256", "lsun-cat256", "lsun-bedroom256") for _ in range(5)]
+    for r in rows:
+        s_per_kimg, img_s, mem, gflop, frac = (float(v) for v in (r[3], r[4], r[5], r[6], r[7].rstrip(" |")))
+        assert s_per_kimg > 0 and img_s > 0 and mem >= 0 and gflop > 0 and frac > 0
+        assert r[2] == ("ref (ref)" if r[2].startswith("ref") else "auto (ref)")  # no kernels on the CPU
