@@ -164,7 +164,8 @@ def test_summarize_error_keeps_error_lines():
 
 
 class StubBiasAct:
-    """mode 0: clamp(act(x+b)*gain); 1: g1*gain*act'*mask; 2: g1*g2*gain*act''*mask."""
+    """mode 0: clamp(act(x+b)*gain); 1: g1*gain*act'*mask; 2: g1*g2*gain*act''*mask; 3: x holds the
+    output y of linear/relu/lrelu: g1*gain*slope(sign y)*[|y| < clamp in y's dtype]."""
 
     def __init__(self, scale_output: float = 1.0):
         self.calls = 0
@@ -172,6 +173,12 @@ class StubBiasAct:
 
     def bias_act(self, x, b, g1, g2, dim, act_id, mode, alpha, gain, clamp):
         self.calls += 1
+        if mode == 3:
+            y = x.double()
+            slope = torch.where(y > 0, 1.0, 1.0 if act_id == 0 else alpha if act_id == 2 else 0.0)
+            c = float(torch.tensor(clamp, dtype=x.dtype))
+            mask = y.abs() < c if clamp >= 0 else torch.ones_like(y, dtype=torch.bool)
+            return torch.empty_like(x).copy_(g1.double() * gain * slope * mask)
         spec = bias_act_mod.activation_funcs[list(_cuda._ACT_IDS)[act_id]]
         z = x.double()
         if b.numel():

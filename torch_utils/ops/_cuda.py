@@ -6,9 +6,11 @@ self-checks the kernel against `reference` (values and first-order gradients, fp
 either fails it warns once, naming the op and the reason, and the reference is used from then on.
 
 Gradients: `upfirdn2d_cuda` is differentiable to any order (its backward is itself an
-`upfirdn2d_cuda` call). `bias_act_cuda` has kernel-computed first and second derivatives, which is
-what training needs (R1 / path-length penalties); a third derivative raises an error
-(`once_differentiable`) instead of returning a silently wrong value.
+`upfirdn2d_cuda` call), and so is `bias_act_cuda` for linear / relu / lrelu with gain > 0 (the
+networks' case: the backward reads only the output, like the reference's). The other activations
+have kernel-computed first and second derivatives, which is what training needs (R1 / path-length
+penalties); a third derivative raises an error (`once_differentiable`) instead of returning a
+silently wrong value.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ __all__ = ["use_cuda", "resolve_impl", "bias_act_cuda", "upfirdn2d_cuda"]
 
 _IMPLS = ("ref", "cuda", "auto")
 _DTYPES = (torch.float16, torch.float32, torch.float64)
-# Keep in sync with `enum Act` in bias_act_kernel.cu.
+# Keep in sync with `enum Act` in bias_act_kernel.cuh.
 _ACT_IDS = {"linear": 0, "relu": 1, "lrelu": 2, "tanh": 3, "sigmoid": 4, "elu": 5, "selu": 6, "softplus": 7,
             "swish": 8}
 _PIECEWISE_LINEAR = ("linear", "relu", "lrelu")  # second derivative is zero almost everywhere
@@ -191,6 +193,43 @@ class _BiasActGrad(torch.autograd.Function):
         return d_dy, d_x if ctx.needs_input_grad[1] else None, d_b, None
 
 
+class _BiasActFromOutput(torch.autograd.Function):
+    """linear / relu / lrelu (alpha >= 0) with gain > 0: the backward needs only the output y, which the
+    next layer keeps anyway, so x is not held for the backward (as in the reference's piecewise-linear
+    path, whose gradients this matches bit for bit in their masks)."""
+
+    @staticmethod
+    def forward(ctx, x, b, args):
+        y = _bias_act_launch(x, b, None, None, 0, args)
+        ctx.save_for_backward(y)
+        ctx.args = args
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved_tensors
+        dx = _BiasActSlope.apply(_like(dy, y), y, ctx.args)
+        db = _sum_except(dx, ctx.args[0]) if ctx.needs_input_grad[1] else None
+        return dx, db, None
+
+
+class _BiasActSlope(torch.autograd.Function):
+    """dx = dy * gain * act'(y) * [|y| < clamp]: linear in dy, and y counts as a constant (the second
+    derivative of a piecewise-linear function is zero), so its own backward is itself — any order."""
+
+    @staticmethod
+    def forward(ctx, dy, y, args):
+        ctx.save_for_backward(y)
+        ctx.args = args
+        return _bias_act_launch(y, None, dy, None, 3, args)
+
+    @staticmethod
+    def backward(ctx, ddx):
+        (y,) = ctx.saved_tensors
+        d_dy = _BiasActSlope.apply(_like(ddx, y), y, ctx.args) if ctx.needs_input_grad[0] else None
+        return d_dy, None, None
+
+
 def bias_act_cuda(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, alpha: float, gain: float,
                   clamp: float | None) -> torch.Tensor:
     """`clamp(act(x + b, alpha) * gain, -clamp, clamp)` on the GPU; args already resolved.
@@ -206,7 +245,10 @@ def bias_act_cuda(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, a
     x = _dense(x)
     if b is not None:
         b = b.to(x.dtype).contiguous()
-    return _BiasAct.apply(x, b, (dim, act, float(alpha), float(gain), None if clamp is None else float(clamp)))
+    args = (dim, act, float(alpha), float(gain), None if clamp is None else float(clamp))
+    if act in _PIECEWISE_LINEAR and gain > 0 and alpha >= 0:
+        return _BiasActFromOutput.apply(x, b, args)
+    return _BiasAct.apply(x, b, args)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -4,8 +4,13 @@
 //   mode 0:  out = clamp(y, -clamp, clamp)                         (forward)
 //   mode 1:  out = g1      * gain * f'(z) * [|y| <= clamp]         (dL/dx given dL/dout = g1)
 //   mode 2:  out = g1 * g2 * gain * f''(z) * [|y| <= clamp]        (second-order term)
-// clamp < 0 means "no clamp". The clamp test matches torch.clamp's backward, which passes the
-// gradient where the input lies inside the closed interval. Arithmetic runs in float (double for
+//   mode 3:  out = g1 * gain * f'(y) * [|y| < clamp]               (dL/dx from the *output*: x holds
+//            the forward's result y, no bias; linear / relu / lrelu with gain > 0 only, where f'
+//            depends on the sign alone and a saturated output equals the clamp)
+// clamp < 0 means "no clamp". The clamp test of modes 1 and 2 matches torch.clamp's backward, which
+// passes the gradient where the input lies inside the closed interval; mode 3 sees only the clamped
+// output, so it blocks where |y| reaches the clamp as stored in y's dtype (the reference's
+// piecewise-linear backward does the same). Arithmetic runs in float (double for
 // double inputs); half inputs are converted on load and rounded once on store.
 //
 // This header holds the kernel and the launch decisions; the `launch` callback passed to bias_act_run
@@ -114,6 +119,16 @@ __global__ void bias_act_kernel(scalar_t* __restrict__ out, const scalar_t* __re
   using acc_t = at::acc_type<scalar_t, true>;
   const acc_t alpha = acc_t(p.alpha), gain = acc_t(p.gain), clamp = acc_t(p.clamp);
   const index_t step = index_t(blockDim.x) * gridDim.x, numel = index_t(p.numel);
+  if (p.mode == 3) {
+    const acc_t stored_clamp = acc_t(static_cast<scalar_t>(clamp));  // a saturated y equals this
+    for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += step) {
+      const acc_t y = acc_t(x[i]);
+      const bool pass = clamp < acc_t(0) || (y > -stored_clamp && y < stored_clamp);
+      const acc_t slope = p.act == kLinear || y > acc_t(0) ? acc_t(1) : (p.act == kLrelu ? alpha : acc_t(0));
+      out[i] = scalar_t(pass ? acc_t(g1[i]) * gain * slope : acc_t(0));
+    }
+    return;
+  }
   for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += step) {
     acc_t z = acc_t(x[i]);
     if (b != nullptr) z += acc_t(b[bias_index(i, p)]);

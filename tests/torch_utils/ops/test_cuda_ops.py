@@ -102,6 +102,35 @@ def test_bias_act_channels_last_and_no_bias(kernel_device):
     _assert_close(y, _bias_act_ref(x, None, 1, "lrelu", 0.2, 2 ** 0.5, 1.0), torch.float32, "channels_last")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_bias_act_lrelu_backward_reads_only_the_output(kernel_device, dtype):
+    """linear/relu/lrelu keep only y for the backward (the next layer holds it anyway), saturate where
+    y equals the clamp as stored in y's dtype (0.9 is not exact in fp16), and differentiate to any order."""
+    gen = torch.Generator(device=kernel_device).manual_seed(4)
+    b = torch.randn([8], generator=gen, device=kernel_device).to(dtype)
+    x = (torch.randn([4, 8, 6, 6], generator=gen, device=kernel_device) * 3).to(dtype)
+    x = _cuda._away_from_clamp(x, b, 1, "lrelu", 0.2, 2 ** 0.5, 0.9, _bias_act_ref)
+    saved = []
+    xg = x.clone().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = _cuda.bias_act_cuda(xg, b, 1, "lrelu", 0.2, 2 ** 0.5, 0.9)
+    assert [t.data_ptr() for t in saved] == [y.data_ptr()]  # neither x nor b is held
+    assert (y.abs() == torch.tensor(0.9, dtype=dtype)).sum() > 10 and (y < 0).any() and (y.abs() < 0.9).any()
+
+    def third_order(fn):
+        xs, dy = x.clone().requires_grad_(), torch.ones_like(x).requires_grad_()
+        (g,) = torch.autograd.grad(fn(xs), xs, dy, create_graph=True)
+        (h,) = torch.autograd.grad((g.double() ** 2).sum(), dy, create_graph=True)
+        (k,) = torch.autograd.grad((h ** 3).sum(), dy)
+        return [g, h, k]
+
+    got = third_order(lambda t: _cuda.bias_act_cuda(t, b, 1, "lrelu", 0.2, 2 ** 0.5, 0.9))
+    expected = third_order(lambda t: _bias_act_ref(t, b, 1, "lrelu", 0.2, 2 ** 0.5, 0.9))
+    assert (got[0] == 0).any() and (got[2] != 0).any()  # saturated entries pass nothing; the rest do
+    for i, (a, e) in enumerate(zip(got, expected)):
+        _assert_close(a, e, dtype, f"derivative {i + 1}")
+
+
 @pytest.mark.parametrize("stride", [0, 2 ** 32])
 def test_bias_act_size_one_bias_dim_with_any_stride(kernel_device, stride):
     # A size-1 dimension's stride is arbitrary in a dense tensor; the kernel must not divide by it.
@@ -204,6 +233,38 @@ def test_networks_match_reference_ops(kernel_device, monkeypatch):
     assert len(got) == len(expected) > 4
     for i, (a, b) in enumerate(zip(got, expected)):
         _assert_close(a, b, torch.float32, f"tensor {i}")
+
+
+def test_networks_hold_no_more_for_backward_than_reference_ops(kernel_device, monkeypatch):
+    """Bytes autograd keeps for the backward of a G + D forward: the kernels must not add any (the fused
+    lrelu keeps its output, which the next layer holds anyway, exactly as the reference does)."""
+    from training import networks as nets
+
+    torch.manual_seed(0)
+    small = dict(channel_base=512, channel_max=32, num_fp16_res=0)
+    G = nets.Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=3,
+                       mapping_kwargs=dict(num_layers=2), synthesis_kwargs=small).to(kernel_device)
+    D = nets.Discriminator(c_dim=0, img_resolution=16, img_channels=3, **small).to(kernel_device)
+    z = torch.randn(4, 16, device=kernel_device)
+
+    def saved_bytes():
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            D(G(z, None), None)
+        return sum(storages.values())
+
+    monkeypatch.setenv("SPATIALGAN_OPS", "ref")
+    reference = saved_bytes()
+    monkeypatch.setenv("SPATIALGAN_OPS", "cuda")
+    saved_bytes()  # first use: the kernels' self-checks (which keep tensors of their own)
+    kernels = saved_bytes()
+    assert _cuda._status == {"bias_act": None, "upfirdn2d": None}
+    assert 0 < kernels <= reference
 
 
 @pytest.mark.gpu
