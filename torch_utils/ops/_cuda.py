@@ -196,7 +196,7 @@ class _BiasActGrad(torch.autograd.Function):
 class _BiasActFromOutput(torch.autograd.Function):
     """linear / relu / lrelu (alpha >= 0) with gain > 0: the backward needs only the output y, which the
     next layer keeps anyway, so x is not held for the backward (as in the reference's piecewise-linear
-    path, whose gradients this matches bit for bit in their masks)."""
+    path, whose slope and clamp masks this reproduces exactly)."""
 
     @staticmethod
     def forward(ctx, x, b, args):
