@@ -22,19 +22,12 @@ from typing import Callable, Iterator
 import click
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import train_speed as ts  # noqa: E402  (its Markdown output helpers; it also puts the repo on sys.path)
 
 from torch_utils import ops  # noqa: E402
 from torch_utils.ops import _cuda, bias_act, upfirdn2d  # noqa: E402
-
-OUT_FILE: list[str] = []
-
-
-def emit(line: str = "") -> None:
-    print(line, flush=True)
-    for path in OUT_FILE:
-        with open(path, "a") as f:
-            f.write(line + "\n")
 
 
 def median_ms(fn: Callable[[], object], device: torch.device, reps: int) -> float:
@@ -116,17 +109,15 @@ def main(device, batch, reps, quick, out):
     """Time reference ops vs CUDA kernels (see the module docstring)."""
     if out:
         open(out, "w").close()
-    OUT_FILE[:] = [out] if out else []
+    ts.OUT_FILE[:] = [out] if out else []
     dev = torch.device(device)
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     on_gpu = dev.type == "cuda"
     kernels = dev.type in ops.KERNEL_DEVICE_TYPES  # "cpu" too when the tests emulate the kernels
     name = torch.cuda.get_device_name(dev) if on_gpu else "CPU"
-    emit(f"## Op speed: {name}, torch {torch.__version__}, batch {batch}, median of {reps}")
-    emit()
-    emit("| op | input | dtype | impl | pass | ms | GB/s | vs ref |")
-    emit("|---|---|---|---|---|---|---|---|")
+    ts.emit(f"## Op speed: {name}, torch {torch.__version__}, batch {batch}, median of {reps}\n")
+    ts.table_header(["op", "input", "dtype", "impl", "pass", "ms", "GB/s", "vs ref"])
     impls = ["ref", "cuda"] if kernels else ["ref"]
     for op, label, x, kwargs in cases(batch, quick, dev):
         dtype = str(x.dtype).removeprefix("torch.")
@@ -144,18 +135,16 @@ def main(device, batch, reps, quick, out):
             ms = median_ms(fn, dev, reps)
             if impl == "ref":
                 ref_ms[which] = ms
-            speedup = ref_ms[which] / ms if which in ref_ms and impl != "ref" else None
-            rate = f"{gbytes / (ms / 1e3):.0f}" if which == "fwd" else "—"
-            emit(f"| {op} | {label} | {dtype} | {impl} | {which} | {ms:.3g} | {rate} | "
-                 f"{'—' if speedup is None else f'{speedup:.2f}×'} |")
+            speedup = f"{ref_ms[which] / ms:.2f}×" if which in ref_ms and impl != "ref" else None
+            ts.table_row([op, label, dtype, impl, which, ms, gbytes / (ms / 1e3) if which == "fwd" else None, speedup])
         del x, timed  # before the next case's input is made
         if on_gpu:
             torch.cuda.empty_cache()
-    emit()
+    ts.emit()
     if kernels:
-        emit(f"CUDA op status: {dict(_cuda._status)} (None = kernel in use)")
+        ts.emit(f"CUDA op status: {dict(_cuda._status)} (None = kernel in use)")
     else:
-        emit("CPU: reference rows only (the kernels need a CUDA device).")
+        ts.emit("CPU: reference rows only (the kernels need a CUDA device).")
 
 
 if __name__ == "__main__":

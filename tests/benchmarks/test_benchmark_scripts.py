@@ -120,9 +120,10 @@ def test_step_profile_on_cpu(tmp_path):
     assert text.count("| op / kernel |") == 1 and "| convolutions |" in text
 
 
-def test_ops_speed_times_every_kernel(kernel_device, tmp_path):
+def test_ops_speed_times_every_kernel(kernel_device, tmp_path, monkeypatch):
     """Every row of the op benchmark runs, kernels included (on the GPU, or emulated on the CPU)."""
     out = tmp_path / "ops.md"
+    monkeypatch.setattr(ts, "OUT_FILE", [])  # main points the shared output list at `out`; restored after
     ops_speed.main.main(["--device", kernel_device, "--quick", "--batch=1", "--reps=1", f"--out={out}"],
                         standalone_mode=False)
     rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith(("| bias_act", "| upfirdn2d"))]
@@ -150,4 +151,6 @@ def test_gpu_section_runs_every_row(monkeypatch, tmp_path):
     for r in rows:
         s_per_kimg, img_s, mem, gflop, frac = (float(v) for v in (r[3], r[4], r[5], r[6], r[7].rstrip(" |")))
         assert s_per_kimg > 0 and img_s > 0 and mem >= 0 and gflop > 0 and frac > 0
-        assert r[2] == ("ref (ref)" if r[2].startswith("ref") else "auto (ref)")  # no kernels on the CPU
+    # Each config: fp32 ref, fp32 auto, mixed ref, mixed auto, mixed auto channels-last; no kernels on the CPU.
+    assert [(r[1], r[2]) for r in rows] == 3 * [("fp32", "ref (ref)"), ("fp32", "auto (ref)"), ("mixed", "ref (ref)"),
+                                                ("mixed", "auto (ref)"), ("mixed, channels-last", "auto (ref)")]

@@ -200,16 +200,22 @@ def test_upfirdn2d_paths_agree(kernel_device, dtype):
     assert fixed_cases == 3  # up=2; down=2; neither
 
 
-def test_networks_match_reference_ops(kernel_device, monkeypatch):
-    """A tiny StyleGAN2 G and D with the kernels vs the reference ops: images, logits, the R1 and
-    path-length gradients, and every parameter's gradient of a loss built from all of them."""
+def _tiny_networks(device, channel_base: int):
+    """A seeded 16² StyleGAN2 G and D (z/w dim 16, at most 32 channels), fp32 on the GPU too."""
     from training import networks as nets
 
     torch.manual_seed(0)
-    small = dict(channel_base=256, channel_max=32, num_fp16_res=0)  # fp32 on the GPU too
+    small = dict(channel_base=channel_base, channel_max=32, num_fp16_res=0)
     G = nets.Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=3,
-                       mapping_kwargs=dict(num_layers=2), synthesis_kwargs=small).to(kernel_device)
-    D = nets.Discriminator(c_dim=0, img_resolution=16, img_channels=3, **small).to(kernel_device)
+                       mapping_kwargs=dict(num_layers=2), synthesis_kwargs=small).to(device)
+    D = nets.Discriminator(c_dim=0, img_resolution=16, img_channels=3, **small).to(device)
+    return G, D
+
+
+def test_networks_match_reference_ops(kernel_device, monkeypatch):
+    """A tiny StyleGAN2 G and D with the kernels vs the reference ops: images, logits, the R1 and
+    path-length gradients, and every parameter's gradient of a loss built from all of them."""
+    G, D = _tiny_networks(kernel_device, channel_base=256)
     z = torch.randn(4, 16, device=kernel_device)
     probe = torch.randn(4, 3, 16, 16, device=kernel_device)
     params = [p for p in [*G.parameters(), *D.parameters()] if p.requires_grad]
@@ -238,13 +244,7 @@ def test_networks_match_reference_ops(kernel_device, monkeypatch):
 def test_networks_hold_no_more_for_backward_than_reference_ops(kernel_device, monkeypatch):
     """Bytes autograd keeps for the backward of a G + D forward: the kernels must not add any (the fused
     lrelu keeps its output, which the next layer holds anyway, exactly as the reference does)."""
-    from training import networks as nets
-
-    torch.manual_seed(0)
-    small = dict(channel_base=512, channel_max=32, num_fp16_res=0)
-    G = nets.Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=3,
-                       mapping_kwargs=dict(num_layers=2), synthesis_kwargs=small).to(kernel_device)
-    D = nets.Discriminator(c_dim=0, img_resolution=16, img_channels=3, **small).to(kernel_device)
+    G, D = _tiny_networks(kernel_device, channel_base=512)
     z = torch.randn(4, 16, device=kernel_device)
 
     def saved_bytes():
