@@ -1,11 +1,13 @@
 """Short GPU training run with reference ops vs CUDA ops: the losses must agree.
 
     python3 benchmarks/gpu_ops_training_check.py [--steps=4] [--cfg=tiny] [--res=32] [--tol=0.05]
+                                                 [--tol0=1e-4]
 
 Runs `steps` training steps (noaug, fp32, same seed) twice in fresh subprocesses, once with
 SPATIALGAN_OPS=ref and once with SPATIALGAN_OPS=cuda, prints the per-phase losses side by side and
-exits 1 when any relative difference exceeds `--tol` (kernels reorder float sums, so not bit-exact;
-GAN dynamics amplify differences over steps, hence few steps). Never run by the test suite.
+exits 1 when a difference at step 0 exceeds `--tol0` or one at any step exceeds `--tol`, each
+relative to the statistic's largest magnitude over the run (kernels reorder float sums, so not
+bit-exact; Adam and the GAN dynamics amplify differences over steps, hence few steps).
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--cfg", default="tiny")
     ap.add_argument("--res", type=int, default=32)
-    ap.add_argument("--tol", type=float, default=0.05)
+    ap.add_argument("--tol", type=float, default=0.05, help="any step, relative to the statistic's scale")
+    ap.add_argument("--tol0", type=float, default=1e-4, help="step 0 (identical weights and batch)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cuda", help="cpu: sanity-check this script without a GPU")
     args = ap.parse_args()
@@ -70,18 +73,30 @@ def main() -> int:
             print(f"SPATIALGAN_OPS={ops} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
             return 1
         results[ops] = json.loads(lines[-1][7:])
-    worst = 0.0
+    worst = worst0 = 0.0
     print("| statistic | step | ref | cuda | rel. diff |\n|---|---|---|---|---|")
     for name in sorted(results["ref"]):
-        for i, (a, b) in enumerate(zip(results["ref"][name], results["cuda"].get(name, []))):
-            # Scores near 0 make relative errors meaningless: floor the scale at 0.1. Sign means are
-            # printed, not checked (a logit at ~0 may flip sign under any reordering of sums).
-            rel = abs(a - b) / max(abs(a), abs(b), 0.1)
+        pairs = list(zip(results["ref"][name], results["cuda"].get(name, [])))
+        # A statistic that crosses zero (the scores) has no meaningful relative error at its small
+        # values: measure each difference against the statistic's largest magnitude over the run
+        # (floored at 0.1). Sign means are printed, not checked (a logit at ~0 may flip sign under
+        # any reordering of sums).
+        scale = max([abs(v) for pair in pairs for v in pair] + [0.1])
+        for i, (a, b) in enumerate(pairs):
+            rel = abs(a - b) / scale
             if "signs" not in name:
                 worst = max(worst, rel)
+                if i == 0 and name != "G_param_sum":
+                    worst0 = max(worst0, rel)
             print(f"| {name} | {i} | {a:.6g} | {b:.6g} | {rel:.2e} |")
-    ok = worst <= args.tol
-    print(f"\nworst relative difference {worst:.3e} (tolerance {args.tol}): {'OK' if ok else 'MISMATCH'}")
+    # Step 0 sees identical weights and batches, so only the order of float sums differs; afterwards
+    # Adam's first updates (about lr * sign(grad) per weight) turn rounding-level gradient differences
+    # into lr-sized weight differences, and the runs drift apart within the looser --tol.
+    print(f"\nstep 0: worst relative difference {worst0:.3e} (tolerance {args.tol0}): "
+          f"{'OK' if worst0 <= args.tol0 else 'MISMATCH'}")
+    ok = worst <= args.tol and worst0 <= args.tol0
+    print(f"all steps: worst relative difference {worst:.3e} (tolerance {args.tol}): "
+          f"{'OK' if worst <= args.tol else 'MISMATCH'}")
     return 0 if ok else 1
 
 

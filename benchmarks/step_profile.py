@@ -1,12 +1,13 @@
-"""Where one amortised training step spends its time: the top kernels/ops by self time.
+"""Where one training step spends its time: the top GPU kernels (CPU ops by self time on the CPU).
 
     python benchmarks/step_profile.py --device=cuda [--cfg=baseline256] [--res=256] [--batch=32]
-                                      [--fp32] [--ops=auto] [--top=25] [--out=FILE]
+                                      [--fp32] [--ops=auto [--ops=ref ...]] [--top=25] [--out=FILE]
 
 Builds `cfg` at `res` (noaug, synthetic data), runs one untimed step (allocator, cudnn autotuning),
 then profiles one step of every phase (Gmain, Greg, Dmain, Dreg) with torch.profiler and prints
-the `top` ops by self device time (self CPU time on the CPU) as a Markdown table, plus the share of
-the custom ops' kernels and of convolutions. Never run by the test suite.
+the `top` GPU kernels by time (CPU ops by self CPU time on the CPU) as a Markdown table, plus the
+shares of kernel families (the custom ops, convolutions, cuDNN layout transposes, PyTorch's own
+elementwise kernels). The test suite runs it on the CPU only.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 
 import click
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +27,9 @@ import train_speed as ts  # noqa: E402
 # Name fragments that identify a kernel or op family in the profile.
 FAMILIES = {"bias_act (CUDA kernel)": ("bias_act_kernel",),
             "upfirdn2d (CUDA kernels)": ("upfirdn2d_tiled", "upfirdn2d_general"),
-            "convolutions": ("conv", "gemm", "xmma", "cutlass", "sm90_", "wgrad", "dgrad", "fprop")}
+            "convolutions": ("conv", "gemm", "xmma", "cutlass", "sm90_", "wgrad", "dgrad", "fprop"),
+            "cuDNN layout transposes": ("nchwtonhwc", "nhwctonchw"),
+            "PyTorch elementwise / reductions": ("elementwise_kernel", "reduce_kernel")}
 
 
 @click.command()
@@ -34,43 +38,61 @@ FAMILIES = {"bias_act (CUDA kernel)": ("bias_act_kernel",),
 @click.option("--res", type=int, default=256, show_default=True)
 @click.option("--batch", type=int, default=32, show_default=True)
 @click.option("--fp32", is_flag=True, help="disable mixed precision")
-@click.option("--ops", type=click.Choice(["ref", "cuda", "auto"]), default="auto", show_default=True,
-              help="SPATIALGAN_OPS for the run")
+@click.option("--ops", type=click.Choice(["ref", "cuda", "auto"]), multiple=True, default=["auto"], show_default=True,
+              help="SPATIALGAN_OPS to profile; repeat to profile several in turn on the same networks")
 @click.option("--top", type=int, default=25, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="also write the tables here")
 def main(device, cfg, res, batch, fp32, ops, top, out):
-    """Profile one amortised training step (see the module docstring)."""
+    """Profile one step of every phase (see the module docstring)."""
     if out:
         open(out, "w").close()
         ts.OUT_FILE.append(out)
-    os.environ["SPATIALGAN_OPS"] = ops
     dev = torch.device(device)
     torch.backends.cudnn.benchmark = True
     run = ts.build(ts.make_options(cfg, res, batch=batch, fp32=fp32), dev)
-    ts.time_phases(run, reps=0)  # warm-up pass: autotuning, allocator, kernel builds and self-checks
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    for impl in ops:
+        profile_step(run, dev, f"{cfg} @{res}², batch {batch}", fp32, impl, top)
+
+
+def profile_step(run, dev: torch.device, what_run: str, fp32: bool, impl: str, top: int) -> None:
+    """Warm up with SPATIALGAN_OPS=`impl` (autotuning, allocator, kernel builds and self-checks), then
+    profile one step of every phase and print the tables."""
+    os.environ["SPATIALGAN_OPS"] = impl  # read at every op call, so it switches the built networks too
+    ts.time_phases(run, reps=0)
+    on_gpu = dev.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     with profile(activities=activities) as prof:
         ts.time_phases(run, reps=1, warmup=False)
-    on_gpu = dev.type == "cuda"
-    rows = []
-    for evt in prof.key_averages():
-        self_us = evt.self_device_time_total if on_gpu else evt.self_cpu_time_total
-        if self_us > 0:
-            rows.append((self_us, evt.key, evt.count))
+    rows = _device_kernel_rows(prof) if on_gpu else [(e.self_cpu_time_total, e.key, e.count)
+                                                     for e in prof.key_averages() if e.self_cpu_time_total > 0]
     rows.sort(reverse=True)
     total = sum(r[0] for r in rows)
-    what = "device" if on_gpu else "CPU"
+    what = "GPU kernel" if on_gpu else "self CPU"
     precision = "fp32" if fp32 or not on_gpu else "mixed"  # the networks keep fp16 off on the CPU
-    ts.emit(f"## Step profile: {cfg} @{res}², batch {batch}, {precision}, SPATIALGAN_OPS={ops}, "
-            f"{torch.cuda.get_device_name(dev) if on_gpu else 'CPU'}; self {what} time of one step of each phase "
+    ts.emit(f"## Step profile: {what_run}, {precision}, SPATIALGAN_OPS={impl}, "
+            f"{torch.cuda.get_device_name(dev) if on_gpu else 'CPU'}; {what} time of one step of each phase "
             f"(Gmain + Greg + Dmain + Dreg, not amortised): {total / 1e3:.1f} ms\n")
-    ts.table(["op / kernel", f"self {what} ms", "share", "calls"],
+    ts.table(["op / kernel", f"{what} ms", "share", "calls"],
              [[key[:90], us / 1e3, f"{100 * us / total:.1f} %", count] for us, key, count in rows[:top]])
     shares = []
     for family, fragments in FAMILIES.items():
         us = sum(r[0] for r in rows if any(f in r[1].lower() for f in fragments))
         shares.append([family, us / 1e3, f"{100 * us / max(total, 1e-9):.1f} %"])
-    ts.table(["family", f"self {what} ms", "share"], shares)
+    ts.table(["family", f"{what} ms", "share"], shares)
+
+def _device_kernel_rows(prof) -> list[tuple[float, str, int]]:
+    """(total µs, kernel name, launches) of every GPU-side event: kernels, copies and memsets.
+
+    Only the device events themselves: the CPU ops that launched them also carry that time as their
+    "self device time", and record_function ranges have a GPU twin spanning their kernels, so summing
+    key_averages() counts the same microseconds two or three times."""
+    totals: dict[str, list[float]] = {}
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False):
+            t = totals.setdefault(e.name, [0.0, 0])
+            t[0] += e.time_range.elapsed_us()
+            t[1] += 1
+    return [(us, name, int(n)) for name, (us, n) in totals.items() if us > 0]
 
 
 if __name__ == "__main__":

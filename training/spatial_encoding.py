@@ -442,7 +442,7 @@ def _demod_map(styles: StyleMap, weight: torch.Tensor, flip_weight: bool) -> tor
     else:
         cols = F.unfold(products, (kh, kw))                                             # [N, P kh kw, h w]
         d = torch.bmm(kernels.flatten(2), cols).reshape(n, -1, h, w)                    # [N, O, h, w]
-    return clamped_rsqrt(d, inplace=True)
+    return clamped_rsqrt(d)
 
 
 # Map size (h * w) from which _demod_map convolves sample by sample instead of im2col + bmm; both
@@ -451,16 +451,15 @@ DEMOD_LOOP_MIN_PIXELS = 128 * 128
 DEMOD_EPS = 1e-8
 
 
-def clamped_rsqrt(v: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+def clamped_rsqrt(v: torch.Tensor) -> torch.Tensor:
     """rsqrt(max(v, 0) + 1e-8) of any shape, with the derivative 0 where v <= 0.
 
     The factorised expansion of s^2 can round a true zero slightly below it (s^2 is never negative), hence
     the clamp. One autograd node with one output buffer instead of clamp/add/rsqrt (three full-size
     tensors per layer forward and again in the backward at 256²), and its derivative is one node too
-    (the path-length regulariser differentiates it twice). `inplace=True` reuses `v`'s storage (for a
-    fresh intermediate that nothing else reads).
+    (the path-length regulariser differentiates it twice).
     """
-    return _ClampedRsqrt.apply(v, inplace)
+    return _ClampedRsqrt.apply(v)
 
 
 @functools.cache
@@ -471,19 +470,20 @@ def _demod_cap(dtype: torch.dtype) -> float:
 
 class _ClampedRsqrt(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, v, inplace):
-        # max(v + eps, eps) == max(v, 0) + eps exactly (rounding is monotonic); add, clamp and rsqrt all
-        # write one buffer (v's own with inplace=True).
-        y = (v.add_(DEMOD_EPS) if inplace else v.add(DEMOD_EPS)).clamp_min_(DEMOD_EPS).rsqrt_()
-        if inplace:
-            ctx.mark_dirty(v)
+    def forward(ctx, v):
+        # max(v + eps, eps) == max(v, 0) + eps exactly (rounding is monotonic); clamp and rsqrt then
+        # write the add's buffer. Never v's own storage: v is often a view (bmm output reshaped), and a
+        # Function that writes a view in place (mark_dirty) is wrapped in CopySlices while also being
+        # the saved output's grad_fn, so a double backward ran this node twice and, on a GPU, found
+        # its saved output already freed.
+        y = v.add(DEMOD_EPS).clamp_min_(DEMOD_EPS).rsqrt_()
         ctx.save_for_backward(y)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         (y,) = ctx.saved_tensors
-        return _ClampedRsqrtGrad.apply(dy, y), None
+        return _ClampedRsqrtGrad.apply(dy, y)
 
 
 class _ClampedRsqrtGrad(torch.autograd.Function):

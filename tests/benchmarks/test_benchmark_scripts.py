@@ -18,6 +18,7 @@ BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import ops_speed  # noqa: E402
+import step_profile  # noqa: E402
 import train_speed as ts  # noqa: E402
 
 
@@ -113,11 +114,31 @@ def test_flop_count_includes_every_phase():
 def test_step_profile_on_cpu(tmp_path):
     out = tmp_path / "profile.md"
     proc = _run(str(BENCH / "step_profile.py"), "--device=cpu", "--cfg=tiny", "--res=16", "--batch=2", "--top=5",
-                f"--out={out}")
+                "--ops=auto", "--ops=ref", f"--out={out}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text()
-    assert "## Step profile: tiny @16²" in text
-    assert text.count("| op / kernel |") == 1 and "| convolutions |" in text
+    assert "## Step profile: tiny @16², batch 2, fp32, SPATIALGAN_OPS=auto" in text
+    assert "## Step profile: tiny @16², batch 2, fp32, SPATIALGAN_OPS=ref" in text
+    assert text.count("| op / kernel |") == 2 and text.count("| convolutions |") == 2
+
+
+def test_step_profile_counts_each_gpu_microsecond_once():
+    """Only device events count: not the CPU op that launched a kernel, not a record_function's GPU
+    twin (both carry the kernels' time again), not CPU events."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def event(name, us, device=DeviceType.CUDA, annotation=False):
+        return SimpleNamespace(name=name, device_type=device, is_user_annotation=annotation,
+                               time_range=SimpleNamespace(elapsed_us=lambda: us))
+
+    prof = SimpleNamespace(events=lambda: [
+        event("aten::cudnn_convolution", 50.0, DeviceType.CPU), event("sm90_xmma_fprop", 30.0),
+        event("sm90_xmma_fprop", 20.0), event("Gmain_forward", 60.0, annotation=True),
+        event("bias_act_kernel<float>", 5.0), event("idle", 0.0)])
+    rows = sorted(step_profile._device_kernel_rows(prof))
+    assert rows == [(5.0, "bias_act_kernel<float>", 1), (50.0, "sm90_xmma_fprop", 2)]
 
 
 def test_ops_speed_times_every_kernel(kernel_device, tmp_path, monkeypatch):

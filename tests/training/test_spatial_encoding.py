@@ -284,18 +284,37 @@ def test_clamped_rsqrt_matches_composed_ops_and_zeroes_clamped_gradient():
     assert torch.equal(g[20:], torch.zeros(5))
 
 
-def test_clamped_rsqrt_inplace_reuses_storage_and_keeps_gradients():
-    torch.manual_seed(5)
-    base = torch.cat([torch.rand(20) + 0.1, -torch.rand(5)]).requires_grad_(True)
-    v = base * 1  # a fresh non-leaf, as in _demod_map
-    ptr = v.data_ptr()
-    y = se.clamped_rsqrt(v, inplace=True)
-    assert y.data_ptr() == ptr
-    want = (base.detach().clamp_min(0) + 1e-8).rsqrt()
-    torch.testing.assert_close(y, want)
-    (g,) = torch.autograd.grad(y.sum(), base)
-    torch.testing.assert_close(g[:20], -0.5 * want[:20] ** 3)
-    assert torch.equal(g[20:], torch.zeros(5))
+def test_demod_map_runs_each_node_once_per_pass_under_double_backward(demod_route, monkeypatch):
+    """Path-length regularisation: grad with create_graph, then backward through that grad. Each pass
+    must run the clamped rsqrt's node once and give the dense formula's gradients. (Written in place
+    into the bmm route's view, it was wrapped in CopySlices and also the saved output's grad_fn: the
+    second pass ran it twice and, on a GPU, found its saved output already freed.)"""
+    calls = []
+    backward = se._ClampedRsqrt.backward
+    monkeypatch.setattr(se._ClampedRsqrt, "backward", staticmethod(lambda ctx, dy: calls.append(1) or backward(ctx, dy)))
+    torch.manual_seed(6)
+    codes0, maps = torch.randn(2, 3, 4, dtype=torch.float64), torch.rand(2, 3, 5, 5, dtype=torch.float64)
+    maps[:, 0] = 1
+    weight = torch.randn(3, 4, 3, 3, dtype=torch.float64)
+
+    def grads(demod):
+        codes = codes0.clone().requires_grad_(True)
+        styles = se.StyleMap(codes, maps)
+        img = styles.dense()[:, :3] * demod(styles)
+        (g,) = torch.autograd.grad(img.square().sum(), codes, create_graph=True)
+        passes = [len(calls)]
+        (img[:, 0, 0, 0] * 0 + g.square().sum()).mean().backward()
+        return g.detach(), codes.grad, passes + [len(calls) - passes[0]]
+
+    g, gg, passes = grads(lambda st: se._demod_map(st, weight, flip_weight=True))
+    assert passes == [1, 1]
+
+    def dense(st):  # rsqrt(conv(s^2, W^2) + eps) on the dense map, plain torch ops
+        return (F.conv2d(F.pad(st.dense().square(), [1] * 4, mode="replicate"), weight.square()) + 1e-8).rsqrt()
+
+    want_g, want_gg, _ = grads(dense)
+    torch.testing.assert_close(g, want_g)
+    torch.testing.assert_close(gg, want_gg, rtol=1e-5, atol=1e-8)
 
 
 def test_clamped_rsqrt_second_derivative_through_a_path_length_like_loss():
