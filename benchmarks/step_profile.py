@@ -61,7 +61,7 @@ def profile_step(run, dev: torch.device, what_run: str, fp32: bool, impl: str, t
     ts.time_phases(run, reps=0)
     on_gpu = dev.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=on_gpu) as prof:
         ts.time_phases(run, reps=1, warmup=False)
     rows = _device_kernel_rows(prof) if on_gpu else [(e.self_cpu_time_total, e.key, e.count)
                                                      for e in prof.key_averages() if e.self_cpu_time_total > 0]
@@ -79,6 +79,43 @@ def profile_step(run, dev: torch.device, what_run: str, fp32: bool, impl: str, t
         us = sum(r[0] for r in rows if any(f in r[1].lower() for f in fragments))
         shares.append([family, us / 1e3, f"{100 * us / max(total, 1e-9):.1f} %"])
     ts.table(["family", f"{what} ms", "share"], shares)
+    if on_gpu:
+        # Which layer a slow kernel belongs to: the op that launched it, with its arguments.
+        slow = [name for _, name, _ in rows[:LAUNCHER_KERNELS]]
+        launchers = _kernel_launchers(prof, set(slow))
+        ts.table(["kernel", "launched by (op, input shapes, scalar arguments)", "GPU kernel ms", "launches"],
+                 [[name[:60], f"{op} {args}", us / 1e3, n] for name in slow
+                  for (op, args), (us, n) in sorted(launchers.get(name, {}).items(), key=lambda kv: -kv[1][0])])
+
+LAUNCHER_KERNELS = 8  # the slowest kernels traced back to their ops
+
+
+def _kernel_launchers(prof, kernels: set[str]) -> dict[str, dict[tuple[str, str], list]]:
+    """kernel name -> {(aten op, its arguments): [µs, launches]} for the kernels in `kernels`.
+
+    A kernel is linked to the CPU event that launched it (cudaLaunchKernel & co.); the nearest
+    enclosing aten op with recorded input shapes (record_shapes=True) names the layer's call."""
+    out: dict[str, dict[tuple[str, str], list]] = {}
+    for e in prof.events():
+        for k in getattr(e, "kernels", None) or []:
+            if k.name not in kernels:
+                continue
+            op = e
+            while op is not None and not (op.name.startswith("aten::") and any(op.input_shapes or [])):
+                op = op.cpu_parent
+            key = (op.name, _op_arguments(op)) if op is not None else ("(no aten op)", "")
+            t = out.setdefault(k.name, {}).setdefault(key, [0.0, 0])
+            t[0] += k.duration
+            t[1] += 1
+    return out
+
+
+def _op_arguments(op) -> str:
+    """Tensor shapes, then the scalar/list arguments the profiler recorded (stride, padding, groups...)."""
+    shapes = [list(s) for s in (op.input_shapes or []) if s]
+    scalars = [c for c in (getattr(op, "concrete_inputs", None) or []) if c not in (None, "", [])]
+    return f"{shapes}" + (f" {scalars}" if scalars else "")
+
 
 def _device_kernel_rows(prof) -> list[tuple[float, str, int]]:
     """(total µs, kernel name, launches) of every GPU-side event: kernels, copies and memsets.

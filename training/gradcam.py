@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from torch_utils import misc
+from torch_utils.ops.conv2d_grad import no_weight_gradients
 
 CAM_VARIANTS = ("canonical", "eqgan")
 SCORE_CONVENTIONS = ("logit", "g_loss")
@@ -89,7 +90,8 @@ def gradcam(score: torch.Tensor, feats: Mapping[int, torch.Tensor], resolutions:
     acts = [feats[r] for r in resolutions]
     for r, a in zip(resolutions, acts):
         misc.assert_shape(a, [None, None, r, r], f"feats[{r}]")
-    grads = torch.autograd.grad(score.sum(), acts, retain_graph=True, allow_unused=True)
+    with no_weight_gradients():  # d score / d acts only: D's weight gradients would be thrown away
+        grads = torch.autograd.grad(score.sum(), acts, retain_graph=True, allow_unused=True)
     cams = {}
     for r, a, g in zip(resolutions, acts, grads):
         if g is None:  # score does not depend on this block: zero weights, an all-zero CAM.

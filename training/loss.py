@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from torch_utils import training_stats
 from torch_utils.misc import check_choice
+from torch_utils.ops.conv2d_grad import no_weight_gradients
 from training import alignment, gradcam, heatmaps
 
 PHASES = ("Gmain", "Greg", "Gboth", "Dmain", "Dreg", "Dboth")
@@ -184,7 +185,8 @@ class StyleGAN2Loss:
             sub_spec = spec.select(list(range(n))) if spec is not None else None
             gen_img, ws = self.run_G(gen_z[:n], gen_c[:n], sub_spec)
             noise = torch.randn_like(gen_img) / np.sqrt(gen_img.shape[2] * gen_img.shape[3])
-            (grads,) = torch.autograd.grad((gen_img * noise).sum(), ws, create_graph=True)
+            with no_weight_gradients():  # only d/dws here; G's weight gradients come in the backward
+                (grads,) = torch.autograd.grad((gen_img * noise).sum(), ws, create_graph=True)
             lengths = grads.square().sum(2).mean(1).sqrt()
             self.pl_mean = self.pl_mean.to(lengths.device)
             self.pl_mean.copy_(self.pl_mean.lerp(lengths.mean().detach(), self.pl_decay))
@@ -220,7 +222,8 @@ class StyleGAN2Loss:
                 training_stats.report("Loss/D/loss", loss_real + 0)  # per-sample real part
                 loss = loss + loss_real.mean()
             if do_r1:
-                (grads,) = torch.autograd.grad(logits.sum(), real, create_graph=True, only_inputs=True)
+                with no_weight_gradients():
+                    (grads,) = torch.autograd.grad(logits.sum(), real, create_graph=True, only_inputs=True)
                 penalty = grads.square().sum([1, 2, 3])
                 training_stats.report("Loss/r1_penalty", penalty)
                 loss_r1 = penalty * (self.r1_gamma / 2)

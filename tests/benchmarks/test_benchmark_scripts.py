@@ -141,6 +141,26 @@ def test_step_profile_counts_each_gpu_microsecond_once():
     assert rows == [(5.0, "bias_act_kernel<float>", 1), (50.0, "sm90_xmma_fprop", 2)]
 
 
+def test_step_profile_traces_kernels_to_the_op_that_launched_them():
+    from types import SimpleNamespace
+
+    from torch.autograd.profiler_util import Kernel
+
+    def cpu(name, parent=None, shapes=(), concrete=(), kernels=()):
+        return SimpleNamespace(name=name, cpu_parent=parent, input_shapes=[list(s) for s in shapes],
+                               concrete_inputs=list(concrete), kernels=[Kernel(k, 0, us) for k, us in kernels])
+
+    conv = cpu("aten::cudnn_convolution", shapes=[(32, 64, 257, 257), (128, 64, 3, 3)], concrete=["", [2, 2], 1])
+    launch = cpu("cudaLaunchKernel", parent=conv, kernels=[("slow_fprop", 20.0)])
+    again = cpu("cudaLaunchKernel", parent=conv, kernels=[("slow_fprop", 10.0), ("other", 1.0)])
+    orphan = cpu("cudaMemsetAsync", kernels=[("slow_fprop", 2.0)])
+    prof = SimpleNamespace(events=lambda: [conv, launch, again, orphan])
+    out = step_profile._kernel_launchers(prof, {"slow_fprop"})
+    assert out == {"slow_fprop": {
+        ("aten::cudnn_convolution", "[[32, 64, 257, 257], [128, 64, 3, 3]] [[2, 2], 1]"): [30.0, 2],
+        ("(no aten op)", ""): [2.0, 1]}}
+
+
 def test_ops_speed_times_every_kernel(kernel_device, tmp_path, monkeypatch):
     """Every row of the op benchmark runs, kernels included (on the GPU, or emulated on the CPU)."""
     out = tmp_path / "ops.md"

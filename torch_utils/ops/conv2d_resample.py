@@ -17,8 +17,8 @@ convolution). `flip_filter` is passed to `upfirdn2d`. Everything is differentiab
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from . import conv2d_grad
 from . import upfirdn2d as _up
 from .upfirdn2d import upfirdn2d
 
@@ -26,13 +26,14 @@ __all__ = ["conv2d_resample"]
 
 
 def _conv(x, w, stride=1, padding=0, groups=1, transpose=False, flip_weight=True):
-    """conv2d / conv_transpose2d; `flip_weight=False` mirrors the kernel (true convolution)."""
+    """conv2d / conv_transpose2d; `flip_weight=False` mirrors the kernel (true convolution). Through
+    conv2d_grad, so the regularisers' double backward stays on cuDNN's gradient kernels."""
     kh, kw = w.shape[2], w.shape[3]
     if not flip_weight and (kh > 1 or kw > 1):
         w = w.flip([2, 3])
     if transpose:
-        return F.conv_transpose2d(x, w, stride=stride, padding=padding, groups=groups)
-    return F.conv2d(x, w, stride=stride, padding=padding, groups=groups)
+        return conv2d_grad.conv_transpose2d(x, w, stride=stride, padding=padding, groups=groups)
+    return conv2d_grad.conv2d(x, w, stride=stride, padding=padding, groups=groups)
 
 
 def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor | None = None, up: int = 1,
