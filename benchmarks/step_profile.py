@@ -87,6 +87,7 @@ def profile_step(run, dev: torch.device, what_run: str, fp32: bool, impl: str, t
                  [[name[:60], f"{op} {args}", us / 1e3, n] for name in slow
                   for (op, args), (us, n) in sorted(launchers.get(name, {}).items(), key=lambda kv: -kv[1][0])])
 
+
 LAUNCHER_KERNELS = 8  # the slowest kernels traced back to their ops
 
 
