@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One-shot GPU check: versions, CUDA-op build, GPU tests, ref-vs-cuda training losses, op-level kernel
-# timings, the GPU speed benchmark (section D of train_speed.py) and a profile of one mixed-precision
-# step. Every step has its own time limit (590 s in all; about 5 minutes expected) so that one hung
-# step cannot eat a timed GPU session; a failed step is recorded and the script goes on. The
-# benchmarks write each row as it is measured, so a step killed at its limit keeps what it measured.
+# timings, the GPU speed benchmark (section D of train_speed.py) and profiles of one mixed-precision
+# step (CUDA ops, then reference ops). Every step has its own time limit (590 s in all; about 5
+# minutes expected) so that one hung step cannot eat a timed GPU session; a failed step is recorded
+# and the script goes on. The benchmarks write each row as it is measured, so a step killed at its
+# limit keeps what it measured.
 #
 #   bash benchmarks/gpu_check.sh [OUTDIR [STEP ...]]     (OUTDIR default: $OUT, else ./gpu-check-out)
 #
