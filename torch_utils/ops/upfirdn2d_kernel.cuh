@@ -4,16 +4,16 @@
 // flip_filter, and folds in the gain). Along one axis, with u = up, d = down, p0 = leading pad:
 //   out[o] = sum_t g[t] * x[(o*d + t - p0) / u]   over taps t where o*d + t - p0 is a multiple of u
 //                                                  and the quotient is a valid input index.
-// Two paths compute exactly this sum:
-//   tiled   - a block loads the input patch behind a 32x32 output tile (and the filter) into shared
-//             memory once, then every thread reads only shared memory; used when up, down <= 2 and
-//             the patch fits (the cases StyleGAN-style networks hit: up=2 / down=2, small filters,
-//             and the 1-D passes of separable filters). Its fixed variant, for the 4x4 filters
-//             (outer products of 4-tap filters) with up=2, down=2 or neither that every block of
-//             those networks runs, has the factors and filter size as compile-time constants: the
-//             tap loops unroll and each thread keeps its filter taps in registers.
+// Three kernels compute exactly this sum:
+//   fixed   - for the 4x4 filters (outer products of 4-tap filters) with up=2, down=2 or neither that
+//             every block of StyleGAN-style networks runs: factors and filter size are compile-time
+//             constants, a block loads the input patch behind a 32x32 output tile into shared memory
+//             with all of a thread's loads in flight at once, and each thread computes 4 outputs of
+//             one column from input rows it reads once into registers;
+//   tiled   - the same tiles for any up, down <= 2 and any filter whose patch fits (the 1-D passes of
+//             longer separable filters, other small filters), with the sizes read at run time;
 //   general - one thread per output pixel reading global memory; any up/down/filter size.
-// Both step through only the taps that hit real (non-inserted) samples, so upsampling costs
+// All three step through only the taps that hit real (non-inserted) samples, so upsampling costs
 // fh*fw/(ux*uy) multiply-adds per output. Accumulation is in float (double for double input).
 //
 // This header holds the kernels and everything the launch decides (output size, path, grid); the
@@ -71,43 +71,22 @@ __global__ void upfirdn2d_general(scalar_t* __restrict__ y, const scalar_t* __re
   }
 }
 
-// UP, DOWN, TAPS: 0 = read the factors and the filter size from p (any up, down <= 2, any filter that
-// fits); else the fixed variant: up = UP and down = DOWN along both axes, a TAPS x TAPS filter.
-template <typename scalar_t, int UP = 0, int DOWN = 0, int TAPS = 0>
+// Any up, down <= 2 and any filter whose patch fits in shared memory: each thread computes the outputs
+// (lx, ly), (lx, ly + kBlockH), ... of the tile, stepping through the taps of each output's phase.
+template <typename scalar_t>
 __global__ void upfirdn2d_tiled(scalar_t* __restrict__ y, const scalar_t* __restrict__ x,
                                 const float* __restrict__ g, Params p) {
   using acc_t = at::acc_type<scalar_t, true>;
-  constexpr bool kFixed = TAPS > 0;
-  constexpr int kUp = kFixed ? UP : 1, kDown = kFixed ? DOWN : 1;  // nonzero, for the constants below
-  static_assert(!kFixed || (UP >= 1 && DOWN >= 1 && TAPS % kUp == 0), "fixed variant: TAPS must be a multiple of UP");
-  const int upx = kFixed ? UP : p.upx, upy = kFixed ? UP : p.upy;
-  const int downx = kFixed ? DOWN : p.downx, downy = kFixed ? DOWN : p.downy;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t* s_x = reinterpret_cast<acc_t*>(smem_raw);
   acc_t* s_g = s_x + p.tile_in_w * p.tile_in_h;
   const int tid = threadIdx.y * blockDim.x + threadIdx.x, nthreads = blockDim.x * blockDim.y;
-  if constexpr (!kFixed)
-    for (int k = tid; k < p.fw * p.fh; k += nthreads) s_g[k] = acc_t(g[k]);
+  for (int k = tid; k < p.fw * p.fh; k += nthreads) s_g[k] = acc_t(g[k]);
 
   // Input patch behind this output tile: rows/cols [iy_base, iy_base + tile_in_h), zero outside.
   const int ox_base = blockIdx.x * kTileW, oy_base = blockIdx.y * kTileH;
-  const int ix_base = floor_div(ox_base * downx - p.padx0, upx);
-  const int iy_base = floor_div(oy_base * downy - p.pady0, upy);
-
-  // Fixed variant: a thread's outputs share one column and rows kBlockH apart, hence one filter phase
-  // (tx0, ty0) for all of them; only the TAPS/UP x TAPS/UP taps of that phase are ever used.
-  constexpr int kPhaseTaps = kFixed ? TAPS / kUp : 1;
-  acc_t gp[kPhaseTaps][kPhaseTaps];
-  if constexpr (kFixed) {
-    static_assert(kBlockW == kTileW && kBlockH * kDown % kUp == 0,
-                  "fixed variant: every output of a thread must have the same filter phase");
-    const int tx0 = pos_mod(-((ox_base + int(threadIdx.x)) * downx - p.padx0), upx);
-    const int ty0 = pos_mod(-((oy_base + int(threadIdx.y)) * downy - p.pady0), upy);
-#pragma unroll
-    for (int ky = 0; ky < kPhaseTaps; ++ky)
-#pragma unroll
-      for (int kx = 0; kx < kPhaseTaps; ++kx) gp[ky][kx] = acc_t(g[(ty0 + ky * upy) * TAPS + tx0 + kx * upx]);
-  }
+  const int ix_base = floor_div(ox_base * p.downx - p.padx0, p.upx);
+  const int iy_base = floor_div(oy_base * p.downy - p.pady0, p.upy);
 
   for (int64_t plane = blockIdx.z; plane < p.planes; plane += gridDim.z) {
     const scalar_t* xp = x + (plane / p.channels) * p.sx_n + (plane % p.channels) * p.sx_c;
@@ -125,28 +104,137 @@ __global__ void upfirdn2d_tiled(scalar_t* __restrict__ y, const scalar_t* __rest
     __syncthreads();
     scalar_t* yp = y + plane * p.out_h * p.out_w;
     for (int ly = threadIdx.y; ly < kTileH && oy_base + ly < p.out_h; ly += blockDim.y) {
-      const int oy = oy_base + ly, my = oy * downy - p.pady0;
-      const int ty0 = pos_mod(-my, upy), sy0 = (my + ty0) / upy - iy_base;
+      const int oy = oy_base + ly, my = oy * p.downy - p.pady0;
+      const int ty0 = pos_mod(-my, p.upy), sy0 = (my + ty0) / p.upy - iy_base;
       for (int lx = threadIdx.x; lx < kTileW && ox_base + lx < p.out_w; lx += blockDim.x) {
-        const int ox = ox_base + lx, mx = ox * downx - p.padx0;
-        const int tx0 = pos_mod(-mx, upx), sx0 = (mx + tx0) / upx - ix_base;
+        const int ox = ox_base + lx, mx = ox * p.downx - p.padx0;
+        const int tx0 = pos_mod(-mx, p.upx), sx0 = (mx + tx0) / p.upx - ix_base;
         acc_t sum = 0;
-        if constexpr (kFixed) {
-#pragma unroll
-          for (int ky = 0; ky < kPhaseTaps; ++ky) {
-            const acc_t* row = s_x + (sy0 + ky) * p.tile_in_w + sx0;
-#pragma unroll
-            for (int kx = 0; kx < kPhaseTaps; ++kx) sum += gp[ky][kx] * row[kx];
-          }
-        } else {
-          for (int ty = ty0, sy = sy0; ty < p.fh; ty += upy, ++sy) {
-            const acc_t* row = s_x + sy * p.tile_in_w;
-            const acc_t* grow = s_g + ty * p.fw;
-            for (int tx = tx0, sx = sx0; tx < p.fw; tx += upx, ++sx) sum += grow[tx] * row[sx];
-          }
+        for (int ty = ty0, sy = sy0; ty < p.fh; ty += p.upy, ++sy) {
+          const acc_t* row = s_x + sy * p.tile_in_w;
+          const acc_t* grow = s_g + ty * p.fw;
+          for (int tx = tx0, sx = sx0; tx < p.fw; tx += p.upx, ++sx) sum += grow[tx] * row[sx];
         }
         yp[int64_t(oy) * p.out_w + ox] = scalar_t(sum);
       }
+    }
+  }
+}
+
+// The fixed variant: up = UP and down = DOWN along both axes and a TAPS x TAPS filter (the 4x4 filters,
+// outer products of 4-tap filters, with up=2, down=2 or neither, that every block of StyleGAN-style
+// networks runs). With the sizes known at compile time every loop unrolls:
+// - loading: each thread issues all of its patch loads before it stores any, so many loads are in
+//   flight at once (a thread that waits on one 2-byte load at a time leaves the memory system idle);
+// - computing: each thread computes kRows consecutive outputs of one column, so neighbouring outputs
+//   share the input rows it reads from shared memory once into registers, and keeps the filter taps
+//   of its column's phase in registers.
+constexpr int kThreads = kBlockW * kBlockH;
+constexpr int kRows = kTileH / kBlockH;  // outputs per thread, consecutive rows of one column
+
+// Input samples (per axis) behind `tile` outputs: the last output's taps reach
+// ((tile - 1) * down + taps - 1) / up past the first one's, +1 for the first itself, +1 for rounding.
+__host__ __device__ constexpr int tile_in(int tile, int up, int down, int taps) {
+  return ((tile - 1) * down + taps - 1) / up + 2;
+}
+
+// Row offset and filter phase of output row r when the thread's first output row sits at position
+// C (mod UP) of the zero-inserted grid: output r reads input rows base + row_offset + ky, taps
+// phase + ky * UP.
+__host__ __device__ constexpr int row_offset(int r, int c, int up, int down) { return (c + r * down + up - 1) / up; }
+__host__ __device__ constexpr int row_phase(int r, int c, int up, int down) { return (up - (c + r * down) % up) % up; }
+
+// Streams the thread's input rows top to bottom: each row is read from shared memory once and added,
+// with the right taps, to every output of the thread that it reaches (the loops unroll completely,
+// so which outputs and taps those are is settled at compile time).
+template <typename acc_t, int UP, int DOWN, int TAPS, int C>
+__device__ __forceinline__ void fixed_rows(acc_t (&sum)[kRows], const acc_t* s_row,
+                                           const acc_t (&gq)[UP][TAPS / UP][TAPS / UP]) {
+  constexpr int kPT = TAPS / UP, kInW = tile_in(kTileW, UP, DOWN, TAPS);
+  constexpr int kSpan = row_offset(kRows - 1, C, UP, DOWN) + kPT;  // input rows this thread reads
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) sum[r] = 0;
+#pragma unroll
+  for (int s = 0; s < kSpan; ++s) {
+    acc_t v[kPT];
+#pragma unroll
+    for (int kx = 0; kx < kPT; ++kx) v[kx] = s_row[s * kInW + kx];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const int ky = s - row_offset(r, C, UP, DOWN);
+      if (ky < 0 || ky >= kPT) continue;
+#pragma unroll
+      for (int kx = 0; kx < kPT; ++kx) sum[r] += gq[row_phase(r, C, UP, DOWN)][ky][kx] * v[kx];
+    }
+  }
+}
+
+// Register caps (no spills in fp16/fp32): down=2 keeps ~18 loads in flight per thread and would take
+// 128 registers, i.e. 2 blocks per SM; capped at 80 it runs 3. The others fit 4 blocks at <= 64.
+template <typename scalar_t, int UP, int DOWN, int TAPS>
+__global__ void __launch_bounds__(kThreads, DOWN > 1 ? 3 : 4) upfirdn2d_fixed(scalar_t* __restrict__ y, const scalar_t* __restrict__ x,
+                                const float* __restrict__ g, Params p) {
+  using acc_t = at::acc_type<scalar_t, true>;
+  static_assert(UP >= 1 && DOWN >= 1 && TAPS % UP == 0, "fixed variant: TAPS must be a multiple of UP");
+  static_assert(kTileH % kBlockH == 0 && (kRows * DOWN) % UP == 0 && (kTileH * DOWN) % UP == 0,
+                "fixed variant: every thread's first output row must sit at the same phase");
+  constexpr int kPT = TAPS / UP;
+  constexpr int kInW = tile_in(kTileW, UP, DOWN, TAPS), kInH = tile_in(kTileH, UP, DOWN, TAPS);
+  constexpr int kLoads = (kInW * kInH + kThreads - 1) / kThreads;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  acc_t* s_x = reinterpret_cast<acc_t*>(smem_raw);  // [kInH][kInW]
+  const int tid = threadIdx.y * kBlockW + threadIdx.x;
+
+  const int ox_base = blockIdx.x * kTileW, oy_base = blockIdx.y * kTileH;
+  const int ix_base = floor_div(ox_base * DOWN - p.padx0, UP);
+  const int iy_base = floor_div(oy_base * DOWN - p.pady0, UP);
+  // This thread: column lx and rows ly0 .. ly0 + kRows - 1 of the tile.
+  const int lx = threadIdx.x, ly0 = threadIdx.y * kRows;
+  const int ox = ox_base + lx, mx = ox * DOWN - p.padx0;
+  const int tx0 = pos_mod(-mx, UP), sx0 = (mx + tx0) / UP - ix_base;
+  const int oy0 = oy_base + ly0, my0 = oy0 * DOWN - p.pady0;
+  const int c = pos_mod(my0, UP);  // the same for every thread of the launch (static_assert above)
+  const int sy_base = (my0 - c) / UP - iy_base;
+  acc_t gq[UP][kPT][kPT];  // gq[phase][ky][kx]: the taps of this column's phase, for every row phase
+#pragma unroll
+  for (int ph = 0; ph < UP; ++ph)
+#pragma unroll
+    for (int ky = 0; ky < kPT; ++ky)
+#pragma unroll
+      for (int kx = 0; kx < kPT; ++kx) gq[ph][ky][kx] = acc_t(g[(ph + ky * UP) * TAPS + tx0 + kx * UP]);
+
+  for (int64_t plane = blockIdx.z; plane < p.planes; plane += gridDim.z) {
+    const scalar_t* xp = x + (plane / p.channels) * p.sx_n + (plane % p.channels) * p.sx_c;
+    acc_t loaded[kLoads];
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j) {
+      const int k = tid + j * kThreads, ky = k / kInW, kx = k % kInW;
+      const int iy = iy_base + ky, ix = ix_base + kx;
+      const bool inside = k < kInW * kInH && iy >= 0 && iy < p.in_h && ix >= 0 && ix < p.in_w;
+      loaded[j] = inside ? acc_t(xp[int64_t(iy) * p.sx_h + int64_t(ix) * p.sx_w]) : acc_t(0);
+    }
+    __syncthreads();  // the previous plane's reads of s_x are done
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j)
+      if (tid + j * kThreads < kInW * kInH) s_x[tid + j * kThreads] = loaded[j];
+    __syncthreads();
+
+    acc_t sum[kRows];
+    const acc_t* s_row = s_x + sy_base * kInW + sx0;
+    if constexpr (UP == 1) {
+      fixed_rows<acc_t, UP, DOWN, TAPS, 0>(sum, s_row, gq);
+    } else {
+      static_assert(UP == 2, "fixed variant: up must be 1 or 2");
+      if (c == 0)
+        fixed_rows<acc_t, UP, DOWN, TAPS, 0>(sum, s_row, gq);
+      else
+        fixed_rows<acc_t, UP, DOWN, TAPS, 1>(sum, s_row, gq);
+    }
+    if (ox < p.out_w) {
+      scalar_t* yp = y + plane * p.out_h * p.out_w + ox;
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+        if (oy0 + r < p.out_h) yp[int64_t(oy0 + r) * p.out_w] = scalar_t(sum[r]);
     }
   }
 }
@@ -170,8 +258,8 @@ at::Tensor upfirdn2d_run(const at::Tensor& x, const at::Tensor& g, int64_t upx, 
   p.out_h = int((int64_t(p.in_h) * upy + pady0 + pady1 - p.fh) / downy + 1);
   TORCH_CHECK(p.out_w >= 1 && p.out_h >= 1, "upfirdn2d: empty output");
   p.sx_n = x.stride(0), p.sx_c = x.stride(1), p.sx_h = x.stride(2), p.sx_w = x.stride(3);
-  p.tile_in_w = ((kTileW - 1) * p.downx + p.fw - 1) / p.upx + 2;
-  p.tile_in_h = ((kTileH - 1) * p.downy + p.fh - 1) / p.upy + 2;
+  p.tile_in_w = tile_in(kTileW, p.upx, p.downx, p.fw);
+  p.tile_in_h = tile_in(kTileH, p.upy, p.downy, p.fh);
 
   at::Tensor y = at::empty({x.size(0), x.size(1), p.out_h, p.out_w}, x.options().memory_format(at::MemoryFormat::Contiguous));
   if (y.numel() == 0) return y;
@@ -195,11 +283,11 @@ at::Tensor upfirdn2d_run(const at::Tensor& x, const at::Tensor& g, int64_t upx, 
       if (!fixed)
         launch(upfirdn2d_tiled<scalar_t>, grid, block, smem, out, in, filter, p);
       else if (fixed_up == 2)
-        launch(upfirdn2d_tiled<scalar_t, 2, 1, 4>, grid, block, smem, out, in, filter, p);
+        launch(upfirdn2d_fixed<scalar_t, 2, 1, 4>, grid, block, smem, out, in, filter, p);
       else if (p.downx == 2)
-        launch(upfirdn2d_tiled<scalar_t, 1, 2, 4>, grid, block, smem, out, in, filter, p);
+        launch(upfirdn2d_fixed<scalar_t, 1, 2, 4>, grid, block, smem, out, in, filter, p);
       else
-        launch(upfirdn2d_tiled<scalar_t, 1, 1, 4>, grid, block, smem, out, in, filter, p);
+        launch(upfirdn2d_fixed<scalar_t, 1, 1, 4>, grid, block, smem, out, in, filter, p);
     } else {
       const int threads = 256;
       const int64_t blocks = std::min<int64_t>((y.numel() + threads - 1) / threads, 65536);

@@ -140,6 +140,37 @@ def test_bias_act_size_one_bias_dim_with_any_stride(kernel_device, stride):
     _assert_close(y, _bias_act_ref(x.contiguous(), b, 1, "lrelu", 0.2, 2 ** 0.5, None), torch.float32, "size-1 dim")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_bias_act_packed_unaligned_and_tail_routes(kernel_device, dtype):
+    """16-byte packs with one bias per pack (plane size a multiple of the pack) or one per element
+    (channels-last), the one-element route for a view that starts off a 16-byte boundary, and a
+    numel that leaves a tail after the last pack: values, gradients and second-order terms."""
+    gen = torch.Generator(device=kernel_device).manual_seed(5)
+    shape = [2, 3, 8, 8]
+    views = {  # name -> (flat input size, its view as the op's x); _compare differentiates the flat leaf
+        "packed": (128 * 3, lambda t: t.view(shape)),
+        "unaligned": (128 * 3 + 1, lambda t: t[1:].view(shape)),
+        "channels-last": (128 * 3, lambda t: t.view(2, 8, 8, 3).permute(0, 3, 1, 2)),
+        "tail": (5 * 7 * 3, lambda t: t.view(5, 7, 3)),
+    }
+    for name, (numel, view) in views.items():
+        flat = torch.randn([numel], generator=gen, device=kernel_device).to(dtype)
+        x = view(flat)
+        b = torch.randn([x.shape[1]], generator=gen, device=kernel_device).to(dtype)
+        # Off the kink at x + b == 0, where the fp16 reference's rounding (it adds gain * b) picks the side.
+        x[(x.double() + b.double().reshape([-1] + [1] * (x.ndim - 2))) == 0] += 0.25
+        if name == "unaligned":
+            assert x.data_ptr() % 16 != 0
+        for act in ("lrelu", "tanh"):
+            def fn(t, b, act=act, view=view):
+                return _cuda.bias_act_cuda(view(t), b, 1, act, 0.2, 2 ** 0.5, None)
+
+            def ref(t, b, act=act, view=view):
+                return _bias_act_ref(view(t), b, 1, act, 0.2, 2 ** 0.5, None)
+
+            _compare(fn, ref, [flat, b], dtype, second_order=True)
+
+
 UPFIRDN_CASES = [
     # (filter shape, up, down, padding, flip_filter)
     ([4, 4], (2, 2), (1, 1), (2, 1, 2, 1), False),

@@ -7,6 +7,7 @@
 
 #include <torch/extension.h>
 
+#include <cstdint>
 #include <limits>
 
 #include "cuda_shim.h"
@@ -23,9 +24,11 @@ static at::Tensor nan_guarded(const at::Tensor& t) {
     TORCH_CHECK(t.stride(d) >= 0, "emulated ops: negative strides are not supported");
     extent += (t.size(d) - 1) * t.stride(d);
   }
-  const int64_t guard = 4096;
-  at::Tensor buf = at::full({extent + 2 * guard}, std::numeric_limits<double>::quiet_NaN(), t.options());
-  at::Tensor copy = buf.as_strided(t.sizes(), t.strides(), guard);
+  // The copy keeps t's address modulo 16 bytes, so kernels that pick 16-byte accesses by alignment
+  // take the same route as on t itself (the buffer's own start is aligned far beyond 16).
+  const int64_t guard = 4096, misalign = int64_t(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16) / t.element_size();
+  at::Tensor buf = at::full({extent + 2 * guard + 16}, std::numeric_limits<double>::quiet_NaN(), t.options());
+  at::Tensor copy = buf.as_strided(t.sizes(), t.strides(), guard + misalign);
   copy.copy_(t);
   return copy;
 }
