@@ -5,7 +5,8 @@
 For bias_act (lrelu, gain √2, with and without clamp) and upfirdn2d (the 4x4 filter [1,3,3,1] after
 G's up-convolution, upsample2d and downsample2d), in fp16 and fp32: the median time of the forward
 pass and of forward + backward with `impl="ref"` and with the kernels (`impl="cuda"`), and, for
-upfirdn2d's forward, each kernel forced in turn (general, tiled, tiled fixed). The "GB/s" column
+upfirdn2d's forward, each kernel forced in turn (general, tiled, tiled fixed; channels-last for the
+channels-last copies of the upfirdn2d inputs). The "GB/s" column
 counts one read of the input and one write of the output per forward (the least any implementation
 must move). On the CPU only the reference rows run (the kernels need CUDA); `--quick` uses 32²
 shapes. The training-level figures are in train_speed.py (section D) and step_profile.py.
@@ -80,6 +81,9 @@ def cases(batch: int, quick: bool, device: torch.device) -> Iterator[tuple[str, 
     for dtype in (torch.float16, torch.float32):
         for op, what, shape, kwargs in specs:
             yield op, f"{what} {shape}", torch.randn(shape, device=device, dtype=dtype), kwargs
+            if op == "upfirdn2d":  # as the fp16 blocks run with --channels-last
+                x = torch.randn(shape, device=device, dtype=dtype).to(memory_format=torch.channels_last)
+                yield op, f"{what} {shape} channels-last", x, kwargs
 
 
 def run_op(op: str, kwargs: dict, impl: str, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -129,7 +133,10 @@ def main(device, batch, reps, quick, out):
             forward, backward = fwd_and_bwd(run_op(op, kwargs, impl, x), x)
             timed += [(impl, "fwd", forward), (impl, "fwd+bwd", backward)]
         if kernels and op == "upfirdn2d":
-            for path, kernel in ((1, "general"), (2, "tiled"), (3, "tiled fixed")):
+            paths = [(1, "general"), (2, "tiled"), (3, "tiled fixed")]
+            if x.stride(1) == 1:
+                paths.append((4, "channels-last"))
+            for path, kernel in paths:
                 timed.append((f"kernel: {kernel}", "fwd", lambda fn=forced_path(kwargs, path), t=x: fn(t)))
         for impl, which, fn in timed:
             ms = median_ms(fn, dev, reps)

@@ -45,8 +45,9 @@ def ops_sources(op: str) -> list[Path]:
 
 
 def ops_headers(op: str) -> list[Path]:
-    """The `.cuh` with the op's kernels and launch logic (shared with the tests' CPU emulator)."""
-    return [OPS_DIR / f"{op}_kernel.cuh"]
+    """The `.cuh` files the op's build includes: its kernels and launch logic, and the pieces all kernels
+    share (both are shared with the tests' CPU emulator)."""
+    return [OPS_DIR / "kernel_common.cuh", OPS_DIR / f"{op}_kernel.cuh"]
 
 
 def _is_rank_zero() -> bool:

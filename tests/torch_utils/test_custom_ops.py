@@ -8,6 +8,7 @@ with `_cuda._is_cuda_tensor` patched so that CPU tensors pass for CUDA tensors.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 import time
@@ -60,14 +61,23 @@ def test_kernel_compiles(built_ops, op):
 
 @pytest.mark.parametrize("op", OPS)
 def test_load_op_hashes_the_kernel_header(monkeypatch, op):
-    """The .cuh holds the kernels: editing it must change the build directory (i.e. rebuild)."""
+    """The .cuh files hold the kernels: editing any header the build includes must change the build
+    directory (i.e. rebuild), so every project header reachable by `#include "..."` is hashed."""
     seen = {}
     monkeypatch.setattr(custom_ops, "get_plugin",
                         lambda name, sources, headers=(), **kw: seen.update(sources=sources, headers=headers))
     custom_ops.load_op(op)
     files = [*seen["sources"], *seen["headers"]]
-    assert {p.name for p in files} == {f"{op}_kernel.cpp", f"{op}_kernel.cu", f"{op}_kernel.cuh"}
+    assert {p.name for p in seen["sources"]} == {f"{op}_kernel.cpp", f"{op}_kernel.cu"}
     assert all(p.is_file() for p in files)
+    included, todo = set(), list(seen["sources"])
+    while todo:
+        for name in re.findall(r'^#include "([^"]+)"', todo.pop().read_text(), flags=re.M):
+            if name not in included:
+                included.add(name)
+                todo.append(custom_ops.OPS_DIR / name)
+    assert f"{op}_kernel.cuh" in included
+    assert included <= {p.name for p in seen["headers"]}
 
 
 def test_digest_changes_only_with_content(tmp_path):

@@ -308,7 +308,8 @@ def upfirdn2d_cuda(x: torch.Tensor, f: torch.Tensor, up: Sequence[int], down: Se
     x [N, C, H, W]; f float32 `[fh, fw]` or `[taps]` (separable `outer(f, f)`), not requiring grad;
     up=(ux, uy), down=(dx, dy), padding=(px0, px1, py0, py1). `path` (tests/benchmarks): 0 = pick,
     1 = general kernel, 2 = shared-memory tiled kernel, 3 = its fixed variant (4x4 filter, up=2, down=2
-    or neither).
+    or neither), 4 = channels-last kernel (x's channels innermost). The result is channels-last when
+    the channels-last kernel ran (path 0 picks it for such an x), else contiguous.
     """
     if x.ndim != 4:
         raise ValueError(f"x must be [N, C, H, W], got shape {list(x.shape)}")

@@ -18,10 +18,11 @@ static at::Tensor upfirdn2d(const at::Tensor& x, const at::Tensor& g, int64_t up
   TORCH_CHECK(upx >= 1 && upy >= 1 && downx >= 1 && downy >= 1, "upfirdn2d: up/down must be >= 1");
   TORCH_CHECK(x.size(2) * upy < (int64_t(1) << 30) && x.size(3) * upx < (int64_t(1) << 30),
               "upfirdn2d: image too large");
-  TORCH_CHECK(path >= 0 && path <= 3, "upfirdn2d: path must be 0 (auto), 1 (general), 2 (tiled) or 3 (tiled fixed)");
+  TORCH_CHECK(path >= 0 && path <= 4,
+              "upfirdn2d: path must be 0 (auto), 1 (general), 2 (tiled), 3 (tiled fixed) or 4 (channels-last)");
   return upfirdn2d_launch(x, g, upx, upy, downx, downy, padx0, padx1, pady0, pady1, path);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("upfirdn2d", &upfirdn2d, "upfirdn2d with a 2-D correlation filter; path 0 auto, 1 general, 2 tiled, 3 tiled fixed");
+  m.def("upfirdn2d", &upfirdn2d, "upfirdn2d with a 2-D correlation filter; path 0 auto, 1 general, 2 tiled, 3 tiled fixed, 4 channels-last");
 }

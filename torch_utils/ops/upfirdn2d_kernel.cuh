@@ -28,6 +28,8 @@
 
 #include <algorithm>
 
+#include "kernel_common.cuh"
+
 namespace {
 
 constexpr int kTileW = 32, kTileH = 32;       // outputs per block (tiled path)
@@ -41,6 +43,7 @@ struct Params {
   int fw, fh;
   int64_t sx_n, sx_c, sx_h, sx_w;             // input strides (any layout); output is contiguous NCHW
   int tile_in_w, tile_in_h;                   // tiled path: input patch size per block
+  FastDivmod by_cpacks, by_out_w, by_out_h;   // channels-last path with 32-bit indices
 };
 
 __host__ __device__ __forceinline__ int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
@@ -239,9 +242,60 @@ __global__ void __launch_bounds__(kThreads, DOWN > 1 ? 3 : 4) upfirdn2d_fixed(sc
   }
 }
 
-// x [N, C, H, W] (any strides), g [fh, fw] float32 contiguous on x's device; returns y [N, C, oh, ow]
-// (contiguous). path: 0 = choose, 1 = force general, 2 = force tiled, 3 = force the tiled fixed variant
-// (2 and 3 error if they cannot run).
+// Channels-last: x with unit channel stride (any other strides), y channels-last. A thread computes VEC
+// consecutive channels of one output pixel, reading each tap as one VEC-wide pack: a warp reads whole
+// runs of channels (coalesced), and the neighbouring pixels' taps come from L1. The planar kernels
+// above would read such an x with a stride of C elements, one memory transaction per element.
+// index_t: uint32_t when N * oh * ow * C / VEC < 2^31 (FastDivmod splits the index), else int64_t.
+__device__ __forceinline__ void split_nhwc(uint32_t i, const Params& p, uint32_t& cp, uint32_t& ox, uint32_t& oy,
+                                           uint32_t& n) {
+  const uint32_t pix = p.by_cpacks.div(i), row = p.by_out_w.div(pix);
+  cp = i - pix * p.by_cpacks.d, ox = pix - row * p.by_out_w.d, oy = p.by_out_h.mod(row), n = p.by_out_h.div(row);
+}
+__device__ __forceinline__ void split_nhwc(int64_t i, const Params& p, int64_t& cp, int64_t& ox, int64_t& oy,
+                                           int64_t& n) {
+  const int64_t cpacks = p.by_cpacks.d, pix = i / cpacks, row = pix / p.out_w;
+  cp = i % cpacks, ox = pix % p.out_w, oy = row % p.out_h, n = row / p.out_h;
+}
+
+template <typename scalar_t, typename index_t, int VEC>
+__global__ void upfirdn2d_nhwc(scalar_t* __restrict__ y, const scalar_t* __restrict__ x,
+                               const float* __restrict__ g, Params p) {
+  using acc_t = at::acc_type<scalar_t, true>;
+  using pack_t = Pack<scalar_t, VEC>;
+  const index_t total = index_t(p.planes / VEC) * p.out_h * p.out_w, step = index_t(blockDim.x) * gridDim.x;
+  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += step) {
+    index_t cp, ox, oy, n;
+    split_nhwc(i, p, cp, ox, oy, n);
+    const int mx = int(ox) * p.downx - p.padx0, my = int(oy) * p.downy - p.pady0;
+    const int tx0 = pos_mod(-mx, p.upx), ty0 = pos_mod(-my, p.upy);
+    const int ix0 = (mx + tx0) / p.upx, iy0 = (my + ty0) / p.upy;  // exact divisions
+    const scalar_t* xp = x + int64_t(n) * p.sx_n + int64_t(cp) * VEC;
+    acc_t acc[VEC];
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) acc[j] = 0;
+    for (int ty = ty0, iy = iy0; ty < p.fh && iy < p.in_h; ty += p.upy, ++iy) {
+      if (iy < 0) continue;
+      for (int tx = tx0, ix = ix0; tx < p.fw && ix < p.in_w; tx += p.upx, ++ix) {
+        if (ix < 0) continue;
+        const pack_t v = *reinterpret_cast<const pack_t*>(xp + int64_t(iy) * p.sx_h + int64_t(ix) * p.sx_w);
+        const acc_t w = acc_t(g[ty * p.fw + tx]);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) acc[j] += w * acc_t(v.v[j]);
+      }
+    }
+    pack_t out;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) out.v[j] = scalar_t(acc[j]);
+    reinterpret_cast<pack_t*>(y)[((int64_t(n) * p.out_h + oy) * p.out_w + ox) * (p.channels / VEC) + cp] = out;
+  }
+}
+
+// x [N, C, H, W] (any strides), g [fh, fw] float32 contiguous on x's device; returns y [N, C, oh, ow],
+// channels-last when the channels-last kernel runs, else contiguous. path: 0 = choose (channels-last
+// kernel for an x whose channels are its innermost dimension, else fixed, tiled or general), 1 = force
+// general, 2 = force tiled, 3 = force the tiled fixed variant, 4 = force channels-last (2 to 4 error if
+// they cannot run).
 // launch(kernel, grid, block, shared_bytes, kernel arguments...) issues one kernel.
 template <typename Launch>
 at::Tensor upfirdn2d_run(const at::Tensor& x, const at::Tensor& g, int64_t upx, int64_t upy, int64_t downx,
@@ -261,8 +315,41 @@ at::Tensor upfirdn2d_run(const at::Tensor& x, const at::Tensor& g, int64_t upx, 
   p.tile_in_w = tile_in(kTileW, p.upx, p.downx, p.fw);
   p.tile_in_h = tile_in(kTileH, p.upy, p.downy, p.fh);
 
-  at::Tensor y = at::empty({x.size(0), x.size(1), p.out_h, p.out_w}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  // Channels innermost: channels-last, or any layout with unit channel stride (not a plain NCHW tensor
+  // whose H and W are 1, which is both).
+  const bool nhwc_ok = x.stride(1) == 1 && x.size(1) > 1 && x.size(2) * x.size(3) > 1;
+  TORCH_CHECK(path != 4 || nhwc_ok, "upfirdn2d: channels-last path needs an x whose channels are innermost");
+  const bool nhwc = path == 4 || (path == 0 && nhwc_ok);
+  const auto format = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  at::Tensor y = at::empty({x.size(0), x.size(1), p.out_h, p.out_w}, x.options().memory_format(format));
   if (y.numel() == 0) return y;
+  if (nhwc) {
+    AT_DISPATCH_FLOATING_TYPES_AND_HALF(x.scalar_type(), "upfirdn2d_nhwc", [&] {
+      constexpr int kVec = 16 / sizeof(scalar_t);
+      // Packs need every pack's address 16-byte aligned: the base, C, and the strides that move.
+      bool packed = reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 && p.channels % kVec == 0;
+      for (int d : {0, 2, 3}) packed = packed && (x.size(d) == 1 || x.stride(d) % kVec == 0);
+      const int vec = packed ? kVec : 1;
+      const int64_t total = p.planes / vec * p.out_h * p.out_w;
+      const bool narrow = total < (int64_t(1) << 31);
+      p.by_cpacks = FastDivmod(uint32_t(p.channels / vec));  // channels < 2^31 (a dense tensor's size)
+      if (narrow) p.by_out_w = FastDivmod(uint32_t(p.out_w)), p.by_out_h = FastDivmod(uint32_t(p.out_h));
+      const int threads = 256;
+      const dim3 grid(unsigned(std::min<int64_t>((total + threads - 1) / threads, 65536)));
+      scalar_t* out = y.data_ptr<scalar_t>();
+      const scalar_t* in = x.data_ptr<scalar_t>();
+      const float* filter = g.data_ptr<float>();
+      if (packed && narrow)
+        launch(upfirdn2d_nhwc<scalar_t, uint32_t, kVec>, grid, dim3(threads), size_t(0), out, in, filter, p);
+      else if (packed)
+        launch(upfirdn2d_nhwc<scalar_t, int64_t, kVec>, grid, dim3(threads), size_t(0), out, in, filter, p);
+      else if (narrow)
+        launch(upfirdn2d_nhwc<scalar_t, uint32_t, 1>, grid, dim3(threads), size_t(0), out, in, filter, p);
+      else
+        launch(upfirdn2d_nhwc<scalar_t, int64_t, 1>, grid, dim3(threads), size_t(0), out, in, filter, p);
+    });
+    return y;
+  }
   const size_t acc_size = x.scalar_type() == at::kDouble ? sizeof(double) : sizeof(float);
   const size_t smem = acc_size * (size_t(p.tile_in_w) * p.tile_in_h + size_t(p.fw) * p.fh);
   const bool tiled_ok = p.upx <= 2 && p.upy <= 2 && p.downx <= 2 && p.downy <= 2 && smem <= kMaxSharedBytes;

@@ -231,22 +231,60 @@ def test_upfirdn2d_paths_agree(kernel_device, dtype):
     assert fixed_cases == 3  # up=2; down=2; neither
 
 
-def _tiny_networks(device, channel_base: int):
-    """A seeded 16² StyleGAN2 G and D (z/w dim 16, at most 32 channels), fp32 on the GPU too."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_upfirdn2d_channels_last_kernel(kernel_device, dtype):
+    """Inputs whose channels are innermost take the channels-last kernel and give channels-last outputs:
+    16-byte packs (8 channels: a whole number of packs for every dtype), one channel at a time (3
+    channels; and a channel slice, misaligned with a stride of 9), for the resampling cases of
+    UPFIRDN_CASES; values against the general kernel, gradients against the reference."""
+    gen = torch.Generator(device=kernel_device).manual_seed(7)
+    packed = torch.randn([2, 8, 13, 11], generator=gen, device=kernel_device).to(dtype)
+    wide = torch.randn([2, 9, 13, 11], generator=gen, device=kernel_device).to(dtype)
+    inputs = {"packed": packed.to(memory_format=torch.channels_last),
+              "3 channels": packed[:, :3].contiguous(memory_format=torch.channels_last),
+              "channel slice": wide.to(memory_format=torch.channels_last)[:, 1:]}
+    assert inputs["channel slice"].stride(1) == 1 and inputs["channel slice"].data_ptr() % 16 != 0
+    for (fshape, up, down, padding, flip), (name, x) in itertools.product(UPFIRDN_CASES, inputs.items()):
+        f = torch.rand(fshape, generator=gen, device=kernel_device) + 0.1
+        args = (f / f.sum(), up, down, padding, flip, 2.0)
+        y = _cuda.upfirdn2d_cuda(x, *args)
+        assert y.is_contiguous(memory_format=torch.channels_last), name
+        _assert_close(y, _cuda.upfirdn2d_cuda(x.contiguous(), *args, path=1), dtype, f"{name} f={fshape} up={up}")
+        _assert_close(_cuda.upfirdn2d_cuda(x, *args, path=4), y, dtype, f"{name}: forced path")
+    x = inputs["packed"]
+    f = torch.rand([4, 4], generator=gen, device=kernel_device)
+    _compare(lambda t: _cuda.upfirdn2d_cuda(t, f, (2, 2), (1, 1), (2, 1, 2, 1), False, 4.0),
+             lambda t: _upfirdn2d_ref(t, f, (2, 2), (1, 1), (2, 1, 2, 1), False, 4.0), [x], dtype,
+             second_order=dtype != torch.float16)
+    with pytest.raises(RuntimeError, match="channels-last path needs"):
+        _cuda.upfirdn2d_cuda(x.contiguous(), *args, path=4)
+
+
+def _tiny_networks(device, channel_base: int, channels_last: bool = False):
+    """A seeded 16² StyleGAN2 G and D (z/w dim 16, at most 32 channels), fp32 on the GPU too;
+    `channels_last`: the top two resolutions' blocks run channels-last (in fp32 all the same)."""
     from training import networks as nets
 
     torch.manual_seed(0)
-    small = dict(channel_base=channel_base, channel_max=32, num_fp16_res=0)
+    small = dict(channel_base=channel_base, channel_max=32, num_fp16_res=2 if channels_last else 0)
     G = nets.Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=3,
-                       mapping_kwargs=dict(num_layers=2), synthesis_kwargs=small).to(device)
-    D = nets.Discriminator(c_dim=0, img_resolution=16, img_channels=3, **small).to(device)
+                       mapping_kwargs=dict(num_layers=2),
+                       synthesis_kwargs=dict(small, fp16_channels_last=channels_last)).to(device)
+    D = nets.Discriminator(c_dim=0, img_resolution=16, img_channels=3, **small,
+                           block_kwargs=dict(fp16_channels_last=channels_last)).to(device)
+    for block in [*G.synthesis.children(), *D.children()]:  # fp32 even on the GPU, channels-last kept
+        if getattr(block, "use_fp16", False):
+            assert block.channels_last == channels_last
+            block.use_fp16 = False
     return G, D
 
 
-def test_networks_match_reference_ops(kernel_device, monkeypatch):
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
+def test_networks_match_reference_ops(kernel_device, monkeypatch, channels_last):
     """A tiny StyleGAN2 G and D with the kernels vs the reference ops: images, logits, the R1 and
-    path-length gradients, and every parameter's gradient of a loss built from all of them."""
-    G, D = _tiny_networks(kernel_device, channel_base=256)
+    path-length gradients, and every parameter's gradient of a loss built from all of them; also with
+    channels-last blocks, whose resampling filters take the channels-last upfirdn2d kernel."""
+    G, D = _tiny_networks(kernel_device, channel_base=256, channels_last=channels_last)
     z = torch.randn(4, 16, device=kernel_device)
     probe = torch.randn(4, 3, 16, 16, device=kernel_device)
     params = [p for p in [*G.parameters(), *D.parameters()] if p.requires_grad]
@@ -309,8 +347,10 @@ def test_kernels_beyond_one_grid():
     f = torch.rand([4, 4], generator=gen, device="cuda")
     args = (f, (2, 2), (1, 1), (2, 1, 2, 1), False, 4.0)  # 32x32 outputs: 72M > 16.8M threads
     ref = _upfirdn2d_ref(x, *args)
-    for path in (1, 2):
+    for path in (1, 2, 3):
         _assert_close(_cuda.upfirdn2d_cuda(x, *args, path=path), ref, torch.float32, f"upfirdn2d path {path}")
+    x_cl = x.to(memory_format=torch.channels_last)  # 70000 * 32 * 32 / 4 packs: again beyond one grid
+    _assert_close(_cuda.upfirdn2d_cuda(x_cl, *args, path=4), ref, torch.float32, "upfirdn2d channels-last")
     b = torch.randn([70000], generator=gen, device="cuda")
     _assert_close(_cuda.bias_act_cuda(x, b, 1, "lrelu", 0.2, 2 ** 0.5, 1.0),
                   _bias_act_ref(x, b, 1, "lrelu", 0.2, 2 ** 0.5, 1.0), torch.float32, "bias_act")
@@ -330,6 +370,22 @@ def test_bias_act_fast_division_is_exact(emulated_ops):
         n = torch.cat([edges.clamp(0, top), torch.randint(0, top + 1, [20000], generator=gen)])
         q, r = fast_divmod(n, d)
         assert torch.equal(q, n // d) and torch.equal(r, n % d), f"divisor {d}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_upfirdn2d_channels_last_64bit_indices():
+    """More than 2^31 output elements (3 channels: one per thread) take the channels-last kernel's 64-bit
+    index path; a 1x1 filter makes the exact answer 2 * x everywhere. ~9 GB of GPU memory."""
+    if torch.cuda.get_device_properties(0).total_memory < 24 * 2**30:
+        pytest.skip("needs 24 GB of GPU memory")
+    x = torch.empty([1, 27000, 27000, 3], device="cuda", dtype=torch.float16).uniform_(-1, 1).permute(0, 3, 1, 2)
+    assert x.numel() > 2**31 and x.is_contiguous(memory_format=torch.channels_last)
+    y = _cuda.upfirdn2d_cuda(x, torch.ones([1, 1], device="cuda"), (1, 1), (1, 1), (0, 0, 0, 0), False, 2.0)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    for r in range(0, 27000, 3000):
+        assert torch.equal(y[:, :, r:r + 3000], x[:, :, r:r + 3000] * 2), f"rows from {r}"
+    del x, y
 
 
 @pytest.mark.gpu
