@@ -6,6 +6,7 @@ They are what a GPU session runs once with a fixed time budget, so a typo must s
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,15 @@ def test_help(script):
 def test_gpu_check_script_parses():
     proc = subprocess.run(["bash", "-n", str(BENCH / "gpu_check.sh")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_gpu_check_step_limits_fit_one_device_call():
+    """The steps' limits add up to the total the header states, under the 600 s a device command gets."""
+    text = (BENCH / "gpu_check.sh").read_text()
+    limits = {m[0]: int(m[1]) for m in re.findall(r"\bstep (\w+) (\d+) ", text)}
+    assert set(limits) == {"versions", "build", "tests", "training", "ops", "speed", "profile"}
+    total = int(re.search(r"\((\d+) s in all", text)[1])
+    assert sum(limits.values()) == total <= 590
 
 
 # Stands in for python3 in gpu_check.sh: echoes its arguments, writes a row to any --out file, and fails
