@@ -27,6 +27,7 @@ from torch.autograd.function import once_differentiable
 
 from torch_utils import custom_ops
 from torch_utils import ops as _ops
+from torch_utils.ops import upfirdn2d as upfirdn2d_mod
 
 __all__ = ["use_cuda", "resolve_impl", "bias_act_cuda", "upfirdn2d_cuda"]
 
@@ -255,19 +256,41 @@ def bias_act_cuda(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, a
 # upfirdn2d
 
 
+def _kernel_filters(f: torch.Tensor, flip_filter: bool, gain: float, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The kernel's float32 correlation filter(s) for `f`: one `[fh, fw]`, or a `[1, taps]` and a
+    `[taps, 1]` pass for long separable filters (gain folded into the first).
+
+    Cached on `f` per (flip, gain, device) while its version counter is unchanged: the networks pass
+    the same filter buffer to every call, and flipping and scaling it anew would cost two small
+    kernel launches per call, forward and backward.
+    """
+    key = (flip_filter, gain, device)
+    version = upfirdn2d_mod._version(f)
+    cache = f.__dict__.get("_upfirdn2d_kernel_filters") if version is not None else None
+    if cache is not None and cache[0] == version and key in cache[1]:
+        return cache[1][key]
+    g = f.detach().to(device=device, dtype=torch.float32)
+    g = g if flip_filter else g.flip(list(range(g.ndim)))  # the kernel correlates; f means convolution
+    if g.ndim == 1 and g.numel() > _MAX_OUTER_TAPS:
+        filters = ((g * gain)[None, :].contiguous(), g[:, None].contiguous())
+    else:
+        filters = (((torch.outer(g, g) if g.ndim == 1 else g) * gain).contiguous(),)
+    if version is not None:
+        if cache is None or cache[0] != version:
+            cache = f.__dict__["_upfirdn2d_kernel_filters"] = (version, {})
+        cache[1][key] = filters
+    return filters
+
+
 def _upfirdn2d_launch(x, f, up, down, padding, flip_filter, gain, path) -> torch.Tensor:
-    """One kernel call (two for long separable filters), with f turned into a correlation filter."""
+    """One kernel call (two for long separable filters: a width pass, then a height pass)."""
     module = _plugin("upfirdn2d")
     (ux, uy), (dx, dy), (px0, px1, py0, py1) = up, down, padding
-    f = f.to(device=x.device, dtype=torch.float32)
-    g = f if flip_filter else f.flip(list(range(f.ndim)))  # the kernel correlates; f means convolution
-    if f.ndim == 1 and f.numel() > _MAX_OUTER_TAPS:
-        # Separable: width pass then height pass, like the reference (gain folded into the first).
-        x = module.upfirdn2d(x, (g * gain)[None, :].contiguous(), ux, 1, dx, 1, px0, px1, 0, 0, path)
-        return module.upfirdn2d(x, g[:, None].contiguous(), 1, uy, 1, dy, 0, 0, py0, py1, path)
-    if f.ndim == 1:
-        g = torch.outer(g, g)
-    return module.upfirdn2d(x, (g * gain).contiguous(), ux, uy, dx, dy, px0, px1, py0, py1, path)
+    filters = _kernel_filters(f, flip_filter, gain, x.device)
+    if len(filters) == 2:
+        x = module.upfirdn2d(x, filters[0], ux, 1, dx, 1, px0, px1, 0, 0, path)
+        return module.upfirdn2d(x, filters[1], 1, uy, 1, dy, 0, 0, py0, py1, path)
+    return module.upfirdn2d(x, filters[0], ux, uy, dx, dy, px0, px1, py0, py1, path)
 
 
 def _adjoint_padding(in_len: int, out_len: int, taps: int, up: int, down: int, p0: int) -> tuple[int, int]:

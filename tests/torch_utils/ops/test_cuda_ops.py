@@ -231,6 +231,26 @@ def test_upfirdn2d_paths_agree(kernel_device, dtype):
     assert fixed_cases == 3  # up=2; down=2; neither
 
 
+def test_upfirdn2d_kernel_filters_are_prepared_once_per_filter_version(kernel_device):
+    """The flipped, scaled filter the kernel takes is cached on the filter tensor per (flip, gain,
+    device), reused by later calls (the backward's included), and rebuilt after an in-place edit."""
+    gen = torch.Generator(device=kernel_device).manual_seed(8)
+    x = torch.randn([2, 3, 9, 9], generator=gen, device=kernel_device, requires_grad=True)
+    f = torch.rand([4, 4], generator=gen, device=kernel_device)
+    y = _cuda.upfirdn2d_cuda(x, f, (2, 2), (1, 1), (2, 1, 2, 1), False, 4.0)
+    (first,) = f._upfirdn2d_kernel_filters[1][(False, 4.0, x.device)]
+    y.backward(torch.ones_like(y))  # the backward's call flips back: a second entry
+    assert len(f._upfirdn2d_kernel_filters[1]) == 2
+    again = _cuda.upfirdn2d_cuda(x.detach(), f, (2, 2), (1, 1), (2, 1, 2, 1), False, 4.0)
+    assert f._upfirdn2d_kernel_filters[1][(False, 4.0, x.device)][0] is first
+    _assert_close(again, _upfirdn2d_ref(x.detach(), f, (2, 2), (1, 1), (2, 1, 2, 1), False, 4.0),
+                  torch.float32, "cached filter")
+    f.mul_(-1)  # in place: a new version, so the kernel must see the new taps
+    edited = _cuda.upfirdn2d_cuda(x.detach(), f, (2, 2), (1, 1), (2, 1, 2, 1), False, 4.0)
+    _assert_close(edited, -again, torch.float32, "edited filter")
+    assert f._upfirdn2d_kernel_filters[1][(False, 4.0, x.device)][0] is not first
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
 def test_upfirdn2d_channels_last_kernel(kernel_device, dtype):
     """Inputs whose channels are innermost take the channels-last kernel and give channels-last outputs:
