@@ -35,6 +35,7 @@ namespace {
 constexpr int kTileW = 32, kTileH = 32;       // outputs per block (tiled path)
 constexpr int kBlockW = 32, kBlockH = 8;      // threads per block (tiled path)
 constexpr int kMaxSharedBytes = 48 * 1024;    // default dynamic shared-memory limit
+constexpr int kLoadBatch = 8;                 // tiled path: patch loads a thread keeps in flight
 
 struct Params {
   int64_t planes, channels;                   // planes = N * C
@@ -43,6 +44,7 @@ struct Params {
   int fw, fh;
   int64_t sx_n, sx_c, sx_h, sx_w;             // input strides (any layout); output is contiguous NCHW
   int tile_in_w, tile_in_h;                   // tiled path: input patch size per block
+  FastDivmod by_tile_in_w;                    // tiled path: patch index -> row
   FastDivmod by_cpacks, by_out_w, by_out_h;   // channels-last path with 32-bit indices
 };
 
@@ -76,6 +78,7 @@ __global__ void upfirdn2d_general(scalar_t* __restrict__ y, const scalar_t* __re
 
 // Any up, down <= 2 and any filter whose patch fits in shared memory: each thread computes the outputs
 // (lx, ly), (lx, ly + kBlockH), ... of the tile, stepping through the taps of each output's phase.
+// (The patch index fits FastDivmod's 32 bits: the patch fits in 48 KiB.)
 template <typename scalar_t>
 __global__ void upfirdn2d_tiled(scalar_t* __restrict__ y, const scalar_t* __restrict__ x,
                                 const float* __restrict__ g, Params p) {
@@ -91,18 +94,24 @@ __global__ void upfirdn2d_tiled(scalar_t* __restrict__ y, const scalar_t* __rest
   const int ix_base = floor_div(ox_base * p.downx - p.padx0, p.upx);
   const int iy_base = floor_div(oy_base * p.downy - p.pady0, p.upy);
 
+  const int n_in = p.tile_in_w * p.tile_in_h;
   for (int64_t plane = blockIdx.z; plane < p.planes; plane += gridDim.z) {
     const scalar_t* xp = x + (plane / p.channels) * p.sx_n + (plane % p.channels) * p.sx_c;
     __syncthreads();  // the previous plane's reads of s_x are done
-    // Row by row, a warp along each row: coalesced reads and no integer division per element.
-    for (int ky = threadIdx.y; ky < p.tile_in_h; ky += blockDim.y) {
-      const int iy = iy_base + ky;
-      const bool row_inside = iy >= 0 && iy < p.in_h;
-      for (int kx = threadIdx.x; kx < p.tile_in_w; kx += blockDim.x) {
-        const int ix = ix_base + kx;
-        const bool inside = row_inside && ix >= 0 && ix < p.in_w;
-        s_x[ky * p.tile_in_w + kx] = inside ? acc_t(xp[int64_t(iy) * p.sx_h + int64_t(ix) * p.sx_w]) : acc_t(0);
+    // kLoadBatch loads in flight per thread before any is stored (see the fixed variant below);
+    // consecutive threads read consecutive samples of a row.
+    for (int k0 = tid; k0 < n_in; k0 += nthreads * kLoadBatch) {
+      acc_t loaded[kLoadBatch];
+#pragma unroll
+      for (int j = 0; j < kLoadBatch; ++j) {
+        const int k = k0 + j * nthreads, ky = int(p.by_tile_in_w.div(uint32_t(k))), kx = k - ky * p.tile_in_w;
+        const int iy = iy_base + ky, ix = ix_base + kx;
+        const bool inside = k < n_in && iy >= 0 && iy < p.in_h && ix >= 0 && ix < p.in_w;
+        loaded[j] = inside ? acc_t(xp[int64_t(iy) * p.sx_h + int64_t(ix) * p.sx_w]) : acc_t(0);
       }
+#pragma unroll
+      for (int j = 0; j < kLoadBatch; ++j)
+        if (k0 + j * nthreads < n_in) s_x[k0 + j * nthreads] = loaded[j];
     }
     __syncthreads();
     scalar_t* yp = y + plane * p.out_h * p.out_w;
@@ -314,6 +323,7 @@ at::Tensor upfirdn2d_run(const at::Tensor& x, const at::Tensor& g, int64_t upx, 
   p.sx_n = x.stride(0), p.sx_c = x.stride(1), p.sx_h = x.stride(2), p.sx_w = x.stride(3);
   p.tile_in_w = tile_in(kTileW, p.upx, p.downx, p.fw);
   p.tile_in_h = tile_in(kTileH, p.upy, p.downy, p.fh);
+  p.by_tile_in_w = FastDivmod(uint32_t(std::max(p.tile_in_w, 1)));
 
   // Channels innermost: channels-last, or any layout with unit channel stride (not a plain NCHW tensor
   // whose H and W are 1, which is both).
