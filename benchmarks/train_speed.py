@@ -513,7 +513,7 @@ def section_d(device: torch.device, quick: bool, reps: int, batch: int) -> None:
     # Rows stream out as measured, most wanted first: the baseline's four (ops x precision) rows give
     # both targets (CUDA ops vs reference, mixed vs fp32); channels-last and the SpatialGAN configs follow.
     variants = [(True, "ref", False), (True, "auto", False), (False, "ref", False), (False, "auto", False),
-                (False, "auto", True)]  # (fp32, ops, channels-last fp16 blocks)
+                (False, "ref", True), (False, "auto", True)]  # (fp32, ops, channels-last fp16 blocks)
     table_header(["config", "precision", "ops (used)", "s/kimg", "img/s", "peak mem GiB", "GFLOP/img (amortised)",
                   "fraction of peak"])
     for cfg in ("baseline256", "lsun-cat256", "lsun-bedroom256"):

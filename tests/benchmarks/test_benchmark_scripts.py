@@ -190,7 +190,7 @@ def test_ops_speed_times_every_kernel(kernel_device, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_gpu_section_runs_every_row(monkeypatch, tmp_path):
-    """Section D's loop (3 configs x 5 precision/ops/layout variants, FLOP count, fraction of peak) on the
+    """Section D's loop (3 configs x 6 precision/ops/layout variants, FLOP count, fraction of peak) on the
     CPU at 64² with tiny widths: the GPU session must not be the first to run it."""
     make_options = ts.make_options
     monkeypatch.setattr(ts, "make_options", lambda *a, **k: make_options(*a, channel_base=256, channel_max=8, **k))
@@ -200,10 +200,12 @@ def test_gpu_section_runs_every_row(monkeypatch, tmp_path):
     ts.section_d(torch.device("cpu"), quick=True, reps=1, batch=2)
     rows = [line.split(" | ") for line in (tmp_path / "d.md").read_text().splitlines() if "@64²" in line]
     assert [r[0].removeprefix("| ") for r in rows] == [f"{cfg} @64²" for cfg in
-                                                       ("baseline256", "lsun-cat256", "lsun-bedroom256") for _ in range(5)]
+                                                       ("baseline256", "lsun-cat256", "lsun-bedroom256") for _ in range(6)]
     for r in rows:
         s_per_kimg, img_s, mem, gflop, frac = (float(v) for v in (r[3], r[4], r[5], r[6], r[7].rstrip(" |")))
         assert s_per_kimg > 0 and img_s > 0 and mem >= 0 and gflop > 0 and frac > 0
-    # Each config: fp32 ref, fp32 auto, mixed ref, mixed auto, mixed auto channels-last; no kernels on the CPU.
+    # Each config: fp32 ref, fp32 auto, mixed ref, mixed auto, mixed channels-last ref and auto; no kernels on
+    # the CPU.
     assert [(r[1], r[2]) for r in rows] == 3 * [("fp32", "ref (ref)"), ("fp32", "auto (ref)"), ("mixed", "ref (ref)"),
-                                                ("mixed", "auto (ref)"), ("mixed, channels-last", "auto (ref)")]
+                                                ("mixed", "auto (ref)"), ("mixed, channels-last", "ref (ref)"),
+                                                ("mixed, channels-last", "auto (ref)")]
