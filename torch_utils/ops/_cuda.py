@@ -363,7 +363,8 @@ def _max_error(fn: Callable, ref: Callable, inputs: Sequence[torch.Tensor], grad
     for func in (fn, ref):
         ins = [t.detach().clone().requires_grad_(g) for t, g in zip(inputs, grad_mask)]
         y = func(*ins)
-        dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(y.device, y.dtype)
+        # In y's layout (empty_like keeps a channels-last y's strides), as a real backward would pass.
+        dy = torch.empty_like(y).copy_(torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)))
         grads = torch.autograd.grad(y, [t for t, g in zip(ins, grad_mask) if g], dy)
         results.append([y, *grads])
     err = 0.0
@@ -439,16 +440,21 @@ def _check_bias_act(device: torch.device, reference: Callable) -> str | None:
 
 def _check_upfirdn2d(device: torch.device, reference: Callable) -> str | None:
     gen = torch.Generator().manual_seed(2)
-    # (filter shape, up, down, padding, flip_filter, gain): tiled up/down paths, a long separable
-    # filter (two 1-D passes), a short separable one (outer product), the general kernel, cropping.
-    configs = [([4, 4], (2, 2), (1, 1), (2, 1, 2, 1), False, 4.0),
-               ([3, 5], (1, 1), (2, 2), (1, 2, 2, 1), True, 1.0),
-               ([12], (2, 2), (1, 1), (6, 5, 6, 5), False, 2.0),
-               ([4], (1, 1), (2, 2), (1, 1, 1, 1), False, 1.0),
-               ([5, 4], (3, 1), (1, 2), (-1, 2, 3, 0), False, 1.0)]
+    # (filter shape, up, down, padding, flip_filter, gain, channels): the fixed tiled variant (up, down,
+    # neither), the tiled kernel, a long separable filter (two 1-D passes), a short separable one (outer
+    # product), the general kernel, cropping; 8 channels: channels-last, in 16-byte packs.
+    configs = [([4, 4], (2, 2), (1, 1), (2, 1, 2, 1), False, 4.0, 3),
+               ([4, 4], (1, 1), (1, 1), (1, 1, 1, 1), False, 1.0, 3),
+               ([3, 5], (1, 1), (2, 2), (1, 2, 2, 1), True, 1.0, 3),
+               ([12], (2, 2), (1, 1), (6, 5, 6, 5), False, 2.0, 3),
+               ([4], (1, 1), (2, 2), (1, 1, 1, 1), False, 1.0, 3),
+               ([5, 4], (3, 1), (1, 2), (-1, 2, 3, 0), False, 1.0, 3),
+               ([4, 4], (2, 2), (1, 1), (2, 1, 2, 1), False, 4.0, 8)]
     cases = []
-    for fshape, up, down, pad, flip, gain in configs:
-        x = torch.randn([2, 3, 9, 11], generator=gen)
+    for fshape, up, down, pad, flip, gain, channels in configs:
+        x = torch.randn([2, channels, 9, 11], generator=gen)
+        if channels == 8:
+            x = x.to(memory_format=torch.channels_last)
         f = (torch.rand(fshape, generator=gen) + 0.1).to(device)
 
         def fn(x, f=f, up=up, down=down, pad=pad, flip=flip, gain=gain):
@@ -457,7 +463,8 @@ def _check_upfirdn2d(device: torch.device, reference: Callable) -> str | None:
         def ref(x, f=f, up=up, down=down, pad=pad, flip=flip, gain=gain):
             return reference(x, f, up, down, pad, flip, gain)
 
-        cases.append((f"f={fshape} up={up} down={down} padding={pad} flip={flip}", fn, ref, [x], [True]))
+        layout = " channels-last" if channels == 8 else ""
+        cases.append((f"f={fshape} up={up} down={down} padding={pad} flip={flip}{layout}", fn, ref, [x], [True]))
     return _run_cases("upfirdn2d", cases, device)
 
 
