@@ -189,7 +189,8 @@ at::Tensor bias_act_run(const at::Tensor& x, const at::Tensor& b, const at::Tens
     const int vec = packed ? kVec : 1;
     p.vector_bias = p.bias_stride % vec == 0 || p.bias_size == 1;
     const int64_t blocks = std::min<int64_t>((p.numel / vec + threads - 1) / threads, 65536);
-    const auto kernel = packed ? (narrow ? bias_act_kernel<scalar_t, uint32_t, kVec> : bias_act_kernel<scalar_t, int64_t, kVec>)
+    const auto kernel = packed ? (narrow ? bias_act_kernel<scalar_t, uint32_t, kVec>
+                                         : bias_act_kernel<scalar_t, int64_t, kVec>)
                                : (narrow ? bias_act_kernel<scalar_t, uint32_t, 1> : bias_act_kernel<scalar_t, int64_t, 1>);
     launch(kernel, dim3(unsigned(std::max<int64_t>(blocks, 1))), dim3(threads), size_t(0), out.data_ptr<scalar_t>(),
            x.data_ptr<scalar_t>(), static_cast<const scalar_t*>(ptr_or_null(b)),

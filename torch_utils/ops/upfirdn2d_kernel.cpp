@@ -24,5 +24,6 @@ static at::Tensor upfirdn2d(const at::Tensor& x, const at::Tensor& g, int64_t up
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("upfirdn2d", &upfirdn2d, "upfirdn2d with a 2-D correlation filter; path 0 auto, 1 general, 2 tiled, 3 tiled fixed, 4 channels-last");
+  m.def("upfirdn2d", &upfirdn2d,
+        "upfirdn2d with a 2-D correlation filter; path 0 auto, 1 general, 2 tiled, 3 tiled fixed, 4 channels-last");
 }

@@ -184,8 +184,8 @@ __device__ __forceinline__ void fixed_rows(acc_t (&sum)[kRows], const acc_t* s_r
 // Register caps (no spills in fp16/fp32): down=2 keeps ~18 loads in flight per thread and would take
 // 128 registers, i.e. 2 blocks per SM; capped at 80 it runs 3. The others fit 4 blocks at <= 64.
 template <typename scalar_t, int UP, int DOWN, int TAPS>
-__global__ void __launch_bounds__(kThreads, DOWN > 1 ? 3 : 4) upfirdn2d_fixed(scalar_t* __restrict__ y, const scalar_t* __restrict__ x,
-                                const float* __restrict__ g, Params p) {
+__global__ void __launch_bounds__(kThreads, DOWN > 1 ? 3 : 4)
+    upfirdn2d_fixed(scalar_t* __restrict__ y, const scalar_t* __restrict__ x, const float* __restrict__ g, Params p) {
   using acc_t = at::acc_type<scalar_t, true>;
   static_assert(UP >= 1 && DOWN >= 1 && TAPS % UP == 0, "fixed variant: TAPS must be a multiple of UP");
   static_assert(kTileH % kBlockH == 0 && (kRows * DOWN) % UP == 0 && (kTileH * DOWN) % UP == 0,
