@@ -102,6 +102,8 @@ def describe(options: dict, args: dict) -> str:
             parts.append(f"{key}{args[key]:g}")
     if args["aug"]:
         parts.append(args["aug"])
+    if args["freezed"]:
+        parts.append(f"freezed{args['freezed']}")
     if args["desc"]:
         parts.append(args["desc"])
     return "-".join(re.sub(r"[^\w.]+", "_", p) for p in parts)
@@ -136,7 +138,7 @@ def build_options(args: dict, world_size: int) -> dict:
         args["cfg"], info, world_size, kimg=args["kimg"], batch=args["batch"], batch_gpu=args["batch_gpu"],
         gamma=args["gamma"], seed=args["seed"], snap=args["snap"], tick=args["tick"], workers=args["workers"],
         aug=args["aug"], p=args["p"], target=args["target"], augpipe=args["augpipe"], fp32=args["fp32"],
-        channels_last=args["channels_last"],
+        channels_last=args["channels_last"], freezed=args["freezed"],
         metrics=parse_metrics(args["metrics"]), pl_weight=args["pl_weight"], style_mixing=args["style_mixing"],
         allow_tf32=args["allow_tf32"], cudnn_benchmark=not args["nobench"], spatial=spatial, align=align)
 
@@ -163,6 +165,8 @@ def build_options(args: dict, world_size: int) -> dict:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed")
 @click.option("--workers", type=click.IntRange(min=0), default=3, show_default=True, help="DataLoader workers")
 @click.option("--metrics", metavar="LIST", help="Metrics at each snapshot, e.g. fid50k_full,comove1k, or none")
+@click.option("--freezed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Freeze-D: number of D layers, from the input side, that do not train")
 @click.option("--fp32", type=bool, default=False, metavar="BOOL", help="Disable mixed precision")
 @click.option("--channels-last", "--nhwc", "channels_last", type=bool, default=False, metavar="BOOL",
               help="Channels-last (NHWC) memory format in the fp16 layers (faster on tensor-core GPUs)")

@@ -57,9 +57,10 @@ def _channel_base(preset: dict[str, Any]) -> int:
 
 
 def network_kwargs(preset: dict[str, Any], resolution: int, channels: int, label_dim: int,
-                   fp32: bool, channels_last: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+                   fp32: bool, channels_last: bool = False, freezed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
     """Constructor kwargs of G and D for a preset, image shape and label size. `channels_last` runs the
-    fp16 blocks in the channels-last memory format (only added to the kwargs when set)."""
+    fp16 blocks in the channels-last memory format, `freezed` freezes that many D layers from the input
+    side (Freeze-D); each is only added to the kwargs when set."""
     base, cmax = _channel_base(preset), int(preset["channel_max"])
     num_fp16_res = 0 if fp32 else int(preset["num_fp16_res"])
     conv_clamp = None if fp32 else preset["conv_clamp"]
@@ -75,6 +76,14 @@ def network_kwargs(preset: dict[str, Any], resolution: int, channels: int, label
     if channels_last and num_fp16_res > 0:
         G_kwargs["synthesis_kwargs"]["fp16_channels_last"] = True
         D_kwargs["block_kwargs"] = dict(fp16_channels_last=True)
+    if freezed:
+        from training.networks import num_block_layers  # here: config stays importable without torch
+
+        most = num_block_layers(resolution, preset["d_architecture"])
+        if not 0 < freezed <= most:
+            raise ConfigError(f"--freezed must be in [0, {most}] (the layers of D's blocks at {resolution}²), "
+                              f"got {freezed}")
+        D_kwargs["freeze_layers"] = int(freezed)
     return G_kwargs, D_kwargs
 
 
@@ -140,7 +149,8 @@ def resolve_options(cfg: str, dataset: dict[str, Any], world_size: int = 1, **ov
         dataset: `{'kwargs': open_dataset kwargs, 'name', 'resolution', 'num_channels', 'label_dim'}`.
         world_size: number of training processes.
         overrides: CLI options (None = keep the preset's value). Keys: kimg, batch, batch_gpu, gamma, seed,
-            snap, tick, workers, aug, p, target, augpipe, fp32, channels_last, metrics, pl_weight, style_mixing,
+            snap, tick, workers, aug, p, target, augpipe, fp32, channels_last, freezed, metrics, pl_weight,
+            style_mixing,
             ema_kimg, plus `spatial={...}` (SPATIAL_OVERRIDES) and `align={..., 'enabled': bool}`.
     """
     preset = load_preset(cfg)
@@ -171,7 +181,7 @@ def resolve_options(cfg: str, dataset: dict[str, Any], world_size: int = 1, **ov
         raise ConfigError(f"--target must be in (0, 1), got {target}")
     G_kwargs, D_kwargs = network_kwargs(preset, resolution, int(dataset["num_channels"]),
                                         int(dataset["label_dim"]), bool(get("fp32", False)),
-                                        bool(get("channels_last", False)))
+                                        bool(get("channels_last", False)), int(get("freezed", 0)))
     lr = preset["lrate"]
     G_reg = G_REG_INTERVAL if preset["pl_weight"] != 0 else None
     D_reg = D_REG_INTERVAL if preset["gamma"] != 0 else None

@@ -757,18 +757,28 @@ class DiscriminatorEpilogue(nn.Module):
         return f"resolution={self.resolution}, cmap_dim={self.cmap_dim}, architecture={self.architecture}"
 
 
+def num_block_layers(img_resolution: int, architecture: str) -> int:
+    """Layers of D's blocks (fromRGB where there is one, conv0, conv1, the resnet skip): the most that
+    Freeze-D can freeze (the epilogue always trains)."""
+    blocks = int(np.log2(img_resolution)) - 2
+    per_block = 2 + (architecture == "resnet")
+    return blocks * per_block + (blocks if architecture == "skip" else 1)
+
+
 class Discriminator(nn.Module):
     """img [N, C, R, R] in [-1, 1], c [N, c_dim] -> logits [N, 1].
 
     Blocks from R down to 8 (block r: channels(r) -> channels(r/2)), then the 4x4 epilogue. With
     `return_features=True` also returns {spatial size: block output} (keys R/2, ..., 4; key 4 is the
     epilogue input): the live graph tensors, so `torch.autograd.grad(score, feats[...])` works (GradCAM).
+    `freeze_layers` (Freeze-D): the first that many block layers from the input side (`block_layers()`)
+    never require grad, whatever `requires_grad_` is asked; they still pass gradients to their inputs.
     """
 
     def __init__(self, c_dim: int, img_resolution: int, img_channels: int, architecture: str = "resnet",
                  channel_base: int = 32768, channel_max: int = 512, num_fp16_res: int = 4,
                  conv_clamp: float | None = 256, cmap_dim: int | None = None, block_kwargs: dict | None = None,
-                 mapping_kwargs: dict | None = None, epilogue_kwargs: dict | None = None):
+                 mapping_kwargs: dict | None = None, epilogue_kwargs: dict | None = None, freeze_layers: int = 0):
         super().__init__()
         block_kwargs, mapping_kwargs = dict(block_kwargs or {}), dict(mapping_kwargs or {})
         epilogue_kwargs = dict(epilogue_kwargs or {"mbstd_group_size": 4, "mbstd_num_channels": 1})
@@ -776,10 +786,15 @@ class Discriminator(nn.Module):
                            architecture=architecture, channel_base=channel_base, channel_max=channel_max,
                            num_fp16_res=num_fp16_res, conv_clamp=conv_clamp, cmap_dim=cmap_dim,
                            block_kwargs=block_kwargs, mapping_kwargs=mapping_kwargs,
-                           epilogue_kwargs=epilogue_kwargs)
+                           epilogue_kwargs=epilogue_kwargs, freeze_layers=freeze_layers)
         misc.check_power_of_two("img_resolution", img_resolution, minimum=8)  # D needs at least one block
         log2 = _check_resolution(img_resolution)
         misc.check_choice("architecture", architecture, D_ARCHITECTURES)
+        misc.check_positive_int("freeze_layers", freeze_layers, allow_zero=True)
+        if freeze_layers > num_block_layers(img_resolution, architecture):
+            raise ValueError(f"freeze_layers={freeze_layers}, but a {architecture} D at {img_resolution}² has only "
+                             f"{num_block_layers(img_resolution, architecture)} block layers")
+        self.freeze_layers = freeze_layers
         misc.check_positive_int("c_dim", c_dim, allow_zero=True)
         misc.check_positive_int("img_channels", img_channels)
         self.c_dim, self.img_resolution, self.img_channels = c_dim, img_resolution, img_channels
@@ -799,6 +814,22 @@ class Discriminator(nn.Module):
                                           **mapping_kwargs)
         self.b4 = DiscriminatorEpilogue(channels(4), cmap_dim=cmap_dim, resolution=4, img_channels=img_channels,
                                         architecture=architecture, conv_clamp=conv_clamp, **epilogue_kwargs)
+        assert len(self.block_layers()) == num_block_layers(img_resolution, architecture)
+        self.requires_grad_(True)  # applies Freeze-D
+
+    def block_layers(self) -> list[nn.Module]:
+        """The blocks' layers from the input side: per block fromRGB (if any), conv0, conv1, skip (if any)."""
+        names = ("fromrgb", "conv0", "conv1", "skip")
+        return [getattr(block, n) for block in (getattr(self, f"b{r}") for r in self.block_resolutions)
+                for n in names if hasattr(block, n)]
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Discriminator":
+        """nn.Module's, except that the Freeze-D layers stay frozen (the training loop switches D on and
+        off per phase, and must never switch them on)."""
+        super().requires_grad_(requires_grad)
+        for layer in self.block_layers()[:self.freeze_layers]:
+            layer.requires_grad_(False)
+        return self
 
     def forward(self, img: torch.Tensor, c: torch.Tensor | None, return_features: bool = False,
                 update_emas: bool = False, force_fp32: bool = False):

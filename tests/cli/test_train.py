@@ -258,6 +258,21 @@ def test_channels_last_option_and_its_stylegan2_ada_name(tmp_path, flag):
     assert opts["D_kwargs"]["block_kwargs"] == {"fp16_channels_last": True}
 
 
+def test_freezed_option_and_its_run_name(tmp_path):
+    proc = train_inprocess(f"--outdir={tmp_path}", "--cfg=paper256", "--data=synthetic:shapes:32", "--freezed=4",
+                           "--dry-run")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["D_kwargs"]["freeze_layers"] == 4
+    import train
+
+    assert train.describe(dict(dataset_name="shapes", cfg="paper256", world_size=1),
+                          dict(cond=False, subset=None, mirror=False, gamma=None, kimg=None, batch=None, aug=None,
+                               freezed=4, desc=None)) == "shapes-paper256-freezed4"
+    # paper256's resnet D at 32²: fromRGB + 3 layers per block x 3 blocks = 10 layers.
+    assert_one_line_error(train_inprocess(f"--outdir={tmp_path}", "--cfg=paper256", "--data=synthetic:shapes:32",
+                                          "--freezed=11", "--dry-run"), "--freezed must be in [0, 10]")
+
+
 @pytest.mark.parametrize("device", [pytest.param("cpu", marks=pytest.mark.slow),
                                     pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
                                         not torch.cuda.is_available(), reason="needs a CUDA device")])])

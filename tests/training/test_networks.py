@@ -372,3 +372,25 @@ def test_fp16_channels_last_same_function_and_gradients(spatial):
     assert G.synthesis.init_kwargs["fp16_channels_last"] is True
     rebuilt = nets.Generator(**G.init_kwargs)
     assert rebuilt.synthesis.b16.channels_last
+
+
+@pytest.mark.parametrize("architecture", ["resnet", "skip", "orig"])
+def test_freeze_d_freezes_the_first_block_layers_and_still_passes_input_gradients(architecture):
+    """freeze_layers=k: the first k layers of D's blocks from the input side never require grad (even
+    after requires_grad_(True)); the rest do; R1-style gradients still reach the image; the count of
+    block layers is what num_block_layers says; more than that is refused."""
+    layers = nets.num_block_layers(32, architecture)
+    assert layers == len(tiny_D(32, architecture=architecture).block_layers())
+    for k in (0, 2, layers):
+        D = tiny_D(32, architecture=architecture, freeze_layers=k).requires_grad_(False).requires_grad_(True)
+        frozen = {id(p) for layer in D.block_layers()[:k] for p in layer.parameters()}
+        assert all(p.requires_grad == (id(p) not in frozen) for p in D.parameters())
+        assert any(p.requires_grad for p in D.parameters())  # the epilogue always trains
+        img = torch.randn(2, 3, 32, 32, requires_grad=True)
+        D(img, None).sum().backward()
+        assert img.grad.abs().sum() > 0
+        assert all((p.grad is None) == (id(p) in frozen) for p in D.parameters())
+        assert nets.Discriminator(**D.init_kwargs).freeze_layers == k  # a snapshot rebuilds it
+    with pytest.raises(ValueError, match=f"only {layers} block layers"):
+        tiny_D(32, architecture=architecture, freeze_layers=layers + 1)
+

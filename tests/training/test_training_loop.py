@@ -84,6 +84,23 @@ def test_training_changes_parameters_and_keeps_them_finite():
     assert run.progress.cur_nimg == 8 and run.progress.batch_idx == 2
 
 
+def test_freeze_d_layers_do_not_train_and_the_rest_does():
+    """--freezed=3: D's first three block layers (16² fromRGB, conv0, conv1) keep their weights through
+    D phases (R1 included); the other D layers and G train."""
+    run = build_run(tiny_options(freezed=3, gamma=0.5), torch.device("cpu"))
+    from training.training_loop import start_data
+
+    start_data(run)
+    frozen = {id(p) for layer in run.D.block_layers()[:3] for p in layer.parameters()}
+    assert len(frozen) == 6  # weight and bias of each
+    before = {name: p.clone() for name, p in run.D.named_parameters()}
+    for _ in range(2):
+        train_step(run)
+    for name, p in run.D.named_parameters():
+        assert torch.equal(p, before[name]) == (id(p) in frozen), name
+        assert p.requires_grad is False  # between phases D is off; the frozen layers always are
+
+
 def test_nan_parameters_raise_clear_error(tmp_path):
     from training.training_loop import _check_finite
 
