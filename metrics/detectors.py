@@ -23,6 +23,7 @@ import hashlib
 import importlib.util
 import os
 import urllib.parse
+import warnings
 from pathlib import Path
 
 import torch
@@ -151,7 +152,11 @@ def get_detector(name: str = "inception", source: str | None = None,
     if key not in _cache:
         path, identity = _local_file(name, source)
         try:
-            model = torch.jit.load(path, map_location=device).eval()
+            with warnings.catch_warnings():
+                # The published detectors are TorchScript files: there is nothing else to load them with,
+                # so torch's deprecation notice would only tell users about a choice they do not have.
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated", category=FutureWarning)
+                model = torch.jit.load(path, map_location=device).eval()
         except Exception as err:  # torch.jit raises several types for a bad file
             raise RuntimeError(f"{path} (from {source}) is not a loadable TorchScript detector: "
                                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
