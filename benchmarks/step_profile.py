@@ -26,7 +26,7 @@ import train_speed as ts  # noqa: E402
 
 # Name fragments that identify a kernel or op family in the profile.
 FAMILIES = {"bias_act (CUDA kernel)": ("bias_act_kernel",),
-            "upfirdn2d (CUDA kernels)": ("upfirdn2d_tiled", "upfirdn2d_general"),
+            "upfirdn2d (CUDA kernels)": ("upfirdn2d_",),
             "convolutions": ("conv", "gemm", "xmma", "cutlass", "sm90_", "wgrad", "dgrad", "fprop"),
             "cuDNN layout transposes": ("nchwtonhwc", "nhwctonchw"),
             "PyTorch elementwise / reductions": ("elementwise_kernel", "reduce_kernel")}

@@ -132,6 +132,18 @@ def test_step_profile_on_cpu(tmp_path):
     assert text.count("| op / kernel |") == 2 and text.count("| convolutions |") == 2
 
 
+def test_step_profile_families_name_every_custom_kernel():
+    """Each `__global__` kernel in the ops' .cuh files falls in its op's family, and in no other."""
+    ops_dir = Path(__file__).resolve().parents[2] / "torch_utils" / "ops"
+    for op in ("bias_act", "upfirdn2d"):
+        source = (ops_dir / f"{op}_kernel.cuh").read_text()
+        kernels = re.findall(r"__global__ void (?:__launch_bounds__\([^)]*\)\s*)?(\w+)\(", source)
+        assert kernels, op
+        for name in kernels:
+            families = [f for f, frags in step_profile.FAMILIES.items() if any(x in name.lower() for x in frags)]
+            assert families == [next(f for f in step_profile.FAMILIES if f.startswith(op))], name
+
+
 def test_step_profile_counts_each_gpu_microsecond_once():
     """Only device events count: not the CPU op that launched a kernel, not a record_function's GPU
     twin (both carry the kernels' time again), not CPU events."""
