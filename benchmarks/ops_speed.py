@@ -96,7 +96,7 @@ def run_op(op: str, kwargs: dict, impl: str, x: torch.Tensor) -> Callable[[torch
 
 
 def forced_path(kwargs: dict, path: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """upfirdn2d forward through one kernel (1 general, 2 tiled, 3 tiled fixed); same arguments."""
+    """upfirdn2d forward through one kernel (1 general, 2 tiled, 3 tiled fixed, 4 channels-last); same arguments."""
     up, down, pad = kwargs["up"], kwargs["down"], kwargs["padding"]
     pad = (pad,) * 4 if isinstance(pad, int) else pad
     return lambda t: _cuda.upfirdn2d_cuda(t, kwargs["f"], (up, up), (down, down), pad, False,
