@@ -150,8 +150,7 @@ def resolve_options(cfg: str, dataset: dict[str, Any], world_size: int = 1, **ov
         world_size: number of training processes.
         overrides: CLI options (None = keep the preset's value). Keys: kimg, batch, batch_gpu, gamma, seed,
             snap, tick, workers, aug, p, target, augpipe, fp32, channels_last, freezed, metrics, pl_weight,
-            style_mixing,
-            ema_kimg, plus `spatial={...}` (SPATIAL_OVERRIDES) and `align={..., 'enabled': bool}`.
+            style_mixing, ema_kimg, plus `spatial={...}` (SPATIAL_OVERRIDES) and `align={..., 'enabled': bool}`.
     """
     preset = load_preset(cfg)
     resolution = int(dataset["resolution"])
