@@ -115,7 +115,7 @@ __device__ __forceinline__ acc_t bias_act_element(acc_t x, acc_t bias, acc_t g1,
   return pass ? g1 * g2 * gain * (p.mode == 1 ? d1 : d2) : acc_t(0);
 }
 
-// index_t: uint32_t when numel < 2^31 (then i + step cannot wrap: step <= 2^24 * VEC), else int64_t.
+// index_t: uint32_t when numel < 2^31 (then v + step cannot wrap: step <= 2^24 packs), else int64_t.
 // VEC > 1: every pointer is 16-byte aligned; thread t handles the elements [VEC*v, VEC*v + VEC) for
 // v = t, t + step, ... with one load per input and one store, and the last numel % VEC elements
 // one by one. Absent inputs are null: b (no bias), g1 (mode 0), g2 (modes 0, 1, 3).
