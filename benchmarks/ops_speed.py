@@ -6,7 +6,8 @@ For bias_act (lrelu, gain √2, with and without clamp) and upfirdn2d (the 4x4 f
 G's up-convolution, upsample2d and downsample2d), in fp16 and fp32: the median time of the forward
 pass and of forward + backward with `impl="ref"` and with the kernels (`impl="cuda"`), and, for
 upfirdn2d's forward, each kernel forced in turn (general, tiled, tiled fixed; channels-last for the
-channels-last copies of the upfirdn2d inputs). The "GB/s" column
+channels-last copies of the upfirdn2d inputs; bias_act with clamp runs on a channels-last copy too, where
+each element has its own bias index). The "GB/s" column
 counts one read of the input and one write of the output per forward (the least any implementation
 must move). On the CPU only the reference rows run (the kernels need CUDA); `--quick` uses 32²
 shapes. The training-level figures are in train_speed.py (section D) and step_profile.py.
@@ -71,17 +72,17 @@ def cases(batch: int, quick: bool, device: torch.device) -> Iterator[tuple[str, 
     """(op, label, input, kwargs) at sizes one 256² G/D pass meets (paper256 widths), made one at a time."""
     s, c = (32, 8) if quick else (256, 64)
     f = upfirdn2d.setup_filter([1, 3, 3, 1], device=device)
-    specs = [
-        ("bias_act", "lrelu+clamp", [batch, c, s, s], dict(clamp=256.0)),
-        ("bias_act", "lrelu", [batch, 4 * c, s // 4, s // 4], {}),
-        ("upfirdn2d", "filter 4x4", [batch, c, s + 1, s + 1], dict(f=f, up=1, down=1, padding=1, gain=4)),
-        ("upfirdn2d", "up 2", [batch, c, s // 2, s // 2], dict(f=f, up=2, down=1, padding=(2, 1, 2, 1), gain=4)),
-        ("upfirdn2d", "down 2", [batch, c, s, s], dict(f=f, up=1, down=2, padding=1)),
+    specs = [  # (op, what, shape, kwargs, also time a channels-last copy, as the fp16 blocks use with --channels-last)
+        ("bias_act", "lrelu+clamp", [batch, c, s, s], dict(clamp=256.0), True),
+        ("bias_act", "lrelu", [batch, 4 * c, s // 4, s // 4], {}, False),
+        ("upfirdn2d", "filter 4x4", [batch, c, s + 1, s + 1], dict(f=f, up=1, down=1, padding=1, gain=4), True),
+        ("upfirdn2d", "up 2", [batch, c, s // 2, s // 2], dict(f=f, up=2, down=1, padding=(2, 1, 2, 1), gain=4), True),
+        ("upfirdn2d", "down 2", [batch, c, s, s], dict(f=f, up=1, down=2, padding=1), True),
     ]
     for dtype in (torch.float16, torch.float32):
-        for op, what, shape, kwargs in specs:
+        for op, what, shape, kwargs, channels_last in specs:
             yield op, f"{what} {shape}", torch.randn(shape, device=device, dtype=dtype), kwargs
-            if op == "upfirdn2d":  # as the fp16 blocks run with --channels-last
+            if channels_last:
                 x = torch.randn(shape, device=device, dtype=dtype).to(memory_format=torch.channels_last)
                 yield op, f"{what} {shape} channels-last", x, kwargs
 
