@@ -440,10 +440,12 @@ def _check_bias_act(device: torch.device, reference: Callable) -> str | None:
 
 def _check_upfirdn2d(device: torch.device, reference: Callable) -> str | None:
     gen = torch.Generator().manual_seed(2)
-    # (filter shape, up, down, padding, flip_filter, gain, channels): the fixed tiled variant (up, down,
-    # neither), the tiled kernel, a long separable filter (two 1-D passes), a short separable one (outer
-    # product), the general kernel, cropping; 8 channels: channels-last, in 16-byte packs.
+    # (filter shape, up, down, padding, flip_filter, gain, channels): the fixed tiled variant (up, with
+    # both row-phase parities; down; neither), the tiled kernel, a long separable filter (two 1-D passes),
+    # a short separable one (outer product), the general kernel, cropping; 8 channels: channels-last, in
+    # 16-byte packs.
     configs = [([4, 4], (2, 2), (1, 1), (2, 1, 2, 1), False, 4.0, 3),
+               ([4, 4], (2, 2), (1, 1), (1, 2, 1, 2), False, 4.0, 3),
                ([4, 4], (1, 1), (1, 1), (1, 1, 1, 1), False, 1.0, 3),
                ([3, 5], (1, 1), (2, 2), (1, 2, 2, 1), True, 1.0, 3),
                ([12], (2, 2), (1, 1), (6, 5, 6, 5), False, 2.0, 3),
