@@ -532,7 +532,7 @@ def spatially_modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: St
                            / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
         scale = 1 / dense.abs().amax(dim=[1, 2, 3])
         styles, dense = styles.scaled(scale), dense * scale.reshape(-1, 1, 1, 1)
-    x = x * dense.to(x.dtype)
+    x = x * _as_operand_of(dense, x)
     x = conv2d_resample.conv2d_resample(x, weight.to(x.dtype), f=resample_filter, up=up, padding=padding,
                                         flip_weight=flip_weight)
     if demodulate:
@@ -540,11 +540,19 @@ def spatially_modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: St
         if up > 1:
             d = F.interpolate(d, scale_factor=up, mode="nearest")
         if noise is not None:
-            return fma.fma(x, d.to(x.dtype), noise.to(x.dtype))
-        return x * d.to(x.dtype)
+            return fma.fma(x, _as_operand_of(d, x), noise.to(x.dtype))
+        return x * _as_operand_of(d, x)
     if noise is not None:
         x = x + noise.to(x.dtype)
     return x
+
+
+def _as_operand_of(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A full-size map `t [N, C, h, w]` in x's dtype and memory layout (one pass, as the dtype cast alone
+    would be): an elementwise op between a channels-last x (the fp16 blocks with --channels-last) and
+    an NCHW map walks one of them with a stride of C."""
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return t.to(x.dtype, memory_format=torch.channels_last if channels_last else torch.preserve_format)
 
 
 def seeds_to_z(seeds: np.ndarray, z_dim: int) -> np.ndarray:

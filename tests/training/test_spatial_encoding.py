@@ -358,6 +358,24 @@ def test_indoor_conv_gradients_match_autograd_of_the_dense_formula(demod_route):
         torch.testing.assert_close(g.to(w.dtype), w, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_indoor_conv_keeps_a_channels_last_input_channels_last():
+    """With a channels-last x (fp16 blocks under --channels-last) the style and demodulation maps join
+    the elementwise ops in x's layout (not walked with a stride of C), the result is channels-last, and
+    the values are those of the NCHW input."""
+    x = torch.randn(2, 6, 7, 7)
+    assert se._as_operand_of(x, x.half()).dtype == torch.float16
+    x_cl = x.to(memory_format=torch.channels_last)
+    assert se._as_operand_of(x, x_cl).is_contiguous(memory_format=torch.channels_last)
+    assert se._as_operand_of(x, x).is_contiguous()
+    torch.manual_seed(5)
+    weight, codes, maps = torch.randn(5, 6, 3, 3), torch.randn(2, 3, 6), torch.rand(2, 3, 7, 7)
+    noise = torch.randn(2, 1, 7, 7)
+    y = se.spatially_modulated_conv2d(x, weight, se.StyleMap(codes, maps), noise=noise)
+    y_cl = se.spatially_modulated_conv2d(x_cl, weight, se.StyleMap(codes, maps), noise=noise)
+    assert y_cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y_cl, y, rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Flatten ablation.
 
