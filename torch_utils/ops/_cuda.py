@@ -258,28 +258,17 @@ def bias_act_cuda(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, a
 
 def _kernel_filters(f: torch.Tensor, flip_filter: bool, gain: float, device: torch.device) -> tuple[torch.Tensor, ...]:
     """The kernel's float32 correlation filter(s) for `f`: one `[fh, fw]`, or a `[1, taps]` and a
-    `[taps, 1]` pass for long separable filters (gain folded into the first).
+    `[taps, 1]` pass for long separable filters (gain folded into the first). Cached on `f`: flipping
+    and scaling it anew would cost two small kernel launches per call, forward and backward."""
 
-    Cached on `f` per (flip, gain, device) while its version counter is unchanged: the networks pass
-    the same filter buffer to every call, and flipping and scaling it anew would cost two small
-    kernel launches per call, forward and backward.
-    """
-    key = (flip_filter, gain, device)
-    version = upfirdn2d_mod._version(f)
-    cache = f.__dict__.get("_upfirdn2d_kernel_filters") if version is not None else None
-    if cache is not None and cache[0] == version and key in cache[1]:
-        return cache[1][key]
-    g = f.detach().to(device=device, dtype=torch.float32)
-    g = g if flip_filter else g.flip(list(range(g.ndim)))  # the kernel correlates; f means convolution
-    if g.ndim == 1 and g.numel() > _MAX_OUTER_TAPS:
-        filters = ((g * gain)[None, :].contiguous(), g[:, None].contiguous())
-    else:
-        filters = (((torch.outer(g, g) if g.ndim == 1 else g) * gain).contiguous(),)
-    if version is not None:
-        if cache is None or cache[0] != version:
-            cache = f.__dict__["_upfirdn2d_kernel_filters"] = (version, {})
-        cache[1][key] = filters
-    return filters
+    def make():
+        g = f.detach().to(device=device, dtype=torch.float32)
+        g = g if flip_filter else g.flip(list(range(g.ndim)))  # the kernel correlates; f means convolution
+        if g.ndim == 1 and g.numel() > _MAX_OUTER_TAPS:
+            return (g * gain)[None, :].contiguous(), g[:, None].contiguous()
+        return (((torch.outer(g, g) if g.ndim == 1 else g) * gain).contiguous(),)
+
+    return upfirdn2d_mod.cached_on(f, ("kernel", flip_filter, gain, device), make)
 
 
 def _upfirdn2d_launch(x, f, up, down, padding, flip_filter, gain, path) -> torch.Tensor:

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ from torch_utils import ops as _ops
 __all__ = ["setup_filter", "upfirdn2d", "filter2d", "upsample2d", "downsample2d"]
 
 _IMPLS = ("ref", "cuda", "auto")
+T = TypeVar("T")
 
 # ---------------------------------------------------------------------------------------------------
 # Argument parsing.
@@ -143,38 +145,52 @@ def _separable_factors(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | N
     """Return float64 CPU taps (fx [fw], fy [fh]) with `outer(fy, fx) == f`, or None.
 
     1-D filters are separable by definition. 2-D filters are factored when they are rank 1 up to
-    float32 rounding (every `setup_filter` outer product is). The answer is cached on the tensor
-    itself, keyed by its version counter so that in-place edits are noticed.
+    float32 rounding (every `setup_filter` outer product is). The answer is cached on the tensor.
     """
     if f.ndim == 1:
         return None  # handled by the caller without factoring
     if f.requires_grad:
         return None  # keep the plain 2-D path so gradients w.r.t. the filter stay exact
-    version = _version(f)
-    cache = getattr(f, "_upfirdn2d_factors", None)
-    if cache is not None and version is not None and cache[0] == version:
-        return cache[1]
+    return cached_on(f, "factors", lambda: _factorise(f))
+
+
+def _factorise(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     g = f.detach().to("cpu", torch.float64)
     i = int(g.abs().sum(dim=1).argmax())
     row = g[i]
     j = int(row.abs().argmax())
-    result = None
-    if row[j] != 0:
-        col = g[:, j] / row[j]
-        err = (torch.outer(col, row) - g).abs().max()
-        if err <= 8 * max(g.shape) * torch.finfo(f.dtype).eps * g.abs().max():  # rank 1 up to rounding
-            # Balance the two factors (equal sums when possible): [1,3,3,1]/8 each for the usual filter.
-            rs, cs = float(row.sum()), float(col.sum())
-            if rs * cs > 0:
-                k = math.sqrt(rs * cs)
-                row, col = row * (k / rs), col * (k / cs)
-            result = (row, col)
-    if version is not None:
-        try:
-            f._upfirdn2d_factors = (version, result)
-        except (AttributeError, RuntimeError):  # e.g. tensor subclasses that refuse attributes
-            pass
-    return result
+    if row[j] == 0:
+        return None
+    col = g[:, j] / row[j]
+    err = (torch.outer(col, row) - g).abs().max()
+    if err > 8 * max(g.shape) * torch.finfo(f.dtype).eps * g.abs().max():  # not rank 1 up to rounding
+        return None
+    # Balance the two factors (equal sums when possible): [1,3,3,1]/8 each for the usual filter.
+    rs, cs = float(row.sum()), float(col.sum())
+    if rs * cs > 0:
+        k = math.sqrt(rs * cs)
+        row, col = row * (k / rs), col * (k / cs)
+    return row, col
+
+
+def cached_on(f: torch.Tensor, key, make: Callable[[], T]) -> T:
+    """`make()`, kept on the filter tensor `f` under `key` until `f` changes in place (its version
+    counter moves). Filters are small module buffers passed to every call: whatever is derived from
+    them (factors, casts, the kernels' flipped copies) is worth computing once. Computed afresh where
+    `f` has no version counter (inference-mode tensors) or takes no attributes."""
+    version = _version(f)
+    if version is None:
+        return make()
+    try:
+        cache = f.__dict__.setdefault("_upfirdn2d_cache", {})
+    except (AttributeError, RuntimeError):  # e.g. tensor subclasses that refuse attributes
+        return make()
+    hit = cache.get(key)
+    if hit is not None and hit[0] == version:
+        return hit[1]
+    value = make()
+    cache[key] = (version, value)
+    return value
 
 
 def _version(f: torch.Tensor) -> int | None:
@@ -392,17 +408,8 @@ _SEPARABLE_OVERHEAD = 8
 
 def _cast_factors(f, factors, x):
     """The float64 CPU factors converted to x's dtype/device, cached beside the factorisation."""
-    version = _version(f)
-    cast = tuple(t.to(device=x.device, dtype=x.dtype) for t in factors) if version is None else None
-    if cast is None:
-        key = (x.dtype, x.device)
-        cache = f.__dict__.setdefault("_upfirdn2d_cast", {})
-        hit = cache.get(key)
-        if hit is not None and hit[0] == version:
-            return hit[1]
-        cast = tuple(t.to(device=x.device, dtype=x.dtype) for t in factors)
-        cache[key] = (version, cast)
-    return cast
+    return cached_on(f, ("cast", x.dtype, x.device),
+                     lambda: tuple(t.to(device=x.device, dtype=x.dtype) for t in factors))
 
 
 def _axis_phases(length, u, k, p0, p1):

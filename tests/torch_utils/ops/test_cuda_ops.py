@@ -237,18 +237,22 @@ def test_upfirdn2d_kernel_filters_are_prepared_once_per_filter_version(kernel_de
     gen = torch.Generator(device=kernel_device).manual_seed(8)
     x = torch.randn([2, 3, 9, 9], generator=gen, device=kernel_device, requires_grad=True)
     f = torch.rand([4, 4], generator=gen, device=kernel_device)
+
+    def kernel_entries():
+        return {k: v for k, (_, v) in f._upfirdn2d_cache.items() if k[0] == "kernel"}
+
     y = _cuda.upfirdn2d_cuda(x, f, (2, 2), (1, 1), (2, 1, 2, 1), False, 4.0)
-    (first,) = f._upfirdn2d_kernel_filters[1][(False, 4.0, x.device)]
+    (first,) = kernel_entries()[("kernel", False, 4.0, x.device)]
     y.backward(torch.ones_like(y))  # the backward's call flips back: a second entry
-    assert len(f._upfirdn2d_kernel_filters[1]) == 2
+    assert len(kernel_entries()) == 2
     again = _cuda.upfirdn2d_cuda(x.detach(), f, (2, 2), (1, 1), (2, 1, 2, 1), False, 4.0)
-    assert f._upfirdn2d_kernel_filters[1][(False, 4.0, x.device)][0] is first
+    assert kernel_entries()[("kernel", False, 4.0, x.device)][0] is first
     _assert_close(again, _upfirdn2d_ref(x.detach(), f, (2, 2), (1, 1), (2, 1, 2, 1), False, 4.0),
                   torch.float32, "cached filter")
     f.mul_(-1)  # in place: a new version, so the kernel must see the new taps
     edited = _cuda.upfirdn2d_cuda(x.detach(), f, (2, 2), (1, 1), (2, 1, 2, 1), False, 4.0)
     _assert_close(edited, -again, torch.float32, "edited filter")
-    assert f._upfirdn2d_kernel_filters[1][(False, 4.0, x.device)][0] is not first
+    assert kernel_entries()[("kernel", False, 4.0, x.device)][0] is not first
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
