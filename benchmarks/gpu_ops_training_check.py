@@ -49,6 +49,35 @@ def run_child(cfg: str, res: int, steps: int, device: str = "cuda") -> dict[str,
     return out
 
 
+def compare(ref: dict[str, list[float]], cuda: dict[str, list[float]]
+            ) -> tuple[list[tuple[str, int, float, float, float]], float, float]:
+    """Rows (statistic, step, ref, cuda, relative difference), the worst difference over all steps and
+    the worst at step 0 (G_param_sum excluded there: it is taken after the last step). A statistic the
+    CUDA run lacks, or reports for fewer steps, counts as an infinite difference.
+
+    A statistic that crosses zero (the scores) has no meaningful relative error at its small values:
+    each difference is measured against the statistic's largest magnitude over the run (floored at
+    0.1). Sign means are listed but not checked (a logit at ~0 may flip sign under any reordering of
+    sums)."""
+    rows, worst, worst0 = [], 0.0, 0.0
+    for name in sorted(ref):
+        other = cuda.get(name, [])
+        if len(other) != len(ref[name]):
+            rows.append((name, len(other), float("nan"), float("nan"), float("inf")))
+            worst = worst0 = float("inf")
+            continue
+        pairs = list(zip(ref[name], other))
+        scale = max([abs(v) for pair in pairs for v in pair] + [0.1])
+        for i, (a, b) in enumerate(pairs):
+            rel = abs(a - b) / scale
+            if "signs" not in name:
+                worst = max(worst, rel)
+                if i == 0 and name != "G_param_sum":
+                    worst0 = max(worst0, rel)
+            rows.append((name, i, a, b, rel))
+    return rows, worst, worst0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=4)
@@ -73,22 +102,10 @@ def main() -> int:
             print(f"SPATIALGAN_OPS={ops} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
             return 1
         results[ops] = json.loads(lines[-1][7:])
-    worst = worst0 = 0.0
+    rows, worst, worst0 = compare(results["ref"], results["cuda"])
     print("| statistic | step | ref | cuda | rel. diff |\n|---|---|---|---|---|")
-    for name in sorted(results["ref"]):
-        pairs = list(zip(results["ref"][name], results["cuda"].get(name, [])))
-        # A statistic that crosses zero (the scores) has no meaningful relative error at its small
-        # values: measure each difference against the statistic's largest magnitude over the run
-        # (floored at 0.1). Sign means are printed, not checked (a logit at ~0 may flip sign under
-        # any reordering of sums).
-        scale = max([abs(v) for pair in pairs for v in pair] + [0.1])
-        for i, (a, b) in enumerate(pairs):
-            rel = abs(a - b) / scale
-            if "signs" not in name:
-                worst = max(worst, rel)
-                if i == 0 and name != "G_param_sum":
-                    worst0 = max(worst0, rel)
-            print(f"| {name} | {i} | {a:.6g} | {b:.6g} | {rel:.2e} |")
+    for name, i, a, b, rel in rows:
+        print(f"| {name} | {i} | {a:.6g} | {b:.6g} | {rel:.2e} |")
     # Step 0 sees identical weights and batches, so only the order of float sums differs; afterwards
     # Adam's first updates (about lr * sign(grad) per weight) turn rounding-level gradient differences
     # into lr-sized weight differences, and the runs drift apart within the looser --tol.

@@ -238,41 +238,6 @@ def update_ema(run: Run) -> None:
         b_ema.copy_(b)
 
 
-def time_steps(options: dict[str, Any], device: torch.device | str = "cpu", steps: int = 10, warmup: int = 2,
-               rank: int = 0, world_size: int = 1) -> dict[str, Any]:
-    """Build a run from `options` and time `steps` training steps after `warmup` untimed ones.
-
-    For benchmarks: with world_size > 1 call it on every rank after `distributed.init` (e.g. in a
-    script launched by torchrun or `distributed.launch_local`); all ranks return the same timing.
-    """
-    if steps < 1 or warmup < 0:
-        raise ValueError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
-    device = torch.device(device)
-    run = build_run(options, device, rank, world_size)
-    start_data(run)
-
-    def sync() -> None:  # CUDA work is asynchronous; the slowest rank sets the pace
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        distributed.barrier()
-
-    for _ in range(warmup):
-        train_step(run)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        train_step(run)
-    sync()
-    elapsed = distributed.all_reduce_sum(torch.tensor([time.perf_counter() - start], dtype=torch.float64))
-    sec = float(elapsed) / world_size / steps
-    mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return dict(sec_per_step=sec, img_per_sec=options["batch"] / sec, sec_per_kimg=sec * 1000 / options["batch"],
-                batch=options["batch"], batch_gpu=options["batch_gpu"], world_size=world_size, steps=steps,
-                device=str(device), peak_gpu_mem_gib=mem)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Snapshots and resume.
 

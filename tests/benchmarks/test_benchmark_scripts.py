@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+import gpu_ops_training_check as ops_check  # noqa: E402
 import ops_speed  # noqa: E402
 import step_profile  # noqa: E402
 import train_speed as ts  # noqa: E402
@@ -35,6 +36,32 @@ def test_help(script):
     proc = _run(str(BENCH / script), "--help")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--device" in proc.stdout
+
+
+def test_ops_training_check_compares_every_statistic_against_its_scale():
+    ref = {"Loss/G/loss": [2.0, 1.0], "Loss/scores/fake": [0.001, -0.5], "Loss/signs/fake": [1.0, -1.0],
+           "G_param_sum": [10.0]}
+    same = {k: list(v) for k, v in ref.items()}
+    assert ops_check.compare(ref, same)[1:] == (0.0, 0.0)
+    # Scores near 0 are judged against their largest magnitude (0.5), not against themselves.
+    near = dict(same, **{"Loss/scores/fake": [0.002, -0.5]})
+    assert ops_check.compare(ref, near)[1:] == (pytest.approx(0.002), pytest.approx(0.002))
+    assert ops_check.compare(ref, dict(same, **{"Loss/signs/fake": [-1.0, 1.0]}))[1:] == (0.0, 0.0)
+    drift = ops_check.compare(ref, dict(same, G_param_sum=[11.0]))
+    assert drift[1:] == (pytest.approx(1 / 11), 0.0)  # taken after the last step: not a step-0 figure
+    # A statistic the CUDA run lost (or cut short) must fail the check, not vanish from it.
+    lost = {k: v for k, v in same.items() if k != "Loss/G/loss"}
+    assert ops_check.compare(ref, lost)[1:] == (float("inf"), float("inf"))
+    assert ops_check.compare(ref, dict(same, **{"Loss/G/loss": [2.0]}))[1] == float("inf")
+
+
+@pytest.mark.slow
+def test_ops_training_check_runs_on_cpu():
+    """Both children run (on the CPU each op path is the reference one, so they agree exactly)."""
+    proc = _run(str(BENCH / "gpu_ops_training_check.py"), "--device=cpu", "--steps=1", "--res=16")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "| Loss/G/loss | 0 |" in proc.stdout
+    assert "step 0: worst relative difference 0.000e+00" in proc.stdout
 
 
 def test_gpu_check_script_parses():

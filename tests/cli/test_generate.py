@@ -6,43 +6,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import pytest
 import torch
 from click.testing import CliRunner
 
 import generate
+from cli_support import REPO, RES
+from cli_support import load_rgb as load
 from editing import synthesis
-
-REPO = Path(__file__).resolve().parents[2]
-TINY = ["--kimg=0.008", "--tick=0.004", "--snap=1", "--workers=0", "--metrics=none", "--batch=4"]
-RES = 16
-
-
-def train_snapshot(outdir: Path, cfg: str, data: str) -> Path:
-    """Train a tiny run with train.py and return its snapshot."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), f"--outdir={outdir}", f"--cfg={cfg}",
-                           f"--data={data}", *TINY], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    (snap,) = outdir.glob("*/network-snapshot-*.pt")
-    return snap
-
-
-@pytest.fixture(scope="module")
-def spatial(tmp_path_factory) -> Path:
-    return train_snapshot(tmp_path_factory.mktemp("spatial"), "tiny-spatial", f"synthetic:shapes:{RES}")
-
-
-@pytest.fixture(scope="module")
-def indoor(tmp_path_factory) -> Path:
-    return train_snapshot(tmp_path_factory.mktemp("indoor"), "tiny-spatial-indoor", f"synthetic:rooms:{RES}")
-
-
-@pytest.fixture(scope="module")
-def baseline(tmp_path_factory) -> Path:
-    return train_snapshot(tmp_path_factory.mktemp("baseline"), "tiny", f"synthetic:shapes:{RES}")
 
 
 def gen(network: Path, outdir: Path, *args: str):
@@ -65,11 +36,6 @@ def error(network: Path, outdir: Path, *args: str) -> str:
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), res.stderr
     return lines[0]
-
-
-def load(path: Path) -> np.ndarray:
-    with PIL.Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
 
 
 def one_image(network: Path, outdir: Path, *args: str) -> np.ndarray:

@@ -1,42 +1,14 @@
 """style_mixing.py on tiny trained snapshots: files, grid layout, styles, heatmap seeds, errors."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
-import pytest
 from click.testing import CliRunner
 
 import generate
 import style_mixing
-
-REPO = Path(__file__).resolve().parents[2]
-TINY = ["--kimg=0.008", "--tick=0.004", "--snap=1", "--workers=0", "--metrics=none", "--batch=4"]
-RES = 16
-
-
-def train_snapshot(outdir: Path, cfg: str) -> Path:
-    """Train a tiny run with train.py and return its snapshot."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), f"--outdir={outdir}", f"--cfg={cfg}",
-                           f"--data=synthetic:shapes:{RES}", *TINY], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    (snap,) = outdir.glob("*/network-snapshot-*.pt")
-    return snap
-
-
-@pytest.fixture(scope="module")
-def spatial(tmp_path_factory) -> Path:
-    return train_snapshot(tmp_path_factory.mktemp("spatial"), "tiny-spatial")
-
-
-@pytest.fixture(scope="module")
-def baseline(tmp_path_factory) -> Path:
-    return train_snapshot(tmp_path_factory.mktemp("baseline"), "tiny")
+from cli_support import RES
+from cli_support import load_rgb as load
 
 
 def invoke(command, network: Path, outdir: Path, *args: str):
@@ -66,11 +38,6 @@ def generated(network: Path, outdir: Path, seed: int, heatmap_seed: int | None =
     assert res.exit_code == 0, res.output
     (path,) = outdir.glob(f"seed{seed:04d}*.png")
     return load(path)
-
-
-def load(path: Path) -> np.ndarray:
-    with PIL.Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
 
 
 def cell(grid: np.ndarray, row: int, col: int) -> np.ndarray:

@@ -19,22 +19,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from cli_support import REPO, RES, TINY, env, train
 from training import checkpoint
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = ["--kimg=0.008", "--tick=0.004", "--snap=1", "--workers=0", "--metrics=none", "--batch=4"]
-SPATIAL = ["--cfg=tiny-spatial", "--data=synthetic:shapes:16", *TINY]
-
-
-def env() -> dict:
-    e = dict(os.environ, OMP_NUM_THREADS="1")
-    e.pop("SPATIALGAN_DEBUG", None)  # it turns one-line errors into tracebacks
-    return e
-
-
-def train(*args, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *map(str, args)], cwd=REPO, env=env(),
-                          capture_output=True, text=True, timeout=timeout)
+SPATIAL = ["--cfg=tiny-spatial", f"--data=synthetic:shapes:{RES}", *TINY]
 
 
 def train_inprocess(*args) -> SimpleNamespace:
@@ -74,12 +62,9 @@ def final_progress(run_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """One tiny SpatialGAN run (two ticks of one minibatch each); returns its run directory."""
-    outdir = tmp_path_factory.mktemp("train")
-    assert_ok(train(f"--outdir={outdir}", *SPATIAL))
-    (run_dir,) = run_dirs(outdir)
-    return run_dir
+def trained(spatial) -> Path:
+    """One tiny SpatialGAN run (two ticks of one minibatch each, `SPATIAL`); returns its run directory."""
+    return spatial.parent
 
 
 def test_run_writes_the_run_directory(trained):

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import os
 
-import click
 import pytest
-from click.testing import CliRunner
 
-from dnnlib.cli import user_errors
 from dnnlib.util import EasyDict, atomic_write, format_time, open_url, parse_int_list
 
 
@@ -62,17 +59,3 @@ def test_format_time_and_easydict():
     assert d["b"] == 2 and d.a == 1
     with pytest.raises(AttributeError):
         _ = d.missing
-
-
-def test_user_errors_prints_one_line_without_traceback(monkeypatch):
-    @click.command()
-    @user_errors()
-    def cmd():
-        raise ValueError("--thing='x' is bad\nsecond line")
-
-    monkeypatch.delenv("SPATIALGAN_DEBUG", raising=False)
-    result = CliRunner().invoke(cmd, [])
-    assert result.exit_code == 1
-    assert result.output.strip() == "Error: --thing='x' is bad"
-    monkeypatch.setenv("SPATIALGAN_DEBUG", "1")
-    assert isinstance(CliRunner().invoke(cmd, []).exception, ValueError)

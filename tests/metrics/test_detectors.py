@@ -1,3 +1,4 @@
+import os
 import pathlib
 
 import pytest
@@ -45,8 +46,11 @@ def test_file_url_and_cache_per_source(raw_file):
     url = pathlib.Path(raw_file).as_uri()
     a = detectors.get_detector("inception", url)
     assert a is detectors.get_detector("inception", url)  # cached in-process
-    assert a is not detectors.get_detector("inception", str(raw_file))
-    assert a.identity != detectors.get_detector("inception", str(raw_file)).identity or True
+    b = detectors.get_detector("inception", str(raw_file))
+    assert a is not b
+    # The statistics cache is keyed by identity: a URL by itself, a local file by its path and size.
+    assert url in a.identity
+    assert f"{os.path.abspath(raw_file)}:{os.path.getsize(raw_file)}" in b.identity
     assert a(torch.zeros([1, 3, 4, 4], dtype=torch.uint8)).shape == (1, 6)
 
 

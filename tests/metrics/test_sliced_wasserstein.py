@@ -15,6 +15,17 @@ def test_pyramid_levels_and_reconstruction():
     x = torch.rand(2, 3, 64, 64)
     levels = swd.laplacian_pyramid(x)
     assert [lvl.shape[-1] for lvl in levels] == [64, 32, 16]
+    # Collapsing the pyramid (upsample by zero insertion + the 4x-gain blur, add the band) gives x back.
+    cur = levels[-1]
+    for band in reversed(levels[:-1]):
+        up = torch.zeros_like(band)
+        up[:, :, ::2, ::2] = cur
+        cur = band + swd._blur(up, gain=4.0)
+    torch.testing.assert_close(cur, x)
+    # The blur keeps constants (reflect padding, unit DC gain): a flat image has empty bands.
+    flat = swd.laplacian_pyramid(torch.full([1, 3, 64, 64], 0.3))
+    assert all(band.abs().max() < 1e-6 for band in flat[:-1])
+    torch.testing.assert_close(flat[-1], torch.full([1, 3, 16, 16], 0.3))
 
 
 @pytest.mark.slow

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from training import checkpoint
 from training.config import resolve_options
 from training.dataset import open_dataset
 from training.training_loop import (TrainingError, build_run, make_snapshot, restore, train_step,
-                                    training_loop)
+                                    training_loop, update_ema)
 
 
 def tiny_options(cfg: str = "tiny", **overrides) -> dict:
@@ -139,3 +140,34 @@ def test_optimisers_use_the_multi_tensor_update_with_loop_identical_results():
         loop.step()
     assert all(torch.equal(p, q) for p, q in zip(ps, qs))
     assert all(not torch.equal(p, s) for p, s in zip(ps, start))  # the updates did move the weights
+
+
+def test_ema_update_follows_the_half_life_and_its_rampup():
+    """G_ema <- G + beta (G_ema - G), beta = 0.5 ** (batch / ema_nimg), ema_nimg capped by cur_nimg * rampup."""
+    run = build_run(tiny_options(ema_kimg=0.01, ema_rampup=None), torch.device("cpu"), 0, 1)
+    batch = run.options["batch"]
+
+    def ema_after_update(cur_nimg: int) -> float:
+        with torch.no_grad():
+            for p in run.G.parameters():
+                p.fill_(1.0)
+            for p in run.G_ema.parameters():
+                p.fill_(0.0)
+            for b in run.G.buffers():
+                if b.is_floating_point():
+                    b.fill_(3.0)
+        run.progress.cur_nimg = cur_nimg
+        update_ema(run)
+        values = torch.cat([p.flatten() for p in run.G_ema.parameters()])
+        assert torch.allclose(values, values[0].expand_as(values))
+        return values[0].item()
+
+    assert any(b.is_floating_point() for b in run.G.buffers())  # the buffer check below is not vacuous
+
+    # Half-life of 10 images: after one update of `batch` images G_ema holds 1 - 0.5 ** (batch / 10) of G.
+    assert ema_after_update(1000) == pytest.approx(1 - 0.5 ** (batch / 10))
+    assert all(torch.equal(b, a) for b, a in zip(run.G_ema.buffers(), run.G.buffers()))
+    # With a rampup the half-life is at most cur_nimg * rampup images: 2 images at cur_nimg = 4.
+    run.options["ema_rampup"] = 0.5
+    assert ema_after_update(4) == pytest.approx(1 - 0.5 ** (batch / 2))
+    assert ema_after_update(1000) == pytest.approx(1 - 0.5 ** (batch / 10))  # the cap no longer binds

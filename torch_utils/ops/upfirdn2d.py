@@ -504,25 +504,6 @@ def _fir_valid(x, g, num_channels, stride, pad):
     return y
 
 
-def _upfirdn2d_simple(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
-    """Literal implementation (zero-insertion, pad, 2-D depthwise conv, decimation) for testing."""
-    upx, upy = _parse_scaling("up", up)
-    downx, downy = _parse_scaling("down", down)
-    px0, px1, py0, py1 = _parse_padding(padding)
-    if f is None:
-        f = torch.ones([1, 1])
-    if f.ndim == 1:
-        f = torch.outer(f, f)
-    n, c, h, w = x.shape
-    x = x.reshape(n, c, h, 1, w, 1)
-    x = F.pad(x, [0, upx - 1, 0, 0, 0, upy - 1]).reshape(n, c, h * upy, w * upx)
-    x = _pad(x, py0, py1, px0, px1)
-    f = f.to(x.dtype) * gain
-    g = f if flip_filter else f.flip([0, 1])
-    x = F.conv2d(x, g[None, None].repeat(c, 1, 1, 1), groups=c)
-    return x[:, :, ::downy, ::downx]
-
-
 def _pad(x, py0, py1, px0, px1):
     """Zero-pad (positive) or crop (negative) the last two dims."""
     if py0 == 0 and py1 == 0 and px0 == 0 and px1 == 0:

@@ -14,7 +14,7 @@ R1 (gamma > 0) stays on. Weights and losses then agree up to float summation ord
 network's running `w_avg` (a statistic, not trained) is updated once per round, so it only agrees in
 direction (2 EMA updates per step in one process vs 1 per rank, averaged over ranks at snapshots).
 
-This file is also the worker script: `python -m torch.distributed.run ... test_distributed.py cfg.json`.
+This file is also the worker script: `python -m torch.distributed.run ... test_multi_process_training.py cfg.json`.
 """
 
 from __future__ import annotations
