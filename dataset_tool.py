@@ -2,13 +2,19 @@
 
 The output (an uncompressed .zip or a folder) uses the StyleGAN2-ADA layout: PNGs named
 `NNNNN/imgNNNNNNNN.png` and a root `dataset.json` with {"labels": [[relpath, label], ...]} or
-{"labels": null}. Labels in a source `dataset.json` are carried over.
+{"labels": null}. Labels in a source `dataset.json` are carried over after checking that training can use
+them: all class indices (integers 0 .. MAX_CLASSES - 1, one-hot in training) or all number lists of one
+length. Images are written as 8-bit greyscale or RGB PNGs, the modes `training.dataset` reads:
+16-bit greyscale sources (PIL modes I;16*) are scaled to 8 bits (v / 257, rounded), alpha and palette
+images are flattened to RGB, and 32-bit integer / float images (modes I, F; no known value range) are
+refused with the file's name.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import sys
@@ -27,6 +33,10 @@ from training import synthetic  # numpy/scipy only: the tool starts without impo
 
 DEFAULT_SYNTHETIC_IMAGES = 10_000
 DEFAULT_SYNTHETIC_RESOLUTION = 64
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Integer labels become one-hot vectors of max + 1 entries; the same limit as training.dataset.MAX_CLASSES
+# (not imported from there: that module needs torch, which this tool does not load).
+MAX_CLASSES = 100_000
 
 
 @dataclass
@@ -73,6 +83,50 @@ def _labels_from_json(data: bytes | None, where: str) -> dict | None:
         raise click.ClickException(f"invalid labels file {where}: {exc}") from None
 
 
+def _is_number(x) -> bool:
+    """A JSON number that stays finite as float32 (training's label dtype)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and abs(x) <= FLOAT32_MAX
+
+
+def _label_kind(label) -> str | int:
+    """'class' for a class index, the length for a number list; ValueError saying what is wrong."""
+    if isinstance(label, int) and not isinstance(label, bool):
+        if not 0 <= label < MAX_CLASSES:
+            raise ValueError(f"class index {label} is outside 0..{MAX_CLASSES - 1}")
+        return "class"
+    if isinstance(label, list) and label and all(_is_number(x) for x in label):
+        return len(label)
+    raise ValueError(f"label {json.dumps(label)[:60]} is neither a class index (an integer 0..{MAX_CLASSES - 1}) "
+                     "nor a non-empty list of finite numbers")
+
+
+def _describe(kind: str | int) -> str:
+    return "a class index" if kind == "class" else f"a list of {kind} numbers"
+
+
+def _labels_for(table: dict | None, names: list[str], where: str) -> list | None:
+    """The labels of `names` from a dataset.json table (None: no labels), checked the way training reads
+    them (training.dataset): every image labelled, all class indices or all number lists of one length."""
+    if table is None:
+        return None
+    labels, first = [], None
+    for name in names:
+        if name not in table:
+            raise click.ClickException(f"{where} has no label for image {name}")
+        try:
+            kind = _label_kind(table[name])
+        except ValueError as exc:
+            raise click.ClickException(f"{where}: image {name}: {exc}") from None
+        if first is None:
+            first = (name, kind)
+        elif kind != first[1]:
+            raise click.ClickException(f"{where}: image {name} has {_describe(kind)} as label but {first[0]} has "
+                                       f"{_describe(first[1])}; labels must be all class indices or all "
+                                       "number lists of one length")
+        labels.append(table[name])
+    return labels
+
+
 def _open_folder(path: str) -> Source:
     exts = _image_extensions()
     names = []
@@ -82,7 +136,8 @@ def _open_folder(path: str) -> Source:
                   if os.path.splitext(f)[1].lower() in exts]
     names.sort()
     json_path = os.path.join(path, "dataset.json")
-    labels = _labels_from_json(Path(json_path).read_bytes() if os.path.isfile(json_path) else None, json_path)
+    table = _labels_from_json(Path(json_path).read_bytes() if os.path.isfile(json_path) else None, json_path)
+    labels = _labels_for(table, names, json_path)
 
     def load_file(name: str) -> Callable[[], PIL.Image.Image]:
         def load() -> PIL.Image.Image:
@@ -90,7 +145,8 @@ def _open_folder(path: str) -> Source:
                 return _decode(f.read())
         return load
 
-    items = (SourceItem(os.path.join(path, n), load_file(n), _lookup(labels, n, path)) for n in names)
+    items = (SourceItem(os.path.join(path, n), load_file(n), lab)
+             for n, lab in zip(names, labels or [None] * len(names)))
     return Source(len(names), items, labels is not None)
 
 
@@ -102,22 +158,15 @@ def _open_zip(path: str) -> Source:
     exts = _image_extensions()
     members = set(zf.namelist())
     names = sorted(n for n in members if not n.endswith("/") and os.path.splitext(n)[1].lower() in exts)
-    labels = _labels_from_json(zf.read("dataset.json") if "dataset.json" in members else None,
-                               f"{path}:dataset.json")
+    where = f"{path}:dataset.json"
+    labels = _labels_for(_labels_from_json(zf.read("dataset.json") if "dataset.json" in members else None, where),
+                         names, where)
 
     def load_member(name: str) -> Callable[[], PIL.Image.Image]:
         return lambda: _decode(zf.read(name))
 
-    items = (SourceItem(f"{path}:{n}", load_member(n), _lookup(labels, n, path)) for n in names)
+    items = (SourceItem(f"{path}:{n}", load_member(n), lab) for n, lab in zip(names, labels or [None] * len(names)))
     return Source(len(names), items, labels is not None)
-
-
-def _lookup(labels: dict | None, name: str, source: str):
-    if labels is None:
-        return None
-    if name not in labels:
-        raise click.ClickException(f"{source}: dataset.json has no label for {name}")
-    return labels[name]
 
 
 def _open_lmdb(path: str) -> Source:
@@ -165,10 +214,19 @@ def open_source(source: str, resolution: int | None, max_images: int | None) -> 
     if source.startswith("synthetic:"):
         return _open_synthetic(source, resolution, max_images)
     if os.path.isdir(source):
-        is_lmdb = os.path.isfile(os.path.join(source, "data.mdb")) or os.path.normpath(source).endswith("_lmdb")
-        return _open_lmdb(source) if is_lmdb else _open_folder(source)
+        # An LMDB environment is a folder holding data.mdb; the name (LSUN's *_lmdb) proves nothing.
+        if os.path.isfile(os.path.join(source, "data.mdb")):
+            return _open_lmdb(source)
+        src = _open_folder(source)
+        if src.count == 0:
+            raise click.ClickException(f"no images found in folder {source} (and no data.mdb: not an LMDB "
+                                       "database either)")
+        return src
     if os.path.isfile(source) and source.lower().endswith(".zip"):
-        return _open_zip(source)
+        src = _open_zip(source)
+        if src.count == 0:
+            raise click.ClickException(f"no images found in zip {source}")
+        return src
     if not os.path.exists(source):
         raise click.ClickException(f"source not found: {source}")
     raise click.ClickException(f"unsupported source {source}: expected a folder, a .zip, an LMDB directory "
@@ -220,10 +278,25 @@ def _center_crop_wide(img: PIL.Image.Image, res: int, resample: int) -> PIL.Imag
     return canvas
 
 
+def to_8bit(img: PIL.Image.Image) -> PIL.Image.Image:
+    """Mode L or RGB. 16-bit greyscale (I;16, I;16L, I;16B, I;16N) is scaled by 255/65535 (v / 257, rounded,
+    so 65535 -> 255); 1-bit -> L; alpha / palette / other colour modes -> RGB. ValueError for 32-bit
+    integer or float greyscale (modes I, F): their value range is unknown, so any scaling would be a guess."""
+    if img.mode in ("L", "RGB"):
+        return img
+    if img.mode.startswith("I;16"):
+        wide = np.asarray(img).astype(np.uint32)
+        return PIL.Image.fromarray(((wide + 128) // 257).astype(np.uint8))  # 2-D uint8: mode L
+    if img.mode in ("I", "F"):
+        kind = "integer" if img.mode == "I" else "floating-point"
+        raise ValueError(f"32-bit {kind} image (PIL mode {img.mode}) has no known value range; convert it to "
+                         "8- or 16-bit greyscale or RGB first")
+    return img.convert("L" if img.mode == "1" else "RGB")
+
+
 def transform_image(img: PIL.Image.Image, res: int | None, transform: str | None, resample: int) -> np.ndarray:
-    """PIL image -> uint8 [H, W] (greyscale) or [H, W, 3]; alpha/palette images are flattened to RGB."""
-    if img.mode not in ("L", "RGB"):
-        img = img.convert("L" if img.mode in ("1", "I;16", "I", "F") else "RGB")
+    """PIL image -> uint8 [H, W] (greyscale) or [H, W, 3], converted by `to_8bit` (ValueError from it)."""
+    img = to_8bit(img)
     if transform == "center-crop":
         img = _center_crop(img)
     elif transform == "center-crop-wide":
@@ -237,15 +310,50 @@ def transform_image(img: PIL.Image.Image, res: int | None, transform: str | None
 # Writers: everything goes to a temporary sibling first and is renamed into place at the end.
 
 
+def _inside(path: str, folder: str) -> bool:
+    """Whether resolved `path` is `folder` or lies below it."""
+    try:
+        return os.path.commonpath([path, folder]) == folder
+    except ValueError:  # different drives (Windows)
+        return False
+
+
+def check_dest(dest: str, source: str) -> None:
+    """Refuse, before any work, a --dest that would destroy or mix with data: the --source itself (or a
+    folder inside the source folder), an existing zip, an existing file, a non-empty folder, or a path
+    whose parent is a file. Nothing existing is ever replaced."""
+    is_zip = dest.lower().endswith(".zip")
+    real_dest = os.path.realpath(dest)
+    if not source.startswith("synthetic:") and os.path.exists(source):
+        real_source = os.path.realpath(source)
+        if real_dest == real_source or (os.path.exists(dest) and os.path.samefile(dest, source)):
+            raise click.ClickException(f"--dest {dest} is the --source itself; write to a new path")
+        if not is_zip and os.path.isdir(real_source) and _inside(real_dest, real_source):
+            raise click.ClickException(f"--dest folder {dest} is inside the --source folder {source}; the output "
+                                       "would mix with its input: choose a folder outside it")
+    if is_zip and os.path.lexists(dest):
+        raise click.ClickException(f"--dest {dest} already exists; delete it first or choose another name "
+                                   "(an existing zip is never replaced)")
+    if not is_zip and os.path.lexists(dest) and not os.path.isdir(dest):
+        raise click.ClickException(f"--dest {dest} is an existing file; give a new .zip path or a new or empty "
+                                   "folder")
+    if not is_zip and os.path.isdir(dest) and os.listdir(dest):
+        raise click.ClickException(f"--dest folder {dest} exists and is not empty")
+    ancestor = os.path.dirname(os.path.abspath(dest))
+    while not os.path.lexists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise click.ClickException(f"cannot write --dest {dest}: {ancestor} is a file, not a folder")
+
+
 class _Writer:
-    """Writes `relpath -> bytes` into a temp zip or folder beside `dest`; `commit()` renames it."""
+    """Writes `relpath -> bytes` into a temp zip or folder beside `dest` (checked by `check_dest`);
+    `commit()` renames it into place."""
 
     def __init__(self, dest: str):
         self.dest = os.path.abspath(dest)
         self.is_zip = dest.lower().endswith(".zip")
         parent = os.path.dirname(self.dest)
-        if not self.is_zip and os.path.isdir(self.dest) and os.listdir(self.dest):
-            raise click.ClickException(f"--dest folder {dest} exists and is not empty")
         try:
             os.makedirs(parent, exist_ok=True)
             if self.is_zip:
@@ -326,7 +434,10 @@ def convert(source: Source, writer: _Writer, res: int | None, transform: str | N
                                                "(use --skip-bad to skip unreadable images)") from None
                 skipped += 1
                 continue
-            arr = transform_image(img, res, transform, resample)
+            try:
+                arr = transform_image(img, res, transform, resample)
+            except ValueError as exc:
+                raise click.ClickException(f"{item.name}: {exc}") from None
             shape = _check_output_shape(arr, shape, item.name)
             relpath = f"{written // 1000:05d}/img{written:08d}.png"
             writer.add(relpath, _png_bytes(arr))
@@ -343,10 +454,14 @@ def convert(source: Source, writer: _Writer, res: int | None, transform: str | N
 @click.command(context_settings=dict(help_option_names=["-h", "--help"]))
 @click.option("--source", required=True, metavar="PATH",
               help="Input: an image folder (searched recursively), a .zip of images, an LSUN LMDB directory "
-                   "(holding data.mdb, or named *_lmdb), or synthetic:<kind>[:<res>] with kind "
-                   f"in {', '.join(synthetic.KINDS)}. A dataset.json in a folder/zip supplies labels.")
+                   "(recognised by its data.mdb, e.g. bedroom_train_lmdb/), or synthetic:<kind>[:<res>] with "
+                   f"kind in {', '.join(synthetic.KINDS)}. A dataset.json in a folder/zip supplies labels "
+                   f"(class indices 0..{MAX_CLASSES - 1} or number lists). 16-bit greyscale is scaled to "
+                   "8 bits; 32-bit integer/float images are refused.")
 @click.option("--dest", required=True, metavar="PATH",
-              help="Output: a .zip (uncompressed) or a new/empty folder. Written atomically.")
+              help="Output: a new .zip (uncompressed) or a new/empty folder; neither the source nor a folder "
+                   "inside it. "
+                   "Written atomically; an existing zip is never replaced.")
 @click.option("--max-images", type=click.IntRange(min=1), default=None,
               help=f"Stop after this many images [default: all; {DEFAULT_SYNTHETIC_IMAGES} for synthetic].")
 @click.option("--resolution", metavar="WxH", default=None,
@@ -374,8 +489,10 @@ def main(source: str, dest: str, max_images: int | None, resolution: str | None,
     if transform == "center-crop-wide" and res is None:
         raise click.ClickException("--transform=center-crop-wide needs --resolution")
     resample = PIL.Image.Resampling.LANCZOS if resize_filter == "lanczos" else PIL.Image.Resampling.BOX
-    src = open_source(os.path.expanduser(source), res, max_images)
-    writer = _Writer(os.path.expanduser(dest))
+    source, dest = os.path.expanduser(source), os.path.expanduser(dest)
+    check_dest(dest, source)
+    src = open_source(source, res, max_images)
+    writer = _Writer(dest)
     try:
         written, skipped = convert(src, writer, res, transform, resample, max_images, skip_bad)
         writer.commit()

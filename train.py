@@ -27,7 +27,7 @@ from pathlib import Path
 import click
 import torch
 
-from dnnlib.cli import pick_device
+from dnnlib.cli import FiniteFloatRange, error_text, pick_device
 from torch_utils import distributed
 from torch_utils.misc import tune_cpu_allocator
 from training.training_loop import TrainingError
@@ -54,23 +54,27 @@ def parse_resolutions(text: str | None):
         raise click.BadParameter(f"expected 'all' or comma-separated resolutions, got {text!r}") from None
 
 
-def resolve_resume(path: str | None) -> str | None:
-    """A snapshot file, or a run directory (its newest snapshot)."""
+def resolve_resume(path: str | None) -> tuple[str | None, dict | None]:
+    """(snapshot file, its contents) for a snapshot file or a run directory (its newest snapshot), loaded
+    here so that a bad one is refused before anything (run directory, processes) is created."""
     if path is None:
-        return None
+        return None, None
+    from training.checkpoint import list_snapshots, load_snapshot
+
     p = Path(path)
     if p.is_dir():
-        snaps = sorted(p.glob("network-snapshot-*.pt"))
+        snaps = list_snapshots(p)
         if not snaps:
             raise click.ClickException(f"--resume={path}: directory holds no network-snapshot-*.pt")
-        return str(snaps[-1])
-    if not p.is_file():
+        p = snaps[-1]
+    elif not p.is_file():
         raise click.ClickException(f"--resume={path}: no such file or directory")
-    # Refuse a non-snapshot before anything (run directory, processes) is created.
-    from training.checkpoint import load_snapshot
+    return str(p), load_snapshot(p)
 
-    load_snapshot(p)
-    return str(p)
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def make_run_dir(outdir: str, desc: str) -> str:
@@ -136,11 +140,29 @@ def build_options(args: dict, world_size: int) -> dict:
                  resolutions=parse_resolutions(args["align_res"]))
     return resolve_options(
         args["cfg"], info, world_size, kimg=args["kimg"], batch=args["batch"], batch_gpu=args["batch_gpu"],
-        gamma=args["gamma"], seed=args["seed"], snap=args["snap"], tick=args["tick"], workers=args["workers"],
+        gamma=args["gamma"], seed=args["seed"], snap=args["snap"], tick=args["tick"],
+        workers=args["workers"] if args["workers"] is not None else min(3, usable_cpus()),
         aug=args["aug"], p=args["p"], target=args["target"], augpipe=args["augpipe"], fp32=args["fp32"],
         channels_last=args["channels_last"], freezed=args["freezed"],
         metrics=parse_metrics(args["metrics"]), pl_weight=args["pl_weight"], style_mixing=args["style_mixing"],
         allow_tf32=args["allow_tf32"], cudnn_benchmark=not args["nobench"], spatial=spatial, align=align)
+
+
+def check_run(args: dict, options: dict, resume: str | None, resume_data: dict | None) -> None:
+    """Build the run's networks and loss on the CPU (and check metrics and the resume snapshot against
+    them), so that a bad combination of options fails now, not after the run directory exists."""
+    from training.training_loop import check_options
+
+    check_options(options, resume_data, resume or "")
+    wanted = parse_resolutions(args["align_res"])
+    if isinstance(wanted, list) and options["align"]:
+        # The preset's defaults are fitted to the resolution silently; resolutions asked for must exist.
+        res = options["resolution"]
+        maps = [res >> k for k in range(1, res.bit_length()) if res >> k >= 4]
+        missing = [r for r in wanted if r not in maps]
+        if missing:
+            raise click.ClickException(f"--align-res={args['align_res']}: D has no {missing} feature maps at "
+                                       f"{res}px (it has {sorted(maps)})")
 
 
 @click.command(help=__doc__, context_settings={"max_content_width": 110})
@@ -150,20 +172,20 @@ def build_options(args: dict, world_size: int) -> dict:
 @click.option("--cond", type=bool, default=False, metavar="BOOL", help="Train conditionally on dataset.json labels")
 @click.option("--subset", type=click.IntRange(min=1), metavar="INT", help="Train on a seeded random subset")
 @click.option("--mirror", type=bool, default=False, metavar="BOOL", help="Add x-flipped copies of the images")
-@click.option("--gamma", type=click.FloatRange(min=0), help="R1 weight (default: preset)")
-@click.option("--kimg", type=click.FloatRange(min=0, min_open=True), help="Training length in kimg (default: preset)")
+@click.option("--gamma", type=FiniteFloatRange(min=0), help="R1 weight (default: preset)")
+@click.option("--kimg", type=FiniteFloatRange(min=0, min_open=True), help="Training length in kimg (default: preset)")
 @click.option("--batch", type=click.IntRange(min=1), help="Total batch size (default: preset)")
 @click.option("--batch-gpu", type=click.IntRange(min=1), help="Samples per round per process (gradient accumulation)")
 @click.option("--aug", type=click.Choice(["noaug", "ada", "fixed"]), help="Augmentation mode (default: preset)")
-@click.option("--p", type=click.FloatRange(0, 1), help="Augment probability for --aug=fixed")
-@click.option("--target", type=click.FloatRange(0, 1, min_open=True, max_open=True), help="ADA target [default: 0.6]")
+@click.option("--p", type=FiniteFloatRange(0, 1), help="Augment probability for --aug=fixed")
+@click.option("--target", type=FiniteFloatRange(0, 1, min_open=True, max_open=True), help="ADA target [default: 0.6]")
 @click.option("--augpipe", type=click.Choice(["blit", "geom", "color", "filter", "noise", "cutout", "bg", "bgc",
                                               "bgcf", "bgcfn", "bgcfnc"]), help="Augmentation pipeline [default: bgc]")
 @click.option("--resume", metavar="PATH", help="Resume from a snapshot (.pt) or a run directory's newest snapshot")
 @click.option("--snap", type=click.IntRange(min=0), default=50, show_default=True, help="Snapshot every N ticks")
-@click.option("--tick", type=click.FloatRange(min=0, min_open=True), help="kimg per tick (default: preset, 4)")
+@click.option("--tick", type=FiniteFloatRange(min=0, min_open=True), help="kimg per tick (default: preset, 4)")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed")
-@click.option("--workers", type=click.IntRange(min=0), default=3, show_default=True, help="DataLoader workers")
+@click.option("--workers", type=click.IntRange(min=0), help="DataLoader workers [default: 3, at most the usable CPUs]")
 @click.option("--metrics", metavar="LIST", help="Metrics at each snapshot, e.g. fid50k_full,comove1k, or none")
 @click.option("--freezed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Freeze-D: number of D layers, from the input side, that do not train")
@@ -176,11 +198,11 @@ def build_options(args: dict, world_size: int) -> dict:
 @click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
               help="Local processes to spawn through torchrun (not needed when launched by torchrun)")
 @click.option("--dist-backend", type=click.Choice(["nccl", "gloo"]), help="torch.distributed backend override")
-@click.option("--dist-timeout", type=click.FloatRange(min=0, min_open=True), envvar="SPATIALGAN_DIST_TIMEOUT",
+@click.option("--dist-timeout", type=FiniteFloatRange(min=0, min_open=True), envvar="SPATIALGAN_DIST_TIMEOUT",
               default=distributed.DEFAULT_TIMEOUT_S, show_default=True, metavar="SEC",
               help="Fail when a collective waits longer (a rank died or hangs); env SPATIALGAN_DIST_TIMEOUT")
-@click.option("--pl-weight", type=click.FloatRange(min=0), help="Path-length weight (default: preset, 2)")
-@click.option("--style-mixing", type=click.FloatRange(0, 1), help="Style-mixing probability (default: preset)")
+@click.option("--pl-weight", type=FiniteFloatRange(min=0), help="Path-length weight (default: preset, 2)")
+@click.option("--style-mixing", type=FiniteFloatRange(0, 1), help="Style-mixing probability (default: preset)")
 @click.option("--encoding", type=click.Choice(["none", "sel_norm", "sel_concat", "sel_indoor", "flatten"]),
               help="Heatmap encoding (Table 5); none = StyleGAN2 baseline")
 @click.option("--sampler", type=click.Choice(["hierarchical", "eqgan", "non_hierarchical", "noise", "multi_object"]),
@@ -192,9 +214,9 @@ def build_options(args: dict, world_size: int) -> dict:
 @click.option("--dilation", type=click.IntRange(min=1), help="SEL heatmap kernel dilation (paper §4.3)")
 @click.option("--align", type=bool, metavar="BOOL", help="GradCAM alignment loss on/off")
 @click.option("--align-indoor", type=bool, metavar="BOOL", help="Use L_align_indoor (Eq. 5)")
-@click.option("--align-weight", type=click.FloatRange(min=0), help="Alignment loss weight [default: 1]")
+@click.option("--align-weight", type=FiniteFloatRange(min=0), help="Alignment loss weight [default: 1]")
 @click.option("--align-res", metavar="LIST", help="D resolutions used for GradCAM [default: 4,8,16]")
-@click.option("--tau", type=click.FloatRange(min=0), help="Alignment truncation threshold [default: 0.25]")
+@click.option("--tau", type=FiniteFloatRange(min=0), help="Alignment truncation threshold [default: 0.25]")
 @click.option("--cam-variant", type=click.Choice(["canonical", "eqgan"]), help="ReLU after/before channel sum")
 @click.option("--cam-score", type=click.Choice(["logit", "g_loss"]), help="GradCAM score: D logit or G loss")
 @click.option("--desc", help="Extra text for the run directory name")
@@ -211,7 +233,7 @@ def main(**args):
     except USER_ERRORS + (TrainingError,) as err:
         if os.environ.get("SPATIALGAN_DEBUG"):
             raise
-        raise click.ClickException(prefix + str(err).strip("'\"")) from None
+        raise click.ClickException(prefix + error_text(err)) from None
     except Exception as err:
         if os.environ.get("SPATIALGAN_DEBUG") or not distributed.is_comm_error(err):
             raise
@@ -259,8 +281,10 @@ def run_training(args: dict) -> None:
     env = distributed.detect()
     world_size = planned_world_size(args, env)
     device = pick_device(args["device"], env.local_rank)
-    resume = resolve_resume(args["resume"])
+    resume, resume_data = resolve_resume(args["resume"])
     options = build_options(args, world_size)  # validated here, before any process is spawned
+    check_run(args, options, resume, resume_data)
+    del resume_data
     if args["dry_run"]:
         print(json.dumps(options, indent=2))
         return

@@ -3,9 +3,31 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import click
+
+
+def error_text(err: BaseException) -> str:
+    """The first line of an exception's message, for a one-line `Error: ...`. A KeyError's str() is the
+    repr of its key (quoted), so its key is used as is; other messages keep their quotes."""
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[0].strip() if lines else type(err).__name__
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that also refuses nan and +-inf (comparisons with nan are all false, so a plain
+    FloatRange lets it through)."""
+
+    name = "float range"
+
+    def convert(self, value, param, ctx):
+        out = super().convert(value, param, ctx)
+        if not math.isfinite(out):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return out
 
 
 def user_errors(*errors: type[BaseException]):
@@ -24,8 +46,7 @@ def user_errors(*errors: type[BaseException]):
             except errors as err:
                 if os.environ.get("SPATIALGAN_DEBUG"):
                     raise
-                text = str(err).strip().strip("'\"")
-                raise click.ClickException(text.splitlines()[0] if text else type(err).__name__) from None
+                raise click.ClickException(error_text(err)) from None
 
         return inner
 

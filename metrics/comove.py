@@ -22,13 +22,15 @@ has SE ~0.016, 50k ~0.002.
 
 Segmenters (`get_segmenter`): a callable `image uint8 [3, H, W] tensor -> (masks bool [K, H, W], classes
 list[str] | None)`; `synthetic:<kind>` -> `training.synthetic.segment(kind, image ndarray)`; `maskrcnn` ->
-torchvision's maskrcnn_resnet50_fpn with a user-supplied weights file (score and mask threshold 0.5).
+torchvision's maskrcnn_resnet50_fpn with a user-supplied weights file (score and mask threshold 0.5): a
+state dict, or a training checkpoint {'model': state dict}, loaded with weights_only=True and checked
+against the architecture (keys and shapes) before use; a wrong file is a ValueError naming it.
 """
 
 from __future__ import annotations
 
 import math
-import os
+import pickle
 from collections.abc import Callable
 
 import numpy as np
@@ -38,6 +40,7 @@ from editing import edits
 from metrics import metric_utils
 
 Segmenter = Callable[[torch.Tensor], tuple[torch.Tensor, "list[str] | None"]]
+_CLS_KEY = "roi_heads.box_predictor.cls_score.weight"  # [num_classes, 1024] in maskrcnn_resnet50_fpn
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -53,15 +56,84 @@ def _synthetic_segmenter(kind: str) -> Segmenter:
     return segment
 
 
-def _maskrcnn_segmenter(weights: str | None, device: torch.device) -> Segmenter:
-    if not weights or not os.path.isfile(weights):
-        raise RuntimeError("The maskrcnn segmenter needs a torchvision maskrcnn_resnet50_fpn state dict: "
-                           f"pass --segmenter-weights=FILE (got {weights!r}); nothing is downloaded.")
+def _maskrcnn_expected_shapes(num_classes: int) -> dict[str, torch.Size]:
+    """Parameter/buffer shapes of maskrcnn_resnet50_fpn(num_classes); built on the meta device (no memory,
+    ~50 ms) so that a wrong file is refused before the real model is allocated."""
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    state = state.get("model", state) if isinstance(state, dict) else state
-    num_classes = int(state["roi_heads.box_predictor.cls_score.weight"].shape[0])
+    with torch.device("meta"):
+        model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes)
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def _name_some(items: list[str], limit: int = 3) -> str:
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _read_checkpoint(weights: str):
+    """torch.load(weights_only=True) of `weights`; OSError / ValueError naming the file on failure."""
+    try:
+        f = open(weights, "rb")
+    except OSError as exc:
+        raise OSError(f"cannot read segmenter weights {weights}: {exc.strerror or exc}") from None
+    with f:  # from here on, any failure is the file's content
+        try:
+            return torch.load(f, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if "weights only" in str(exc).lower():
+                raise ValueError(f"segmenter weights {weights}: the file holds Python objects, not only tensors "
+                                 "(save it with torch.save(model.state_dict(), FILE))") from None
+            raise ValueError(f"segmenter weights {weights}: not a PyTorch checkpoint ({exc})") from None
+        except Exception as exc:  # KeyError, EOFError, RuntimeError, OSError ... for foreign or truncated files
+            text = str(exc).strip()
+            detail = text.split(". ")[0].splitlines()[0][:100] if text else "file ends early"
+            raise ValueError(f"segmenter weights {weights}: not a PyTorch checkpoint, or a truncated one "
+                             f"({type(exc).__name__}: {detail})") from None
+
+
+def _check_maskrcnn_state(state, weights: str) -> int:
+    """num_classes of a maskrcnn_resnet50_fpn state dict; ValueError naming `weights` and the first
+    missing / unexpected / misshapen entries otherwise."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise ValueError(f"segmenter weights {weights}: not a state dict (the file holds a {type(state).__name__})")
+    cls = state.get(_CLS_KEY)
+    if not isinstance(cls, torch.Tensor) or cls.ndim != 2 or cls.shape[0] < 1:
+        raise ValueError(f"segmenter weights {weights}: not Mask R-CNN weights: missing key {_CLS_KEY} "
+                         f"(a [num_classes, 1024] tensor); the file has {_name_some(sorted(state)) or 'no keys'}")
+    expected = _maskrcnn_expected_shapes(int(cls.shape[0]))
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        what = [f"missing keys {_name_some(missing)}"] if missing else []
+        what += [f"unexpected keys {_name_some(unexpected)}"] if unexpected else []
+        raise ValueError(f"segmenter weights {weights}: not maskrcnn_resnet50_fpn weights: {'; '.join(what)}")
+    wrong = [f"{k} is {list(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}, "
+             f"expected {list(expected[k])}"
+             for k, v in state.items() if not isinstance(v, torch.Tensor) or v.shape != expected[k]]
+    if wrong:
+        raise ValueError(f"segmenter weights {weights}: not maskrcnn_resnet50_fpn weights for "
+                         f"{cls.shape[0]} classes: {_name_some(wrong, 2)}")
+    return int(cls.shape[0])
+
+
+def load_maskrcnn_state(weights: str) -> tuple[dict[str, torch.Tensor], int]:
+    """(state dict, num_classes) from a torchvision maskrcnn_resnet50_fpn weights file: a plain state dict
+    or a training checkpoint {'model': state dict, ...}. OSError when the file cannot be read, ValueError
+    naming the file and what is wrong when it is not such weights. No pickled code is executed."""
+    state = _read_checkpoint(weights)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    return state, _check_maskrcnn_state(state, weights)
+
+
+def _maskrcnn_segmenter(weights: str | None, device: torch.device) -> Segmenter:
+    if not weights:
+        raise ValueError("The maskrcnn segmenter needs a torchvision maskrcnn_resnet50_fpn state dict: "
+                         "pass --segmenter-weights=FILE; nothing is downloaded.")
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    state, num_classes = load_maskrcnn_state(weights)
     model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes)
     model.load_state_dict(state)
     model.eval().to(device)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,27 @@ from dnnlib.util import atomic_write
 
 FORMAT = "spatialgan-snapshot"
 VERSION = 1
+
+
+_SNAPSHOT_NAME = re.compile(r"network-snapshot-(\d{6,})(?:\.(\d{3}))?\.pt")
+
+
+def snapshot_filename(nimg: int) -> str:
+    """`network-snapshot-<kimg>.pt`: whole kimg as 6 digits (StyleGAN2-ADA's names), and the images past
+    the last whole kimg as 3 decimals when there are any (`network-snapshot-000000.008.pt`), so that
+    snapshots less than 1 kimg apart (short ticks, a final tick) never overwrite each other."""
+    whole, rest = divmod(int(nimg), 1000)
+    return f"network-snapshot-{whole:06d}" + (f".{rest:03d}" if rest else "") + ".pt"
+
+
+def list_snapshots(run_dir: str | os.PathLike) -> list[Path]:
+    """The snapshots in a run directory, oldest (fewest images) first."""
+    found = []
+    for p in Path(run_dir).iterdir():
+        m = _SNAPSHOT_NAME.fullmatch(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)) * 1000 + int(m.group(2) or 0), p))
+    return [p for _, p in sorted(found)]
 
 
 class SnapshotError(ValueError):
@@ -53,7 +75,10 @@ def build_module(packed: dict[str, Any], device: torch.device | str = "cpu") -> 
     name = packed.get("class")
     if name not in classes:
         raise SnapshotError(f"Unknown network class {name!r} in snapshot (known: {sorted(classes)})")
-    module = classes[name](**packed["init_kwargs"])
+    try:
+        module = classes[name](**packed["init_kwargs"])
+    except (TypeError, ValueError) as err:
+        raise SnapshotError(f"The snapshot's {name} cannot be rebuilt from its init_kwargs ({err})") from None
     missing, unexpected = module.load_state_dict(packed["state_dict"], strict=False)
     if missing or unexpected:
         raise SnapshotError(f"State dict of {name} does not match its architecture: "
@@ -85,12 +110,34 @@ def load_snapshot(path: str | os.PathLike, map_location: str | torch.device = "c
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise SnapshotError(f"{path} is not a SpatialGAN snapshot (no '{FORMAT}' marker)")
     version = data.get("version")
-    if not isinstance(version, int) or version > VERSION:
-        raise SnapshotError(f"{path} has snapshot format version {version!r}; this SpatialGAN reads up to "
-                            f"version {VERSION}. Upgrade SpatialGAN to load it.")
-    if "networks" not in data:
+    if not isinstance(version, int) or not 1 <= version <= VERSION:
+        raise SnapshotError(f"{path} has snapshot format version {version!r}; this SpatialGAN reads versions 1 "
+                            f"to {VERSION}" + (". Upgrade SpatialGAN to load it." if isinstance(version, int)
+                                               and version > VERSION else ""))
+    nets = data.get("networks")
+    if not isinstance(nets, dict) or not nets:
         raise SnapshotError(f"{path} holds no networks")
+    for name, packed in nets.items():
+        if not (isinstance(packed, dict) and isinstance(packed.get("init_kwargs"), dict)
+                and isinstance(packed.get("state_dict"), dict)):
+            raise SnapshotError(f"{path}: network {name!r} is damaged (needs 'class', 'init_kwargs' and 'state_dict')")
     return data
+
+
+PROGRESS_KEYS = ("cur_nimg", "cur_tick", "batch_idx", "tick_start_nimg")
+
+
+def check_training_state(state: Any, path: str | os.PathLike) -> None:
+    """Raise SnapshotError unless `state` (a snapshot's 'state') has everything a resume restores."""
+    missing = [k for k in ("optimizers", "loss", "progress", "rng") if not isinstance(state, dict) or k not in state]
+    if not missing:
+        opts = state["optimizers"] if isinstance(state["optimizers"], dict) else {}
+        missing = [f"optimizers.{k}" for k in ("G", "D") if k not in opts]
+        missing += [f"progress.{k}" for k in PROGRESS_KEYS
+                    if not isinstance(state["progress"], dict) or not isinstance(state["progress"].get(k), int)]
+    if missing:
+        raise SnapshotError(f"{path}: the training state is damaged (missing or invalid: {', '.join(missing)}); "
+                            f"its networks alone can still be used, e.g. by generate.py")
 
 
 def load_network(path: str | os.PathLike, which: str = "G_ema",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,56 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     try:
         with open(path) as f:
             preset = json.load(f)
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"Preset {path} is not valid JSON: {err}") from None
+    if not isinstance(preset, dict):
+        raise ConfigError(f"Preset {path} must be a JSON object of settings, got a {type(preset).__name__}")
     preset.setdefault("name", path.stem)
+    preset.setdefault("description", "")
+    preset["_path"] = str(path)
     return preset
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# key -> (check, what it must be). None is allowed only where the check says so.
+_PRESET_SCHEMA = {
+    "z_dim": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "w_dim": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "map_layers": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "channel_max": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "num_fp16_res": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    "batch": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "mbstd": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "conv_clamp": (lambda v: v is None or (_is_number(v) and v > 0), "null or a number > 0"),
+    "lrate": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "gamma": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "pl_weight": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "style_mixing": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "ema_kimg": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "ema_rampup": (lambda v: v is None or (_is_number(v) and v > 0), "null or a number > 0"),
+    "kimg": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "kimg_per_tick": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "d_architecture": (lambda v: isinstance(v, str), "a string"),
+    "spatial": (lambda v: v is None or isinstance(v, dict), "null or an object"),
+    "align": (lambda v: v is None or isinstance(v, dict), "null or an object"),
+    "metrics": (lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v), "a list of metric names"),
+}
+
+
+def check_preset(preset: dict[str, Any]) -> None:
+    """Raise ConfigError naming the preset file and the first missing or ill-typed setting."""
+    where = preset.get("_path", preset.get("name"))
+    for key, (ok, what) in _PRESET_SCHEMA.items():
+        if key not in preset:
+            raise ConfigError(f"Preset {where} has no {key!r} (it must be {what})")
+        if not ok(preset[key]):
+            raise ConfigError(f"Preset {where}: {key!r} must be {what}, got {preset[key]!r}")
+    fmaps, base = preset.get("fmaps"), preset.get("channel_base")
+    if not ((isinstance(base, int) and base >= 1) or (base is None and _is_number(fmaps) and fmaps > 0)):
+        raise ConfigError(f"Preset {where} needs 'channel_base' (an integer >= 1) or 'fmaps' (a number > 0)")
 
 
 def auto_hyperparameters(resolution: int, gpus: int) -> dict[str, Any]:
@@ -156,6 +203,7 @@ def resolve_options(cfg: str, dataset: dict[str, Any], world_size: int = 1, **ov
     resolution = int(dataset["resolution"])
     if preset.get("auto"):
         preset.update(auto_hyperparameters(resolution, world_size))
+    check_preset(preset)
     _apply_spatial_overrides(preset, dict(overrides.pop("spatial", None) or {}),
                              dict(overrides.pop("align", None) or {}))
 

@@ -26,6 +26,9 @@ from training import synthetic
 DEFAULT_SYNTHETIC_SIZE = 100_000
 
 
+MAX_CLASSES = 100_000  # integer labels become one-hot vectors of max + 1 entries
+
+
 class DatasetError(ValueError):
     """Bad dataset or dataset argument; the message names the file, zip member or argument."""
 
@@ -194,13 +197,21 @@ def _parse_labels(data: bytes | None, fnames: list[str], where: str) -> np.ndarr
         ints = np.asarray(labels, np.int64)
         if ints.min() < 0:
             raise DatasetError(f"{where}: integer labels must be >= 0, got {ints.min()}")
-        return np.eye(int(ints.max()) + 1, dtype=np.float32)[ints]  # one-hot
+        if ints.max() >= MAX_CLASSES:
+            raise DatasetError(f"{where}: integer label {ints.max()} means {ints.max() + 1} classes (one-hot "
+                               f"vectors of that length); at most {MAX_CLASSES} are supported")
+        onehot = np.zeros([len(ints), int(ints.max()) + 1], np.float32)
+        onehot[np.arange(len(ints)), ints] = 1
+        return onehot
     try:
         vectors = np.asarray(labels, np.float32)
     except (TypeError, ValueError):
         raise DatasetError(f"{where}: labels must all be integers or equal-length number lists") from None
     if vectors.ndim != 2:
         raise DatasetError(f"{where}: labels must all be integers or equal-length number lists")
+    if not np.isfinite(vectors).all():
+        bad = fnames[int(np.argwhere(~np.isfinite(vectors))[0, 0])]
+        raise DatasetError(f"{where}: the label of {bad!r} is not finite (NaN or inf)")
     return vectors
 
 

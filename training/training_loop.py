@@ -23,7 +23,7 @@ from dnnlib import format_time
 from torch_utils import distributed, training_stats
 from torch_utils.misc import nan_to_num_
 from training import checkpoint, images
-from training.dataset import InfiniteSampler, open_dataset
+from training.dataset import DatasetError, InfiniteSampler, open_dataset
 from training.loss import AlignOptions, StyleGAN2Loss
 from training.networks import Discriminator, Generator
 
@@ -116,6 +116,53 @@ def _seed_rank_streams(seed: int, rank: int, position: int = 0) -> None:
     np.random.seed(_rank_seed(seed, rank, position) % (1 << 31))
 
 
+def build_networks(options: dict[str, Any], device: torch.device | str = "cpu") -> tuple[Generator, Discriminator]:
+    """G and D of a resolved options dict (train mode, no gradients), from torch's current RNG state."""
+    G = Generator(**options["G_kwargs"]).train().requires_grad_(False).to(device)
+    D = Discriminator(**options["D_kwargs"]).train().requires_grad_(False).to(device)
+    return G, D
+
+
+def check_options(options: dict[str, Any], resume: dict[str, Any] | None = None, resume_path: str = "") -> None:
+    """Everything about a run that can fail before training, checked on the CPU without data: the
+    networks and the loss build, the metrics exist, and a `--resume` snapshot fits (same architecture,
+    an intact training state, and short of `kimg`). Raises ValueError naming the culprit."""
+    from metrics import metric_main
+
+    for name in options["metrics"]:
+        if not metric_main.is_valid_metric(name):
+            raise ValueError(f"--metrics: {name!r} is not a metric; valid: {', '.join(metric_main.list_valid_metrics())}")
+    with torch.random.fork_rng(devices=[]):
+        G, D = build_networks(options)
+    align = AlignOptions(**options["align"]) if options.get("align") else None
+    StyleGAN2Loss(G, D, align=align, **options["loss_kwargs"])
+    build_phases(options, G, D)
+    if resume is not None:
+        _check_resume(options, resume, resume_path, {"G": G, "D": D, "G_ema": G})
+
+
+def _check_resume(options: dict[str, Any], snap: dict[str, Any], path: str, nets: dict[str, torch.nn.Module]) -> None:
+    saved = snap.get("training_options") or {}
+    for name, module in nets.items():
+        theirs, ours = snap["networks"][name]["state_dict"], module.state_dict()
+        diff = next((k for k in sorted(set(ours) | set(theirs))
+                     if k not in ours or k not in theirs or tuple(ours[k].shape) != tuple(theirs[k].shape)), None)
+        if diff is not None:
+            shapes = [tuple(d[diff].shape) if diff in d else "absent" for d in (theirs, ours)]
+            raise ValueError(f"--resume={path}: its {name} does not fit this run ({diff}: {shapes[0]} in the snapshot, "
+                             f"{shapes[1]} here). The snapshot was trained with cfg {saved.get('cfg', '?')!r} at "
+                             f"{saved.get('resolution', '?')}px; this run is cfg {options['cfg']!r} at "
+                             f"{options['resolution']}px: pass the --cfg, --data and network options it was trained with")
+    state = snap.get("state")
+    if state is None:
+        return  # network-only file: its weights start a fresh run
+    checkpoint.check_training_state(state, path)
+    done = state["progress"]["cur_nimg"]
+    if done >= options["kimg"] * 1000:
+        raise ValueError(f"--resume={path}: the snapshot has trained {done / 1000:g} kimg already, and --kimg "
+                         f"({options['kimg']:g}) is the total length: pass a larger --kimg to continue")
+
+
 def build_run(options: dict[str, Any], device: torch.device, rank: int = 0, world_size: int = 1) -> Run:
     """Create dataset, networks, optimisers, augmentation and loss from a resolved options dict.
 
@@ -127,8 +174,7 @@ def build_run(options: dict[str, Any], device: torch.device, rank: int = 0, worl
     torch.manual_seed(seed)
     np.random.seed(seed % (1 << 31))
     dataset = open_dataset(**options["dataset_kwargs"])
-    G = Generator(**options["G_kwargs"]).train().requires_grad_(False).to(device)
-    D = Discriminator(**options["D_kwargs"]).train().requires_grad_(False).to(device)
+    G, D = build_networks(options, device)
     G_ema = copy.deepcopy(G).eval()
     augment_pipe, ada = build_augment(options, device)
     align = AlignOptions(**options["align"]) if options.get("align") else None
@@ -202,10 +248,24 @@ def _run_phase(run: Run, phase: Phase, real_img, real_c, gen) -> None:
     phase.opt.step()
 
 
+def _next_batch(run: Run):
+    """The next (uint8 images, labels) batch. A DataLoader worker's exception arrives re-raised with its
+    whole traceback as the message; the user needs its last line (which names the bad file)."""
+    try:
+        return next(run.data_iter)
+    except (DatasetError, OSError) as err:
+        text = str(err)
+        if "Original Traceback" not in text:
+            raise
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        raise DatasetError(last.split(": ", 1)[-1] if last.split(":", 1)[0].endswith(type(err).__name__)
+                           else last) from None
+
+
 def train_step(run: Run) -> None:
     """One minibatch: every due phase, then the EMA and ADA updates."""
     opts, prog = run.options, run.progress
-    real_img, real_c = next(run.data_iter)
+    real_img, real_c = _next_batch(run)
     real_img = real_img.to(run.device).to(torch.float32) / 127.5 - 1
     real_c = real_c.to(run.device)
     gens = _sample_batch(run)
@@ -286,6 +346,7 @@ def restore(run: Run, snap: dict[str, Any], path: str) -> None:
         run.augment_pipe.load_state_dict(snap["augment_pipe"]["state_dict"])
     if state is None:  # a network-only file: start counters at 0 with its weights (transfer learning)
         return
+    checkpoint.check_training_state(state, path)
     for ph in run.phases:
         ph.opt.load_state_dict(state["optimizers"][ph.name[0]])
         for group in ph.opt.param_groups:  # the snapshot's groups replace ours; keep this run's update code
@@ -318,12 +379,17 @@ def _restore_rng(run: Run, rng: dict[str, Any], saved_world_size: int) -> None:
 
 
 def _check_finite(run: Run) -> None:
-    for name, module in (("G", run.G), ("D", run.D)):
-        for pname, p in module.named_parameters():
-            if not torch.isfinite(p).all():
-                raise TrainingError(f"{name}.{pname} became NaN/inf at kimg {run.progress.cur_nimg / 1000:.1f}; "
-                                    f"training diverged. Resume from the last snapshot with a lower learning "
-                                    f"rate or a larger --gamma.")
+    """Before anything is saved: every parameter and floating-point buffer (running averages such as
+    w_avg diverge too) of G, D and G_ema, with one device sync per network."""
+    for name, module in (("G", run.G), ("D", run.D), ("G_ema", run.G_ema)):
+        tensors = [(n, t) for n, t in list(module.named_parameters()) + list(module.named_buffers())
+                   if t.is_floating_point() and t.numel()]
+        finite = torch.stack([torch.isfinite(t).all() for _, t in tensors]).tolist()
+        if all(finite):
+            continue
+        tname = tensors[finite.index(False)][0]
+        raise TrainingError(f"{name}.{tname} became NaN/inf at kimg {run.progress.cur_nimg / 1000:.3f}; training "
+                            f"diverged. Resume from the last snapshot with a lower learning rate or a larger --gamma.")
 
 
 def _status_line(run: Run, tick_time: float, total_time: float, maint: float, tick_nimg: int) -> str:
@@ -394,6 +460,8 @@ def _run_metrics(run: Run, snapshot_path: Path | None, run_dir: str, tb) -> None
     from metrics import metric_main
 
     for name in run.options["metrics"]:
+        if run.rank == 0:  # a full-size metric takes minutes (hours on a CPU): say what is running
+            print(f"Evaluating {name}...", flush=True)
         # Each rank computes its share; `gather` combines the shares (all ranks must call it).
         result = metric_main.calc_metric(name, G=run.G_ema, dataset_kwargs=run.options["dataset_kwargs"],
                                          device=run.device, num_gpus=run.world_size, rank=run.rank,
@@ -401,6 +469,8 @@ def _run_metrics(run: Run, snapshot_path: Path | None, run_dir: str, tb) -> None
         if run.rank == 0:
             metric_main.report_metric(result, run_dir=run_dir, snapshot_path=snapshot_path, writer=tb,
                                       step=run.progress.cur_nimg)
+            values = " ".join(f"{k} {v:.4g}" for k, v in result["results"].items())
+            print(f"{name}: {values} ({format_time(result['total_time'])})", flush=True)
 
 
 def _maintenance(run: Run, writer: RunWriter | None, run_dir: str, done: bool) -> None:
@@ -419,8 +489,8 @@ def _maintenance(run: Run, writer: RunWriter | None, run_dir: str, done: bool) -
     rank_rngs = distributed.all_gather_object(_rng_state(run)) if run.world_size > 1 else None
     if run.rank == 0:
         snapshot = make_snapshot(run, rank_rngs)
-        writer.write_fakes(run, f"fakes{prog.cur_nimg // 1000:06d}.png")
-        snapshot_path = Path(run_dir) / f"network-snapshot-{prog.cur_nimg // 1000:06d}.pt"
+        snapshot_path = Path(run_dir) / checkpoint.snapshot_filename(prog.cur_nimg)
+        writer.write_fakes(run, snapshot_path.name.replace("network-snapshot-", "fakes").replace(".pt", ".png"))
         checkpoint.save_snapshot(snapshot_path, snapshot)
     _run_metrics(run, snapshot_path, run_dir, writer.tb if writer is not None else None)
 

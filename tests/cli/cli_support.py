@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
+from training.checkpoint import list_snapshots
+
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--kimg=0.008", "--tick=0.004", "--snap=1", "--workers=0", "--metrics=none", "--batch=4"]
 RES = 16  # the resolution of the shared snapshots (tests/cli/conftest.py)
@@ -28,11 +30,11 @@ def train(*args, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def train_snapshot(outdir: Path, cfg: str, data: str) -> Path:
-    """Train a tiny run (two ticks of one minibatch) with train.py; returns its snapshot."""
+    """Train a tiny run (two ticks of one minibatch) with train.py; returns its final snapshot."""
     proc = train(f"--outdir={outdir}", f"--cfg={cfg}", f"--data={data}", *TINY)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    (snap,) = outdir.glob("*/network-snapshot-*.pt")
-    return snap
+    (run_dir,) = [p for p in outdir.iterdir() if p.is_dir()]
+    return list_snapshots(run_dir)[-1]
 
 
 def load_rgb(path: Path) -> np.ndarray:

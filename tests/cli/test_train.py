@@ -56,7 +56,7 @@ def run_dirs(outdir: Path) -> list[Path]:
 
 
 def final_progress(run_dir: Path) -> dict:
-    snaps = sorted(run_dir.glob("network-snapshot-*.pt"))
+    snaps = checkpoint.list_snapshots(run_dir)
     assert snaps, f"no snapshot in {run_dir}"
     return checkpoint.load_snapshot(snaps[-1])["state"]["progress"]
 
@@ -118,7 +118,7 @@ def test_kill_9_leaves_a_resumable_run(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     (run_dir,) = run_dirs(outdir)
-    snaps = sorted(run_dir.glob("network-snapshot-*.pt"))
+    snaps = checkpoint.list_snapshots(run_dir)
     assert snaps and all(p.name.startswith("network-snapshot-") for p in snaps)
     leftovers = [p.name for p in run_dir.iterdir() if ".pt" in p.name and p not in snaps]
     assert all(n.startswith(".") and n.endswith(".tmp") for n in leftovers), leftovers  # temp files only
@@ -163,14 +163,18 @@ def test_empty_dataset_dir(tmp_path):
     assert_one_line_error(bad_train(tmp_path, tmp_path / "empty"), "no images", str(tmp_path / "empty"))
 
 
-def test_corrupt_image_in_zip_names_the_member(tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_image_in_zip_names_the_member(tmp_path, workers):
     path = tmp_path / "data.zip"
     with zipfile.ZipFile(path, "w") as zf:
         for i in range(3):
             zf.writestr(f"img{i}.png", png_bytes(8, 8))
         zf.writestr("img3.png", png_bytes(8, 8)[:40])  # truncated PNG
-    # Only reading the images finds this, so it fails in the training process: run the real CLI.
-    assert_one_line_error(bad_train(tmp_path, path, inprocess=False), "data.zip", "img3.png")
+    # Only reading the images finds this, so it fails in the training process: run the real CLI. In a
+    # DataLoader worker the error comes back wrapped in the worker's traceback: still one line.
+    line = assert_one_line_error(bad_train(tmp_path, path, f"--workers={workers}", inprocess=False), "data.zip",
+                                 "img3.png")
+    assert "worker" not in line
 
 
 @pytest.mark.parametrize("case, sizes, mode, needle", [
@@ -187,6 +191,37 @@ def test_bad_image_folders(tmp_path, case, sizes, mode, needle):
 def test_unknown_cfg(tmp_path):
     proc = train_inprocess(f"--outdir={tmp_path}", "--cfg=nonesuch", "--data=synthetic:shapes:16", *TINY)
     assert_one_line_error(proc, "--cfg", "nonesuch")
+
+
+@pytest.mark.parametrize("option", ["--kimg=nan", "--gamma=inf", "--tick=nan", "--style-mixing=nan", "--tau=inf"])
+def test_non_finite_numbers_are_refused(tmp_path, option):
+    proc = train_inprocess(f"--outdir={tmp_path}", *SPATIAL, option, "--dry-run")
+    assert proc.returncode == 2 and option.split("=")[0] in proc.stderr and "not a finite number" in proc.stderr
+
+
+@pytest.mark.parametrize("extra, needles", [
+    (["--metrics=nonsense"], ["--metrics", "'nonsense' is not a metric"]),
+    (["--sel-res=64"], ["64", "img_resolution=16"]),
+    (["--align-res=4,32"], ["--align-res=4,32", "[32]", "[4, 8]"]),
+])
+def test_options_that_cannot_build_fail_before_the_run_directory(tmp_path, extra, needles):
+    """--dry-run builds the networks and loss on the CPU, so it fails exactly like the real run would."""
+    for dry in (["--dry-run"], []):
+        out = tmp_path / ("dry" if dry else "real")
+        assert_one_line_error(train_inprocess(f"--outdir={out}", *SPATIAL, *extra, *dry), *needles)
+        assert not out.exists()
+
+
+def test_resume_that_does_not_fit_or_is_finished_fails_before_the_run_directory(trained, tmp_path):
+    out = tmp_path / "out"
+    # A snapshot of another architecture (tiny-spatial at 16 px) for a baseline run: names both configs.
+    proc = train_inprocess(f"--outdir={out}", "--cfg=tiny", f"--data=synthetic:shapes:{RES}", *TINY,
+                           f"--resume={trained}")
+    assert_one_line_error(proc, "does not fit this run", "'tiny-spatial'", "'tiny'", "--cfg")
+    # --kimg is the total length: a snapshot at 0.008 kimg has nothing left to do for --kimg=0.008.
+    proc = train_inprocess(f"--outdir={out}", *SPATIAL, f"--resume={trained}")
+    assert_one_line_error(proc, "trained 0.008 kimg already", "larger --kimg")
+    assert not out.exists()
 
 
 def test_batch_not_divisible_by_batch_gpu(tmp_path):
@@ -290,7 +325,7 @@ def test_train_resume_generate_with_mixed_precision(tmp_path, device):
     assert {"Loss/G/loss", "Loss/G/align", "Loss/D/loss"} <= set(losses), sorted(losses)
     assert all(math.isfinite(v) for v in losses.values()), losses
 
-    snap = sorted(resumed.glob("network-snapshot-*.pt"))[-1]
+    snap = checkpoint.list_snapshots(resumed)[-1]
     run("generate.py", f"--network={snap}", "--seeds=0-1", "--heatmap-seeds=3", "--remove=1", "--restyle=2:77",
         f"--device={device}", f"--outdir={tmp_path / 'gen'}")
     images = sorted((tmp_path / "gen").glob("*.png"))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dnnlib.cli import pick_device, user_errors
+from dnnlib.cli import FiniteFloatRange, pick_device, user_errors
 
 
 def test_user_errors_prints_one_line_without_traceback(monkeypatch):
@@ -22,6 +22,38 @@ def test_user_errors_prints_one_line_without_traceback(monkeypatch):
     assert result.output.strip() == "Error: --thing='x' is bad"
     monkeypatch.setenv("SPATIALGAN_DEBUG", "1")
     assert isinstance(CliRunner().invoke(cmd, []).exception, ValueError)
+
+
+def test_user_errors_keep_quotes_inside_messages(monkeypatch):
+    monkeypatch.delenv("SPATIALGAN_DEBUG", raising=False)
+
+    @click.command()
+    @click.argument("kind")
+    @user_errors(ValueError, OSError, KeyError)
+    def cmd(kind):
+        if kind == "value":
+            raise ValueError("--move must be 'DX,DY'")
+        if kind == "os":
+            open("/nonexistent/layout.json")
+        raise KeyError("G_ema")
+
+    assert CliRunner().invoke(cmd, ["value"]).output.strip() == "Error: --move must be 'DX,DY'"
+    assert CliRunner().invoke(cmd, ["os"]).output.strip().endswith("'/nonexistent/layout.json'")
+    assert CliRunner().invoke(cmd, ["key"]).output.strip() == "Error: G_ema"  # the key, not its repr
+
+
+def test_finite_float_range_refuses_nan_and_inf():
+    @click.command()
+    @click.option("--x", type=FiniteFloatRange())
+    @click.option("--y", type=FiniteFloatRange(max=10), default=0)
+    def cmd(x, y):
+        click.echo(f"x={x}")
+
+    assert CliRunner().invoke(cmd, ["--x=2.5"]).output.strip() == "x=2.5"
+    for bad in ("nan", "inf", "-inf"):
+        res = CliRunner().invoke(cmd, [f"--x={bad}"])
+        assert res.exit_code == 2 and "not a finite number" in res.output, bad
+    assert CliRunner().invoke(cmd, ["--x=1", "--y=11"]).exit_code == 2  # a range still applies
 
 
 def test_user_errors_passes_other_exceptions_and_names_empty_ones(monkeypatch):

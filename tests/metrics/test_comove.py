@@ -1,6 +1,7 @@
 """Co-move ratio on constructed generators: discs drawn exactly at the heatmap centres (ratio ~ 1) or at
 places that ignore the heatmap (ratio 0), segmented by a colour-threshold segmenter of the test's own."""
 
+import datetime
 import math
 
 import numpy as np
@@ -100,7 +101,7 @@ def test_baseline_generator_and_missing_segmenter_rejected():
         _run(G)
     with pytest.raises(ValueError, match="segmenter"):
         comove.get_segmenter("nope")
-    with pytest.raises(RuntimeError, match="segmenter-weights"):
+    with pytest.raises(ValueError, match="segmenter-weights"):
         comove.get_segmenter("maskrcnn", None)
 
 
@@ -113,3 +114,91 @@ def test_segmenter_defaults_to_the_synthetic_dataset_kind():
     assert comove.default_segmenter(opts) == "maskrcnn"
     with pytest.raises(ValueError, match="bedroom.zip"):
         comove.default_segmenter(metric_utils.MetricOptions(dataset_kwargs={"data": "/data/bedroom.zip"}))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Mask R-CNN weights files: every way a file can be wrong gives one ValueError / OSError naming it.
+
+
+def _maskrcnn_state(num_classes=3):
+    """A complete maskrcnn_resnet50_fpn state dict whose tensors are zero-stride views of one zero, so the
+    file is ~100 kB (the architecture comes from a meta-device build: no weights are allocated)."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    with torch.device("meta"):
+        model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes)
+    return {k: torch.zeros((), dtype=v.dtype).expand(v.shape) for k, v in model.state_dict().items()}
+
+
+def _refusal(path, error=ValueError) -> str:
+    with pytest.raises(error) as info:
+        comove.get_segmenter("maskrcnn", str(path))
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message  # one line that names the file
+    return message
+
+
+def test_maskrcnn_weights_that_are_not_a_checkpoint(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("these are not weights\n")
+    assert "not a PyTorch checkpoint" in _refusal(text)
+    good = tmp_path / "good.pt"
+    torch.save(_maskrcnn_state(), good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    assert "truncated" in _refusal(truncated)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    assert "not a PyTorch checkpoint" in _refusal(empty)
+    pickled = tmp_path / "object.pt"
+    torch.save(datetime.date(2020, 1, 1), pickled)  # refused by weights_only: never unpickled
+    assert "Python objects" in _refusal(pickled)
+    listed = tmp_path / "list.pt"
+    torch.save([torch.zeros(2)], listed)
+    assert "not a state dict" in _refusal(listed)
+
+
+def test_maskrcnn_weights_missing_or_unreadable_file(tmp_path):
+    assert "No such file" in _refusal(tmp_path / "missing.pt", OSError)
+    assert "directory" in _refusal(tmp_path, OSError)
+
+
+def test_maskrcnn_weights_of_another_model(tmp_path):
+    other = tmp_path / "other.pt"
+    torch.save({"conv.weight": torch.zeros(4, 3, 3, 3)}, other)
+    message = _refusal(other)
+    assert "not Mask R-CNN weights" in message and "roi_heads.box_predictor.cls_score.weight" in message
+    state = _maskrcnn_state()
+    del state["backbone.body.conv1.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    partial = tmp_path / "partial.pt"
+    torch.save(state, partial)
+    message = _refusal(partial)
+    assert "missing keys backbone.body.conv1.weight" in message and "unexpected keys extra.weight" in message
+    state = _maskrcnn_state()
+    state["roi_heads.mask_predictor.mask_fcn_logits.weight"] = torch.zeros(5, 256, 1, 1)  # 5 classes, not 3
+    mixed = tmp_path / "mixed.pt"
+    torch.save(state, mixed)
+    message = _refusal(mixed)
+    assert "mask_fcn_logits.weight is [5, 256, 1, 1], expected [3, 256, 1, 1]" in message
+
+
+def test_maskrcnn_weights_accepted_plain_or_in_a_training_checkpoint(tmp_path):
+    state = _maskrcnn_state(num_classes=4)
+    plain, wrapped = tmp_path / "plain.pt", tmp_path / "wrapped.pt"
+    torch.save(state, plain)
+    torch.save({"model": state, "epoch": 3}, wrapped)
+    for path in (plain, wrapped):
+        loaded, num_classes = comove.load_maskrcnn_state(str(path))
+        assert num_classes == 4 and loaded.keys() == state.keys()
+        assert loaded["roi_heads.box_predictor.cls_score.weight"].shape == (4, 1024)
+
+
+@pytest.mark.slow
+def test_maskrcnn_segmenter_runs_on_loaded_weights(tmp_path):
+    path = tmp_path / "zeros.pt"
+    torch.save(_maskrcnn_state(), path)
+    segment = comove.get_segmenter("maskrcnn", str(path))
+    masks, classes = segment(torch.zeros([3, 32, 32], dtype=torch.uint8))
+    # All-zero weights score every class equally (1/3 < 0.5), so nothing is detected.
+    assert masks.dtype == torch.bool and masks.shape == (0, 32, 32) and classes == []

@@ -119,3 +119,49 @@ def test_build_module_validates_class_and_state(tmp_path):
     checkpoint.save_snapshot(path, dict(networks=dict(G_ema=packed)))
     with pytest.raises(SnapshotError, match="no network 'D'"):
         checkpoint.load_network(path, "D")
+
+
+def test_snapshot_names_order_by_images_and_never_collide():
+    names = [checkpoint.snapshot_filename(n) for n in (0, 8, 1000, 1008, 25_000_000)]
+    assert names == ["network-snapshot-000000.pt", "network-snapshot-000000.008.pt", "network-snapshot-000001.pt",
+                     "network-snapshot-000001.008.pt", "network-snapshot-025000.pt"]
+
+
+def test_list_snapshots_sorts_numerically(tmp_path):
+    for n in (1008, 8, 1000, 200_000):
+        (tmp_path / checkpoint.snapshot_filename(n)).write_bytes(b"")
+    (tmp_path / "network-snapshot-x.pt").write_bytes(b"")  # not ours: ignored
+    assert [p.name for p in checkpoint.list_snapshots(tmp_path)] == [
+        "network-snapshot-000000.008.pt", "network-snapshot-000001.pt", "network-snapshot-000001.008.pt",
+        "network-snapshot-000200.pt"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: d["networks"]["G"].pop("init_kwargs"), "network 'G' is damaged"),
+    (lambda d: d["networks"].__setitem__("D", "junk"), "network 'D' is damaged"),
+    (lambda d: d.__setitem__("version", 0), "version 0"),
+])
+def test_damaged_snapshot_contents_are_named(tmp_path, damage, message):
+    G, D = tiny_nets("tiny")
+    data = dict(snapshot_dict(G, D), format=checkpoint.FORMAT, version=checkpoint.VERSION)
+    damage(data)
+    path = tmp_path / "damaged.pt"
+    torch.save(data, path)
+    with pytest.raises(SnapshotError, match=message) as err:
+        checkpoint.load_snapshot(path)
+    assert "damaged.pt" in str(err.value)
+
+
+def test_unbuildable_init_kwargs_and_damaged_training_state(tmp_path):
+    G, _ = tiny_nets("tiny")
+    packed = checkpoint.pack_module(G)
+    packed["init_kwargs"] = dict(packed["init_kwargs"], bogus=1)
+    with pytest.raises(SnapshotError, match="cannot be rebuilt.*bogus"):
+        checkpoint.build_module(packed)
+    with pytest.raises(SnapshotError, match=r"x.pt: the training state is damaged.*optimizers"):
+        checkpoint.check_training_state({"progress": {}}, "x.pt")
+    good = dict(optimizers={"G": {}, "D": {}}, loss={}, rng={},
+                progress=dict(cur_nimg=8, cur_tick=1, batch_idx=2, tick_start_nimg=4))
+    checkpoint.check_training_state(good, "x.pt")
+    with pytest.raises(SnapshotError, match="progress.cur_nimg"):
+        checkpoint.check_training_state(dict(good, progress=dict(good["progress"], cur_nimg="8")), "x.pt")

@@ -49,6 +49,23 @@ def test_preset_from_json_path_and_invalid_json(tmp_path):
         config.load_preset(str(bad))
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda p: [p], "must be a JSON object"),
+    (lambda p: {k: v for k, v in p.items() if k != "gamma"}, "has no 'gamma'"),
+    (lambda p: dict(p, lrate=1e39), r"'lrate' must be a number in \(0, 1\]"),
+    (lambda p: dict(p, channel_max="abc"), "'channel_max' must be an integer"),
+    (lambda p: dict(p, style_mixing=float("nan")), "'style_mixing' must be a number in"),
+    (lambda p: dict(p, channel_base=None, fmaps=None), "needs 'channel_base'"),
+])
+def test_bad_preset_files_are_named_with_the_setting(tmp_path, change, message):
+    preset = {k: v for k, v in config.load_preset("tiny").items() if k not in ("name", "_path")}
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(change(preset)))
+    with pytest.raises(ConfigError, match=message) as err:
+        resolve_options(str(path), info(32))
+    assert "mine.json" in str(err.value)
+
+
 # res: (1-GPU mb, gamma, ema), (8-GPU mb, gamma, ema) -- the facts table of StyleGAN2-ADA's `auto`.
 AUTO_TABLE = {
     64: ((32, 0.0256, 10), (64, 0.0128, 20)),

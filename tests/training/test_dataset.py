@@ -191,6 +191,20 @@ def test_resolution_mismatch_and_missing_label(tmp_path):
         open_dataset(_write(tmp_path, files, False, name="lab"), use_labels=True)
 
 
+def test_huge_and_non_finite_labels_are_refused_by_name(tmp_path):
+    # One-hot vectors of max + 1 entries: a stray 10**6 must not try to allocate terabytes.
+    files = _dataset_files(_images(2), labels=[0, 10 ** 6])
+    with pytest.raises(DatasetError, match=r"dataset.json.*1000000.*at most"):
+        open_dataset(_write(tmp_path, files, False, name="huge"))
+    files = _dataset_files(_images(2), labels=[[0.5], [float("nan")]])
+    with pytest.raises(DatasetError, match=r"img00000001.*not finite"):
+        open_dataset(_write(tmp_path, files, False, name="nan"))
+    # Large but allowed class counts are one-hot without an N x N identity matrix.
+    files = _dataset_files(_images(2), labels=[3, 20000])
+    ds = open_dataset(_write(tmp_path, files, False, name="many"), use_labels=True)
+    assert ds.label_dim == 20001 and ds.get_label(1)[20000] == 1 and ds.get_label(1).sum() == 1
+
+
 # ---------------------------------------------------------------------------------------------------
 # Synthetic datasets.
 

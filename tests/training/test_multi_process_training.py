@@ -118,9 +118,10 @@ def _single(tmp: Path, options: dict, resume: str | None = None) -> Path:
 
 
 def _snapshot(run_dir: Path) -> dict:
-    snaps = sorted(run_dir.glob("network-snapshot-*.pt"))
-    assert len(snaps) == 1, snaps
-    return checkpoint.load_snapshot(snaps[0])
+    """The final snapshot of a run."""
+    snaps = checkpoint.list_snapshots(run_dir)
+    assert snaps, f"no snapshot in {run_dir}"
+    return checkpoint.load_snapshot(snaps[-1])
 
 
 def _assert_close_networks(a: dict, b: dict) -> None:
@@ -195,7 +196,7 @@ def test_snapshots_written_by_rank0_only_and_params_agree(runs):
 
 def test_resume_two_ranks_on_one_process(runs, tmp_path):
     dual_dir, _ = runs("dual_half")
-    snap_path = str(sorted(dual_dir.glob("network-snapshot-*.pt"))[-1])
+    snap_path = str(checkpoint.list_snapshots(dual_dir)[-1])
     # Networks and counters are loaded...
     run = build_run(_options(kimg=0.016), torch.device("cpu"))
     restore(run, checkpoint.load_snapshot(snap_path), snap_path)
@@ -211,7 +212,7 @@ def test_resume_two_ranks_on_one_process(runs, tmp_path):
 
 def test_resume_one_process_on_two_ranks(runs, tmp_path):
     single = runs("single_half")
-    snap_path = str(sorted(single.glob("network-snapshot-*.pt"))[-1])
+    snap_path = str(checkpoint.list_snapshots(single)[-1])
     run_dir, records = _torchrun(2, tmp_path, _options(kimg=0.016), resume=snap_path)
     snap = _snapshot(run_dir)
     assert snap["state"]["progress"]["cur_nimg"] == 16 and snap["state"]["progress"]["world_size"] == 2

@@ -29,7 +29,7 @@ def assert_same_networks(a: dict, b: dict) -> None:
 
 
 def final_snapshot(run_dir) -> dict:
-    snaps = sorted(run_dir.glob("network-snapshot-*.pt"))
+    snaps = checkpoint.list_snapshots(run_dir)
     assert snaps, f"no snapshot in {run_dir}"
     return checkpoint.load_snapshot(snaps[-1])
 
@@ -44,7 +44,7 @@ def test_resume_is_bitwise_exact(tmp_path):
     opts_half = tiny_options("tiny-spatial", kimg=0.004, gamma=0.5)
     (tmp_path / "half").mkdir()
     training_loop(str(tmp_path / "half"), opts_half, progress_bar=False)
-    half = sorted((tmp_path / "half").glob("network-snapshot-*.pt"))[-1]
+    half = checkpoint.list_snapshots(tmp_path / "half")[-1]
     (tmp_path / "resumed").mkdir()
     training_loop(str(tmp_path / "resumed"), opts_full, resume=str(half), progress_bar=False)
 
@@ -116,6 +116,33 @@ def test_nan_parameters_raise_clear_error(tmp_path):
         raise AssertionError("NaN parameters were not detected")
 
 
+@pytest.mark.parametrize("where", ["G_ema parameter", "G buffer", "G_ema buffer"])
+def test_nan_in_g_ema_or_running_averages_is_caught_before_a_snapshot(where):
+    from training.training_loop import _check_finite
+
+    run = build_run(tiny_options(), torch.device("cpu"))
+    _check_finite(run)  # a fresh run is finite
+    module = run.G_ema if where.startswith("G_ema") else run.G
+    with torch.no_grad():
+        if where.endswith("parameter"):
+            next(module.parameters()).fill_(float("nan"))
+        else:
+            module.mapping.w_avg.fill_(float("inf"))
+    name = where.split()[0]
+    with pytest.raises(TrainingError, match=rf"^{name}\.{'mapping.w_avg' if 'buffer' in where else ''}"):
+        _check_finite(run)
+
+
+def test_short_ticks_keep_every_snapshot_and_grid(tmp_path):
+    """Ticks under 1 kimg: each snapshot gets its own name (no overwrites)."""
+    training_loop(str(tmp_path), tiny_options(kimg=0.012, tick=0.004, snap=1), progress_bar=False)
+    snaps = [p.name for p in checkpoint.list_snapshots(tmp_path)]
+    assert snaps == ["network-snapshot-000000.004.pt", "network-snapshot-000000.008.pt",
+                     "network-snapshot-000000.012.pt"]
+    assert sorted(p.name for p in tmp_path.glob("fakes0*.png")) == ["fakes000000.004.png", "fakes000000.008.png",
+                                                                 "fakes000000.012.png"]
+
+
 def test_optimisers_use_the_multi_tensor_update_with_loop_identical_results():
     run = build_run(tiny_options(), torch.device("cpu"), 0, 1)
     snap = make_snapshot(run)
@@ -171,3 +198,20 @@ def test_ema_update_follows_the_half_life_and_its_rampup():
     run.options["ema_rampup"] = 0.5
     assert ema_after_update(4) == pytest.approx(1 - 0.5 ** (batch / 2))
     assert ema_after_update(1000) == pytest.approx(1 - 0.5 ** (batch / 10))  # the cap no longer binds
+
+
+def test_metrics_during_training_announce_themselves_and_report(tmp_path, monkeypatch, capsys):
+    from metrics import metric_main
+
+    calls = []
+
+    def fake_calc_metric(name, **kwargs):
+        calls.append(name)
+        return dict(results={"swd_avg": 1.25}, metric=name, total_time=3.0, total_time_str="3s", num_gpus=1)
+
+    monkeypatch.setattr(metric_main, "calc_metric", fake_calc_metric)
+    training_loop(str(tmp_path), tiny_options(kimg=0.004, metrics=["swd1k"]), progress_bar=False)
+    out = capsys.readouterr().out
+    assert calls == ["swd1k"]
+    assert "Evaluating swd1k..." in out and "swd1k: swd_avg 1.25" in out
+    assert '"swd_avg": 1.25' in (tmp_path / "metric-swd1k.jsonl").read_text()
