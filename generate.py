@@ -25,7 +25,7 @@ import click
 import numpy as np
 import torch
 
-from dnnlib.cli import pick_device, user_errors
+from dnnlib.cli import FiniteFloatRange, check_seeds, pick_device, prepare_outdir, user_errors
 from dnnlib.util import parse_int_list
 
 
@@ -56,25 +56,63 @@ def check_heatmap_options(G, hm_seeds, layout, edit_list, fixed_layout: bool) ->
         raise click.ClickException("--fixed-layout needs --heatmap-seeds (rows) or --layout")
 
 
-def edited_spec(G, heatmap_seed: int | None, layout: str | None, edit_list: list):
-    """The spec of a heatmap seed or a layout file, with the edits applied (None for a baseline)."""
-    from editing import edits, synthesis
+def load_layout(G, path: str | None):
+    """The --layout file as a HeatmapSpec checked against G (None without --layout)."""
+    from editing import synthesis
     from training.heatmaps import HeatmapSpec
+
+    if path is None:
+        return None
+    try:
+        spec = HeatmapSpec.load(path)
+    except (OSError, ValueError) as e:
+        raise click.ClickException(f"--layout: {str(e).splitlines()[0]}") from None
+    try:
+        synthesis.check_spec(G, spec)
+        if spec.batch_size != 1:
+            raise ValueError(f"the file holds {spec.batch_size} samples, a layout is one")
+    except ValueError as e:
+        raise click.ClickException(f"--layout={path}: {e}") from None
+    return spec
+
+
+def load_projected_w(G, path: str) -> torch.Tensor:
+    """ws [N, num_ws, w_dim] float32 from a projected-W file (npz, key 'w'), all finite."""
+    try:
+        data = np.load(path)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("not an .npz archive")
+        with data:
+            ws = torch.from_numpy(np.asarray(data["w"], dtype=np.float32))
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise click.ClickException(f"--projected-w={path}: cannot read key 'w' ({err})") from None
+    if ws.ndim != 3 or ws.shape[1:] != (G.num_ws, G.w_dim) or ws.shape[0] == 0:
+        raise click.ClickException(f"--projected-w={path}: w has shape {list(ws.shape)}, expected "
+                                   f"[N, {G.num_ws}, {G.w_dim}] with N >= 1")
+    if not bool(torch.isfinite(ws).all()):
+        raise click.ClickException(f"--projected-w={path}: w contains NaN or infinite values")
+    return ws
+
+
+def edited_spec(G, heatmap_seed: int | None, layout, edit_list: list):
+    """The spec of a heatmap seed or of a loaded layout spec, with the edits applied (None for a
+    baseline)."""
+    from editing import edits, synthesis
 
     if G.heatmap_sampler is None:
         return None
-    spec = HeatmapSpec.load(layout) if layout is not None else synthesis.spec_from_seed(G, heatmap_seed)
+    spec = layout if layout is not None else synthesis.spec_from_seed(G, heatmap_seed)
     return edits.apply_edits(spec, edit_list)
 
 
-def plan_rows(G, seeds: list[int], hm_seeds: list[int] | None, layout: str | None, edit_list: list):
-    """Rows of cells: one row per heatmap seed (or the layout) when given; otherwise a single row where
-    each latent seed also serves as its own heatmap seed (baseline: no heatmaps at all)."""
+def plan_rows(G, seeds: list[int], hm_seeds: list[int] | None, layout, layout_path: str | None, edit_list: list):
+    """Rows of cells: one row per heatmap seed (or the layout, a loaded spec) when given; otherwise a
+    single row where each latent seed also serves as its own heatmap seed (baseline: no heatmaps)."""
     if G.heatmap_sampler is None:
         return [[Cell(s, "", None) for s in seeds]]
     if layout is not None:
         spec = edited_spec(G, None, layout, edit_list)
-        name = os.path.splitext(os.path.basename(layout))[0]
+        name = os.path.splitext(os.path.basename(layout_path))[0]
         return [[Cell(s, f"-{name}", spec) for s in seeds]]
     if hm_seeds is not None:
         specs = [(h, edited_spec(G, h, None, edit_list)) for h in hm_seeds]
@@ -94,20 +132,13 @@ def render(G, cell: Cell, c, trunc: float, noise_mode: str, show_heatmaps: bool)
     return img[0]
 
 
-def generate_projected(G, path: str, outdir: str, noise_mode: str, spec) -> None:
-    """proj%02d.png for every w of a projected-W file (npz, key 'w', [N, num_ws, w_dim])."""
+def generate_projected(G, ws: torch.Tensor, outdir: str, noise_mode: str, spec, c) -> None:
+    """proj%02d.png for every w of ws [N, num_ws, w_dim] (see `load_projected_w`)."""
     from editing import synthesis
     from training import images
 
-    try:
-        ws = torch.from_numpy(np.load(path)["w"])
-    except (OSError, KeyError, ValueError) as err:
-        raise click.ClickException(f"--projected-w={path}: cannot read key 'w' ({err})") from None
-    if ws.ndim != 3 or ws.shape[1:] != (G.num_ws, G.w_dim):
-        raise click.ClickException(f"--projected-w={path}: w has shape {list(ws.shape)}, expected "
-                                   f"[N, {G.num_ws}, {G.w_dim}]")
     for i, w in enumerate(ws):
-        img = images.to_uint8(synthesis.synthesize_ws(G, w[None].float(), spec, noise_mode)).numpy()[0]
+        img = images.to_uint8(synthesis.synthesize_ws(G, w[None], spec, noise_mode, c=c)).numpy()[0]
         images.save_image(img, os.path.join(outdir, f"proj{i:02d}.png"))
 
 
@@ -121,7 +152,7 @@ def generate_projected(G, path: str, outdir: str, noise_mode: str, spec) -> None
 @click.option("--scale", multiple=True, metavar="L:I:F", help="Multiply sigma of centre I of level L by F")
 @click.option("--remove", multiple=True, metavar="I", help="Remove object I (level 0), or L:I")
 @click.option("--restyle", multiple=True, metavar="I:SEED", help="New appearance seed for object I (indoor)")
-@click.option("--trunc", "truncation_psi", type=float, default=1, show_default=True, help="Truncation psi")
+@click.option("--trunc", "truncation_psi", type=FiniteFloatRange(), default=1, show_default=True, help="Truncation psi")
 @click.option("--class", "class_idx", type=int, help="Class label (conditional networks)")
 @click.option("--noise-mode", type=click.Choice(["const", "random", "none"]), default="const", show_default=True,
               help="Per-pixel noise: the stored constant, fresh random, or none")
@@ -143,8 +174,11 @@ def generate(network_path, seeds, heatmap_seeds, layout, move, scale, remove, re
     from editing import synthesis
     from training import images
 
-    seeds = parse_int_list(seeds, "--seeds") if seeds is not None else None
-    hm_seeds = parse_int_list(heatmap_seeds, "--heatmap-seeds") if heatmap_seeds is not None else None
+    seeds = check_seeds(parse_int_list(seeds, "--seeds"), "--seeds") if seeds is not None else None
+    if heatmap_seeds is not None:
+        hm_seeds = check_seeds(parse_int_list(heatmap_seeds, "--heatmap-seeds"), "--heatmap-seeds", heatmap=True)
+    else:
+        hm_seeds = None
     if seeds is None and projected_w is None:
         raise click.ClickException("--seeds is required unless --projected-w is given")
     if layout is not None and hm_seeds is not None:
@@ -152,12 +186,18 @@ def generate(network_path, seeds, heatmap_seeds, layout, move, scale, remove, re
     edit_list = parse_edits(move, scale, remove, restyle)
     G = synthesis.load_generator(network_path, pick_device(device))
     check_heatmap_options(G, hm_seeds, layout, edit_list, fixed_layout and projected_w is None)
-    os.makedirs(outdir, exist_ok=True)
+    layout_spec = load_layout(G, layout)
+    try:
+        c = synthesis.class_label(G, class_idx) if projected_w is None or class_idx is not None else None
+    except ValueError as e:
+        raise click.ClickException(f"--class: {e}") from None
     if projected_w is not None:
-        spec = edited_spec(G, hm_seeds[0] if hm_seeds else 0, layout, edit_list)
-        return generate_projected(G, projected_w, outdir, noise_mode, spec)
-    c = synthesis.class_label(G, class_idx)
-    rows = plan_rows(G, seeds, hm_seeds, layout, edit_list)
+        ws = load_projected_w(G, projected_w)
+        spec = edited_spec(G, hm_seeds[0] if hm_seeds else 0, layout_spec, edit_list)
+        prepare_outdir(outdir)
+        return generate_projected(G, ws, outdir, noise_mode, spec, c)
+    rows = plan_rows(G, seeds, hm_seeds, layout_spec, layout, edit_list)
+    prepare_outdir(outdir)
     out = []
     for row in rows:
         for i, cell in enumerate(row):

@@ -23,7 +23,7 @@ import click
 import numpy as np
 import torch
 
-from dnnlib.cli import pick_device, user_errors
+from dnnlib.cli import FiniteFloatRange, check_seeds, pick_device, prepare_outdir, user_errors
 from dnnlib.util import parse_int_list
 
 DEFAULT_STYLES = list(range(7))  # StyleGAN2-ADA's default '0-6': the coarse and middle layers
@@ -97,7 +97,7 @@ def mix_grid(G, rows: list[int], cols: list[int], styles: list[int], specs: dict
 @click.option("--rows", "row_seeds", required=True, metavar="LIST", help="Row seeds (the base latents), e.g. 0-3")
 @click.option("--cols", "col_seeds", required=True, metavar="LIST", help="Column seeds (the copied styles)")
 @click.option("--styles", metavar="LIST", help="w layers taken from the column seed  [default: 0-6, clipped]")
-@click.option("--trunc", "truncation_psi", type=float, default=1, show_default=True, help="Truncation psi")
+@click.option("--trunc", "truncation_psi", type=FiniteFloatRange(), default=1, show_default=True, help="Truncation psi")
 @click.option("--noise-mode", type=click.Choice(["const", "random", "none"]), default="const", show_default=True,
               help="Per-pixel noise: the stored constant, fresh random, or none")
 @click.option("--heatmap-seed", type=click.IntRange(min=0), metavar="INT",
@@ -114,15 +114,17 @@ def style_mix(network_path, row_seeds, col_seeds, styles, truncation_psi, noise_
     from editing import synthesis
     from training import images
 
-    rows = parse_int_list(row_seeds, "--rows")
-    cols = parse_int_list(col_seeds, "--cols")
+    rows = check_seeds(parse_int_list(row_seeds, "--rows"), "--rows")
+    cols = check_seeds(parse_int_list(col_seeds, "--cols"), "--cols")
+    if heatmap_seed is not None:
+        check_seeds([heatmap_seed], "--heatmap-seed", heatmap=True)
     G = synthesis.load_generator(network_path, pick_device(device))
     if G.c_dim:
         raise click.ClickException(f"this network is conditional ({G.c_dim} classes); style mixing supports "
                                    f"unconditional networks only")
     layers = resolve_styles(styles, G.num_ws)
     specs = heatmap_specs(G, sorted(set(rows + cols)), heatmap_seed)
-    os.makedirs(outdir, exist_ok=True)
+    prepare_outdir(outdir)
     grid = mix_grid(G, rows, cols, layers, specs, truncation_psi, noise_mode, outdir)
     images.save_image(grid, os.path.join(outdir, "grid.png"))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import tempfile
 
 import click
 
@@ -66,3 +67,25 @@ def pick_device(name: str, local_rank: int = 0):
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device(name)
+
+
+def check_seeds(seeds: list[int], option: str, heatmap: bool = False) -> list[int]:
+    """Latent seeds must fit NumPy's RandomState, [0, 2^32); heatmap seeds torch.Generator, [0, 2^64)."""
+    limit, what = (64, "torch.Generator") if heatmap else (32, "NumPy RandomState")
+    bad = [s for s in seeds if s >= 2**limit]
+    if bad:
+        raise click.ClickException(f"{option}: seed {bad[0]} out of range [0, 2^{limit}) ({what} seeds)")
+    return seeds
+
+
+def prepare_outdir(outdir: str) -> None:
+    """Create --outdir and prove it is writable (create and remove a temporary file there), so that a bad
+    directory fails before anything is generated, with the option named."""
+    try:
+        os.makedirs(outdir, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=outdir, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise click.ClickException(f"--outdir={outdir}: cannot create or write to this directory ({reason})") from None

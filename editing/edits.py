@@ -12,7 +12,12 @@ width/height, x right, y down), as in `training.heatmaps`.
                                          paper Eq. 6: centres within `radius` of the handle move by
                                          alpha * (target - handle)
 CLI strings: parse_move('LEVEL:INDEX:DX,DY'), parse_scale('LEVEL:INDEX:FACTOR'), parse_remove('INDEX')
-(or 'LEVEL:INDEX'), parse_restyle('INDEX:SEED'); `apply_edits(spec, [Edit, ...])` applies a list.
+(or 'LEVEL:INDEX'), parse_restyle('INDEX:SEED'); `apply_edits(spec, [Edit, ...])` applies a list (a bare
+string is refused: '1:2' could be a remove or a restyle, so parse it with the parser of its option).
+
+Levels, indices and seeds may be any integral scalar (int, NumPy integer, integer tensor); a non-integer
+is a TypeError (a ValueError for seeds), an integer out of range a ValueError naming it. Every edit checks
+its input spec and its result (`HeatmapSpec.check_values`): finite centres, sigmas > 0.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from training.heatmaps import HeatmapSpec
+from training.heatmaps import HeatmapSpec, as_int
 
 EDIT_OPS = ("move", "scale", "remove", "restyle")
 
@@ -32,15 +37,31 @@ EDIT_OPS = ("move", "scale", "remove", "restyle")
 # Validation.
 
 
+def _check_spec(spec) -> HeatmapSpec:
+    if not isinstance(spec, HeatmapSpec):
+        raise TypeError(f"spec must be a HeatmapSpec, got {type(spec).__name__}")
+    return spec.check_values()
+
+
+def _checked_result(out: HeatmapSpec, what: str) -> HeatmapSpec:
+    """`out` if its values are valid, else ValueError naming the edit (e.g. a float32 overflow)."""
+    try:
+        return out.check_values()
+    except ValueError as e:
+        raise ValueError(f"{what} gives an invalid spec: {e}") from None
+
+
 def _check_level(spec: HeatmapSpec, level) -> int:
-    if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level < spec.num_levels:
+    level = as_int("level", level)
+    if not 0 <= level < spec.num_levels:
         raise ValueError(f"level={level!r} out of range: the spec has levels 0..{spec.num_levels - 1}")
     return level
 
 
 def _check_index(spec: HeatmapSpec, level: int, index) -> int:
     k = spec.centers_per_level[level]
-    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < k:
+    index = as_int("index", index)
+    if not 0 <= index < k:
         raise ValueError(f"index={index!r} out of range: level {level} has centres 0..{k - 1}")
     return index
 
@@ -59,7 +80,8 @@ def _check_finite(name: str, value) -> float:
 def move(spec: HeatmapSpec, level: int, index: int, dx: float, dy: float) -> HeatmapSpec:
     """Move centre `index` of `level` by (dx, dy) (fractions of width/height). On a hierarchical spec,
     moving the level-0 centre also moves every centre of the deeper levels by (dx, dy)."""
-    _check_index(spec, _check_level(spec, level), index)
+    level = _check_level(_check_spec(spec), level)
+    index = _check_index(spec, level, index)
     delta = torch.tensor([_check_finite("dx", dx), _check_finite("dy", dy)])
     out = spec.clone()
     c = out.centers[level]
@@ -67,24 +89,26 @@ def move(spec: HeatmapSpec, level: int, index: int, dx: float, dy: float) -> Hea
     if spec.hierarchical and level == 0:
         for deeper in out.centers[1:]:
             deeper += delta.to(deeper)
-    return out
+    return _checked_result(out, f"move by dx={dx!r}, dy={dy!r}")  # 1e300 is finite, but not in float32.
 
 
 def scale(spec: HeatmapSpec, level: int, index: int, factor: float) -> HeatmapSpec:
     """Multiply the std of centre `index` of `level` by `factor` > 0 (> 1 widens the blob)."""
-    _check_index(spec, _check_level(spec, level), index)
+    level = _check_level(_check_spec(spec), level)
+    index = _check_index(spec, level, index)
     factor = _check_finite("factor", factor)
     if factor <= 0:
         raise ValueError(f"factor must be > 0, got {factor!r}")
     out = spec.clone()
     out.sigmas[level][:, index] *= factor
-    return out
+    return _checked_result(out, f"scale by factor={factor!r}")  # Can overflow/underflow float32.
 
 
 def remove(spec: HeatmapSpec, index: int, level: int = 0) -> HeatmapSpec:
     """Kill sub-map `index` of `level` (alive = 0; it then renders as zero). Multi-object specs have one
     level, so `level` is 0 there; hierarchical specs accept any level."""
-    _check_index(spec, _check_level(spec, level), index)
+    level = _check_level(_check_spec(spec), level)
+    index = _check_index(spec, level, index)
     out = spec.clone()
     out.alive[level][:, index] = 0
     return out
@@ -92,11 +116,12 @@ def remove(spec: HeatmapSpec, index: int, level: int = 0) -> HeatmapSpec:
 
 def restyle(spec: HeatmapSpec, index: int, seed: int) -> HeatmapSpec:
     """Give object `index` (level 0) the appearance seed `seed` (0 <= seed < 2^63). Needs style seeds."""
-    if spec.style_seeds is None:
+    if _check_spec(spec).style_seeds is None:
         raise ValueError(f"restyle needs a spec with style_seeds (a multi-object spec); this one is "
                          f"kind={spec.kind!r} without them")
-    _check_index(spec, 0, index)
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+    index = _check_index(spec, 0, index)
+    seed = as_int("seed", seed, ValueError)
+    if not 0 <= seed < 2**63:
         raise ValueError(f"seed must be an integer in [0, 2^63), got {seed!r}")
     out = spec.clone()
     out.style_seeds[:, index] = seed
@@ -112,7 +137,7 @@ def drag_centers(spec: HeatmapSpec, handle: Sequence[float] | torch.Tensor,
     On a hierarchical spec, when a level-0 centre moves, the deeper centres of that sample follow by the
     same vector (as with `move`).
     """
-    _check_level(spec, level)
+    level = _check_level(_check_spec(spec), level)
     handle_t = torch.as_tensor(handle, dtype=torch.float32).flatten()
     target_t = torch.as_tensor(target, dtype=torch.float32).flatten()
     for name, t in (("handle", handle_t), ("target", target_t)):
@@ -130,7 +155,7 @@ def drag_centers(spec: HeatmapSpec, handle: Sequence[float] | torch.Tensor,
         moved = near.any(dim=1).view(-1, 1, 1)                                     # [N, 1, 1]
         for deeper in out.centers[1:]:
             deeper += moved.to(deeper) * shift
-    return out
+    return _checked_result(out, "drag_centers")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -155,6 +180,11 @@ class Edit:
 
 
 def apply_edit(spec: HeatmapSpec, edit: Edit) -> HeatmapSpec:
+    """`edit` applied to `spec` (a new spec). TypeError unless `edit` is an `Edit`."""
+    if not isinstance(edit, Edit):
+        hint = (" (parse CLI strings with parse_move / parse_scale / parse_remove / parse_restyle)"
+                if isinstance(edit, str) else "")
+        raise TypeError(f"an edit must be an Edit, got {type(edit).__name__} {edit!r}{hint}")
     if edit.op == "move":
         return move(spec, edit.level, edit.index, edit.dx, edit.dy)
     if edit.op == "scale":
@@ -165,8 +195,11 @@ def apply_edit(spec: HeatmapSpec, edit: Edit) -> HeatmapSpec:
 
 
 def apply_edits(spec: HeatmapSpec, edits: Iterable[Edit]) -> HeatmapSpec:
-    """Apply `edits` in order; returns a new spec (the input is unchanged even when `edits` is empty)."""
-    out = spec.clone()
+    """Apply `edits` (a list of `Edit`) in order; returns a new spec (the input is unchanged even when
+    `edits` is empty). TypeError for a string or a bare Edit in place of the list, or a non-Edit item."""
+    if isinstance(edits, (str, Edit)):
+        raise TypeError(f"edits must be a list of Edit, got {type(edits).__name__} {edits!r}")
+    out = _check_spec(spec).clone()
     for edit in edits:
         out = apply_edit(out, edit)
     return out

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -35,6 +37,19 @@ from torch_utils import misc
 
 SPEC_FORMAT = "spatialgan-heatmaps"
 SPEC_VERSION = 1
+
+
+def as_int(name: str, value, error: type[Exception] = TypeError) -> int:
+    """`value` as a Python int when it is an integral scalar (int, NumPy integer, one-element integer
+    tensor, anything with `__index__`); otherwise `error` (TypeError by default) naming `name` and the
+    type. Booleans are not integers here, and floats are never truncated (1.7 and 2.0 are rejected)."""
+    is_bool = isinstance(value, (bool, np.bool_)) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool)
+    try:
+        if is_bool:
+            raise TypeError
+        return operator.index(value)
+    except (TypeError, RuntimeError, ValueError):  # A tensor of several elements raises RuntimeError.
+        raise error(f"{name} must be an integer, got {value!r} ({type(value).__name__})") from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -53,6 +68,9 @@ class HeatmapSpec:
                  `render` returns these maps resized instead of Gaussians.
     kind:        name of the sampler that made it (free text for hand-made specs).
     hierarchical: True when level 0 drives the deeper levels (moving it moves them, see editing).
+
+    Shapes are checked on construction (`validate`); values (finite centres, sigmas > 0, alive in [0, 1])
+    too when the tensors are on the CPU, and by `check_values` wherever specs enter from users.
     """
 
     centers: list[torch.Tensor]
@@ -71,10 +89,13 @@ class HeatmapSpec:
         if self.noise is not None:
             self.noise = list(self.noise)
         self.validate()
+        if self.device.type == "cpu":  # Free there; on a GPU it would cost a sync per training step.
+            self.check_values()
 
-    # -- shape checks -------------------------------------------------------------------------------
+    # -- checks -------------------------------------------------------------------------------------
     def validate(self) -> None:
-        """Raise ValueError if the tensors do not have consistent shapes."""
+        """Raise ValueError if the tensors do not have consistent shapes (no value is read, so this
+        never synchronises with a GPU; see `check_values`)."""
         if len(self.centers) == 0:
             raise ValueError("HeatmapSpec needs at least one level, got centers=[]")
         for name in ("sigmas", "alive"):
@@ -96,6 +117,33 @@ class HeatmapSpec:
                                  f"{len(self.centers)}")
             for lvl, (z, c) in enumerate(zip(self.noise, self.centers)):
                 misc.assert_shape(z, [n, c.shape[1], None, None], f"noise[{lvl}]")
+
+    def check_values(self) -> HeatmapSpec:
+        """Raise ValueError naming the first bad value: centres and noise must be finite, sigmas finite
+        and > 0, alive flags in [0, 1]. Returns the spec.
+
+        The constructor runs this for CPU tensors. For specs on a GPU it reads the values back (a device
+        sync), so it is called where specs come from users (files, edits, `editing.synthesis`), never
+        per training step.
+        """
+        inf = math.inf
+        rules = (("centers", self.centers, "finite", -inf, inf, False),
+                 ("sigmas", self.sigmas, "finite and > 0", 0.0, inf, True),
+                 ("alive", self.alive, "in [0, 1]", 0.0, 1.0, False),
+                 ("noise", self.noise or [], "finite", -inf, inf, False))
+        for name, levels, rule, low, high, open_low in rules:
+            for lvl, t in enumerate(levels):
+                if t.numel() == 0:
+                    continue
+                t = t.detach() if t.is_floating_point() else t.detach().double()  # e.g. a bool alive mask
+                lo, hi = (v.item() for v in torch.aminmax(t))  # One reduction; NaN propagates into both.
+                if (lo > low if open_low else lo >= low) and hi <= high and math.isfinite(lo) and math.isfinite(hi):
+                    continue
+                good = torch.isfinite(t) & (t > low if open_low else t >= low) & (t <= high)
+                where = [int(i) for i in (~good).nonzero()[0]]
+                raise ValueError(f"HeatmapSpec.{name}[{lvl}] must be {rule}, got {t[tuple(where)].item():.6g} "
+                                 f"at index {where}")
+        return self
 
     # -- basic properties ---------------------------------------------------------------------------
     @property
@@ -135,9 +183,9 @@ class HeatmapSpec:
         return self._map(torch.Tensor.detach)
 
     def select(self, indices: Sequence[int] | torch.Tensor | slice | int) -> HeatmapSpec:
-        """Samples `indices` (a list/tensor of ints, a slice, or one int -> batch of 1)."""
-        if isinstance(indices, int):
-            indices = [indices]
+        """Samples `indices` (a list/tensor of ints, a slice, or one integer -> batch of 1)."""
+        if not isinstance(indices, (slice, Sequence)) and not (isinstance(indices, torch.Tensor) and indices.ndim):
+            indices = [as_int("indices", indices)]
         if not isinstance(indices, slice):
             indices = torch.as_tensor(indices, dtype=torch.int64)
             if indices.numel() and (indices.min() < -self.batch_size or indices.max() >= self.batch_size):
@@ -208,6 +256,8 @@ class HeatmapSpec:
                 return [torch.tensor(t, dtype=torch.float32) for t in levels]
 
             seeds = d.get("style_seeds")
+            if seeds is not None:
+                _check_integers("style_seeds", seeds)
             noise = d.get("noise")
             return HeatmapSpec(
                 centers=floats(d["centers"]), sigmas=floats(d["sigmas"]), alive=floats(d.get("alive") or []),
@@ -224,16 +274,28 @@ class HeatmapSpec:
 
     @staticmethod
     def load(path: str | os.PathLike) -> HeatmapSpec:
-        """Read a spec written by `save`; ValueError naming `path` if it is not a valid spec."""
+        """Read a spec written by `save`; ValueError naming `path` if it is not a valid spec (OSError if it
+        cannot be read)."""
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"heatmap spec file {os.fspath(path)!r} is not UTF-8 JSON text: {e}") from e
         except json.JSONDecodeError as e:
             raise ValueError(f"heatmap spec file {os.fspath(path)!r} is not valid JSON: {e}") from e
         try:
             return HeatmapSpec.from_json(data)
         except (TypeError, ValueError) as e:
             raise ValueError(f"heatmap spec file {os.fspath(path)!r}: {e}") from e
+
+
+def _check_integers(name: str, nested) -> None:
+    """ValueError unless every leaf of the nested lists is an int (JSON 1.7 or true must not become 1)."""
+    if isinstance(nested, list):
+        for item in nested:
+            _check_integers(name, item)
+    elif not isinstance(nested, int) or isinstance(nested, bool):
+        raise ValueError(f"{name} must hold integers, got {nested!r}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -267,7 +329,8 @@ def render(spec: HeatmapSpec, resolution: int, level: int = 0) -> torch.Tensor:
     With `spec.noise` set, the noise maps of that level are resized bilinearly (align_corners=False)
     to r x r instead of drawing Gaussians.
     """
-    if not isinstance(level, int) or not 0 <= level < spec.num_levels:
+    level, resolution = as_int("level", level), as_int("resolution", resolution)
+    if not 0 <= level < spec.num_levels:
         raise ValueError(f"level={level!r} out of range [0, {spec.num_levels - 1}]")
     misc.check_positive_int("resolution", resolution)
     alive = spec.alive[level][..., None, None]

@@ -1,8 +1,11 @@
 """generate.py on tiny trained snapshots: seeds, heatmap seeds, layouts, edits, grids and errors."""
 
+import json
+import math
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +32,17 @@ def ok(network: Path, outdir: Path, *args: str) -> Path:
     return outdir
 
 
-def error(network: Path, outdir: Path, *args: str) -> str:
-    """Run expecting failure; return the single 'Error: ...' line."""
-    res = gen(network, outdir, *args)
+def error_line(res) -> str:
+    """The single 'Error: ...' line of a failed run."""
     assert res.exit_code != 0 and "Traceback" not in res.output
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), res.stderr
     return lines[0]
+
+
+def error(network: Path, outdir: Path, *args: str) -> str:
+    """Run expecting failure; return the single 'Error: ...' line."""
+    return error_line(gen(network, outdir, *args))
 
 
 def one_image(network: Path, outdir: Path, *args: str) -> np.ndarray:
@@ -52,6 +59,7 @@ def test_seed_list_and_range(spatial, tmp_path):
     imgs = [load(tmp_path / n) for n in names]
     assert all(img.shape == (RES, RES, 3) for img in imgs)
     assert not np.array_equal(imgs[0], imgs[1])
+    assert not list(tmp_path.glob(".*"))  # the --outdir write test leaves nothing behind
 
 
 def test_baseline_seeds_and_projection(baseline, tmp_path):
@@ -169,7 +177,8 @@ def test_missing_network_seeds_and_bad_outdir(spatial, tmp_path):
     assert "missing.pt" in error(tmp_path / "missing.pt", tmp_path, "--seeds=0")
     assert "--seeds is required" in error(spatial, tmp_path)
     (tmp_path / "afile").write_text("x")
-    assert "afile" in error(spatial, tmp_path / "afile" / "sub", "--seeds=0")  # outdir below a file
+    line = error(spatial, tmp_path / "afile" / "sub", "--seeds=0")  # outdir below a file
+    assert f"--outdir={tmp_path / 'afile' / 'sub'}" in line and "Not a directory" in line
 
 
 def test_malformed_seeds_on_the_command_line(tmp_path):
@@ -188,3 +197,114 @@ def test_help_documents_every_option():
         if param.name != "help":
             assert param.help, f"{param.opts} has no help text"
     assert "--heatmap-seeds" in res.output and "--projected-w" in res.output
+
+
+def unwritable_dir() -> str:
+    """A directory that exists but where no file can be created, even by root (sysfs)."""
+    path = "/sys/kernel"
+    try:
+        fd, probe = tempfile.mkstemp(dir=path)
+    except OSError:
+        return path
+    os.close(fd)
+    os.unlink(probe)
+    pytest.skip(f"{path} is writable here")
+
+
+def nothing_generated(network: Path, outdir: Path, *args: str) -> str:
+    """Run expecting failure before any image: one 'Error: ...' line, no progress line, no output dir."""
+    res = gen(network, outdir, *args)
+    assert "Generating" not in res.stdout and not outdir.exists()
+    return error_line(res)
+
+
+def test_unwritable_outdir_fails_before_generating(spatial, tmp_path):
+    path = unwritable_dir()
+    res = gen(spatial, Path(path), "--seeds=0")
+    assert "Generating" not in res.stdout
+    line = error_line(res)
+    assert line.startswith(f"Error: --outdir={path}: cannot create or write") and ".tmp" not in line
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_trunc(spatial, tmp_path, value):
+    res = gen(spatial, tmp_path / "out", "--seeds=0", f"--trunc={value}")
+    assert res.exit_code == 2 and "'--trunc'" in res.output and "not a finite number" in res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_class_on_unconditional_network(spatial, tmp_path):
+    line = nothing_generated(spatial, tmp_path / "out", "--seeds=0", "--class=3")
+    assert "--class" in line and "unconditional" in line and "class 3" in line
+
+
+def saved_layout(network: Path, outdir: Path) -> dict:
+    ok(network, outdir, "--seeds=0", "--heatmap-seeds=1", "--save-layout")
+    (path,) = outdir.glob("*.json")
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("field,where,value,message", [
+    ("centers", (0, 0, 0, 1), math.nan, "centers[0] must be finite"),
+    ("centers", (2, 0, 3, 0), math.inf, "centers[2] must be finite"),
+    ("sigmas", (1, 0, 1), math.nan, "sigmas[1] must be finite and > 0"),
+    ("sigmas", (0, 0, 0), 0.0, "sigmas[0] must be finite and > 0"),
+    ("sigmas", (2, 0, 2), -0.1, "sigmas[2] must be finite and > 0"),
+])
+def test_layout_with_bad_values(spatial, tmp_path, field, where, value, message):
+    """Previously a NaN gave an all-black image with exit status 0, and sigma <= 0 was accepted."""
+    d = saved_layout(spatial, tmp_path / "a")
+    target = d[field]
+    for i in where[:-1]:
+        target = target[i]
+    target[where[-1]] = value
+    layout = tmp_path / "bad-layout.json"
+    layout.write_text(json.dumps(d))  # Python writes NaN / Infinity, and reads them back
+    line = nothing_generated(spatial, tmp_path / "out", "--seeds=0", f"--layout={layout}")
+    assert "--layout" in line and "bad-layout.json" in line and message in line
+
+
+def test_layout_that_is_not_text(spatial, tmp_path):
+    layout = tmp_path / "image.json"
+    layout.write_bytes(b"\x89PNG\r\n\x1a\n\x80\x00\xff")
+    line = nothing_generated(spatial, tmp_path / "out", "--seeds=0", f"--layout={layout}")
+    assert "--layout" in line and str(layout) in line and "not UTF-8 JSON text" in line
+    line = nothing_generated(spatial, tmp_path / "out", "--seeds=0", f"--layout={tmp_path / 'missing.json'}")
+    assert "--layout" in line and "missing.json" in line
+
+
+def test_layout_from_another_network(spatial, indoor, tmp_path):
+    d = saved_layout(indoor, tmp_path / "a")
+    (layout,) = (tmp_path / "a").glob("*.json")
+    line = nothing_generated(spatial, tmp_path / "out", "--seeds=0", f"--layout={layout}")
+    assert line == (f"Error: --layout={layout}: heatmap spec has centres per level [3], this network was built "
+                    f"for [1, 2, 4]")
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps(dict(d, centers=[c * 2 for c in d["centers"]], sigmas=[s * 2 for s in d["sigmas"]],
+                                   alive=[a * 2 for a in d["alive"]], style_seeds=d["style_seeds"] * 2)))
+    line = nothing_generated(indoor, tmp_path / "out", "--seeds=0", f"--layout={two}")
+    assert f"--layout={two}: the file holds 2 samples" in line
+
+
+def test_projected_w_bad_values(spatial, tmp_path):
+    G = synthesis.load_generator(str(spatial))
+    ws = synthesis.map_ws(G, synthesis.z_from_seed(G, 3), synthesis.spec_from_seed(G, 0)).numpy()
+    bad = ws.copy()
+    bad[0, 1, 2] = np.nan
+    np.savez(tmp_path / "nan.npz", w=bad)
+    line = nothing_generated(spatial, tmp_path / "out", f"--projected-w={tmp_path / 'nan.npz'}")
+    assert f"--projected-w={tmp_path / 'nan.npz'}: w contains NaN or infinite values" in line
+    np.save(tmp_path / "plain.npy", ws)
+    line = nothing_generated(spatial, tmp_path / "out", f"--projected-w={tmp_path / 'plain.npy'}")
+    assert "--projected-w" in line and "not an .npz archive" in line
+    np.savez(tmp_path / "text.npz", w=np.array(["a", "b"]))
+    assert "--projected-w" in nothing_generated(spatial, tmp_path / "out", f"--projected-w={tmp_path / 'text.npz'}")
+    np.savez(tmp_path / "empty.npz", w=ws[:0])
+    assert "N >= 1" in nothing_generated(spatial, tmp_path / "out", f"--projected-w={tmp_path / 'empty.npz'}")
+
+
+def test_seeds_beyond_generator_range(spatial, tmp_path):
+    line = nothing_generated(spatial, tmp_path / "out", f"--seeds={2**32}")
+    assert line == f"Error: --seeds: seed {2**32} out of range [0, 2^32) (NumPy RandomState seeds)"
+    line = nothing_generated(spatial, tmp_path / "out", "--seeds=0", f"--heatmap-seeds={2**64}")
+    assert line == f"Error: --heatmap-seeds: seed {2**64} out of range [0, 2^64) (torch.Generator seeds)"

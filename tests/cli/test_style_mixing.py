@@ -3,12 +3,14 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 import generate
 import style_mixing
 from cli_support import RES
 from cli_support import load_rgb as load
+from test_generate import unwritable_dir
 
 
 def invoke(command, network: Path, outdir: Path, *args: str):
@@ -92,3 +94,30 @@ def test_errors(spatial, tmp_path):
 def test_help_documents_every_option():
     for param in style_mixing.main.params:
         assert param.help, f"{param.opts} has no help text"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_non_finite_trunc(spatial, tmp_path, value):
+    res = invoke(style_mixing.main, spatial, tmp_path / "out", "--rows=0", "--cols=1", f"--trunc={value}")
+    assert res.exit_code == 2 and "'--trunc'" in res.output and "not a finite number" in res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_outdir_fails_before_generating(spatial, tmp_path):
+    def check(outdir: Path) -> None:
+        res = invoke(style_mixing.main, spatial, outdir, "--rows=0", "--cols=1")
+        assert res.exit_code != 0 and "Generating" not in res.stdout
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"Error: --outdir={outdir}: cannot create or write")
+
+    (tmp_path / "afile").write_text("x")
+    check(tmp_path / "afile" / "sub")
+    check(Path(unwritable_dir()))
+
+
+def test_seeds_beyond_numpy_range(spatial, tmp_path):
+    line = mix_error(spatial, tmp_path / "out", "--rows=0", f"--cols={2**32}")
+    assert line == f"Error: --cols: seed {2**32} out of range [0, 2^32) (NumPy RandomState seeds)"
+    line = mix_error(spatial, tmp_path / "out", "--rows=0", "--cols=1", f"--heatmap-seed={2**64}")
+    assert line == f"Error: --heatmap-seed: seed {2**64} out of range [0, 2^64) (torch.Generator seeds)"
+    assert not (tmp_path / "out").exists()

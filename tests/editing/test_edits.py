@@ -1,10 +1,14 @@
 """Tests for editing/edits.py: pure heatmap edits and their CLI parsers."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
 from editing.edits import (
     Edit,
+    apply_edit,
     apply_edits,
     drag_centers,
     move,
@@ -120,3 +124,77 @@ def test_parsers_and_apply_edits(hier):
 def test_parse_errors_name_the_text(func, text, bad):
     with pytest.raises(ValueError, match=bad.replace(".", r"\.").replace("'", "'")):
         func(text)
+
+
+def test_integral_scalars_are_accepted(hier, indoor):
+    """NumPy and tensor integers (what an editor or a notebook hands over) act like ints."""
+    ref = move(hier, 1, 1, 0.1, 0.0)
+    for level, index in ((np.int64(1), np.int32(1)), (torch.tensor(1), torch.tensor(1))):
+        assert move(hier, level, index, 0.1, 0.0).to_json() == ref.to_json()
+    assert scale(hier, np.int64(2), torch.tensor(3), 2.0).to_json() == scale(hier, 2, 3, 2.0).to_json()
+    assert remove(indoor, np.int64(2), level=torch.tensor(0)).to_json() == remove(indoor, 2).to_json()
+    st = restyle(indoor, np.int64(1), np.int64(99))
+    assert st.style_seeds[:, 1].eq(99).all() and st.to_json() == restyle(indoor, 1, 99).to_json()
+    c0 = hier.centers[0][0, 0].tolist()
+    dragged = drag_centers(hier, handle=c0, target=(c0[0] + 0.1, c0[1]), radius=1e-4, level=np.int64(0))
+    assert dragged.to_json() == drag_centers(hier, handle=c0, target=(c0[0] + 0.1, c0[1]), radius=1e-4).to_json()
+    # Out of range still names the value, whatever its type.
+    with pytest.raises(ValueError, match=r"index=4 out of range"):
+        scale(hier, 2, np.int64(4), 2.0)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda s: move(s, 0.0, 0, 0.1, 0.1), r"level must be an integer, got 0\.0 \(float\)"),
+    (lambda s: move(s, 0, 1.5, 0.1, 0.1), r"index must be an integer, got 1\.5"),
+    (lambda s: scale(s, True, 0, 2.0), r"level must be an integer, got True"),
+    (lambda s: remove(s, torch.tensor(0.0)), r"index must be an integer"),
+    (lambda s: drag_centers(s, (0.5, 0.5), (0.6, 0.5), 0.1, level="0"), r"level must be an integer"),
+])
+def test_non_integer_levels_and_indices_are_type_errors(hier, call, match):
+    with pytest.raises(TypeError, match=match):
+        call(hier)
+
+
+def test_non_integer_seed_is_a_value_error(indoor):
+    for seed in (1.7, 3.0, "7", True):
+        with pytest.raises(ValueError, match="seed must be an integer"):
+            restyle(indoor, 0, seed)
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\^63\)"):
+        restyle(indoor, 0, np.int64(-1))
+
+
+def test_apply_edits_refuses_strings(hier):
+    """'1:2' could be a remove (LEVEL:INDEX) or a restyle (INDEX:SEED), so strings are not guessed at."""
+    with pytest.raises(TypeError, match=r"an edit must be an Edit, got str '0:0:0\.1,0' \(parse CLI strings "
+                                        r"with parse_move"):
+        apply_edits(hier, ["0:0:0.1,0"])
+    with pytest.raises(TypeError, match="edits must be a list of Edit, got str"):
+        apply_edits(hier, "0:0:0.1,0")
+    with pytest.raises(TypeError, match="edits must be a list of Edit, got Edit"):
+        apply_edits(hier, parse_move("0:0:0.1,0"))
+    with pytest.raises(TypeError, match="an edit must be an Edit, got dict"):
+        apply_edit(hier, {"op": "move"})
+    with pytest.raises(TypeError, match="spec must be a HeatmapSpec"):
+        move(hier.to_json(), 0, 0, 0.1, 0.1)
+
+
+def test_edits_refuse_invalid_specs_and_results(hier):
+    bad = hier.clone()
+    bad.centers[1][1, 0, 0] = math.nan  # In place, as an optimiser or a notebook might.
+    with pytest.raises(ValueError, match=r"centers\[1\] must be finite"):
+        move(bad, 0, 0, 0.1, 0.0)
+    with pytest.raises(ValueError, match=r"centers\[1\] must be finite"):
+        apply_edits(bad, [])
+    neg = hier.clone()
+    neg.sigmas[0][0, 0] = -0.1
+    with pytest.raises(ValueError, match=r"sigmas\[0\] must be finite and > 0"):
+        remove(neg, 0)
+    # Finite Python floats that leave float32's range are caught on the result, naming the edit.
+    with pytest.raises(ValueError, match=r"move by dx=1e\+300.*centers\[0\] must be finite, got inf"):
+        move(hier, 0, 0, 1e300, 0.0)
+    with pytest.raises(ValueError, match=r"scale by factor=1e-60.*sigmas\[1\] must be finite and > 0, got 0"):
+        scale(hier, 1, 0, 1e-60)
+    with pytest.raises(ValueError, match=r"scale by factor=1e\+300"):
+        scale(hier, 1, 0, 1e300)
+    with pytest.raises(ValueError, match=r"drag_centers gives an invalid spec"):
+        drag_centers(hier, handle=(0.5, 0.5), target=(0.6, 0.5), radius=2.0, alpha=1e300)

@@ -6,6 +6,7 @@ import torch
 
 from editing import synthesis
 from training import config, networks
+from training.heatmaps import build_sampler
 
 
 def tiny_G(cfg: str, res: int = 16, label_dim: int = 0):
@@ -96,7 +97,12 @@ def test_class_label():
         synthesis.class_label(G, None)
     with pytest.raises(ValueError, match="out of range"):
         synthesis.class_label(G, 3)
+    assert synthesis.class_label(G, np.int64(1)).tolist() == [[0.0, 1.0, 0.0]]
+    with pytest.raises(ValueError, match="must be an integer, got 1.5"):
+        synthesis.class_label(G, 1.5)
     assert synthesis.class_label(tiny_G("tiny"), None).shape == (1, 0)
+    with pytest.raises(ValueError, match="unconditional.*class 3 does not apply"):
+        synthesis.class_label(tiny_G("tiny"), 3)
 
 
 def test_load_generator_round_trip(tmp_path, G_spatial):
@@ -107,3 +113,121 @@ def test_load_generator_round_trip(tmp_path, G_spatial):
     G2 = synthesis.load_generator(str(path))
     z, spec = synthesis.z_from_seed(G2, 1), synthesis.spec_from_seed(G2, 1)
     assert torch.equal(synthesis.synthesize(G2, z, spec), synthesis.synthesize(G_spatial, z, spec))
+
+
+@pytest.fixture(scope="module")
+def G_baseline():
+    return tiny_G("tiny")
+
+
+def test_integral_seeds_are_accepted(G_spatial):
+    z, spec = synthesis.z_from_seed(G_spatial, 5), synthesis.spec_from_seed(G_spatial, 5)
+    for seed in (np.int64(5), np.uint32(5), torch.tensor(5)):
+        assert torch.equal(synthesis.z_from_seed(G_spatial, seed), z)
+        assert synthesis.spec_from_seed(G_spatial, seed).to_json() == spec.to_json()
+
+
+@pytest.mark.parametrize("seed", [1.7, 1.5, 2.0, "3", True, None, np.float64(4)])
+def test_non_integer_seeds_are_refused(G_spatial, seed):
+    """Never truncated (1.7 must not silently mean seed 1), never NumPy's bare TypeError."""
+    for fn in (synthesis.z_from_seed, synthesis.spec_from_seed):
+        with pytest.raises(ValueError, match=r"seed must be an integer, got .*\("):
+            fn(G_spatial, seed)
+
+
+def test_seed_ranges_are_named(G_spatial):
+    with pytest.raises(ValueError, match=r"seed=4294967296 out of range \[0, 2\^32\)"):
+        synthesis.z_from_seed(G_spatial, 2**32)
+    with pytest.raises(ValueError, match="seed=-1 out of range"):
+        synthesis.z_from_seed(G_spatial, -1)
+    for seed in (2**64, -2**63 - 1):
+        with pytest.raises(ValueError, match=rf"seed={seed} out of range \[-2\^63, 2\^64\)"):
+            synthesis.spec_from_seed(G_spatial, seed)
+    assert synthesis.spec_from_seed(G_spatial, 2**64 - 1).batch_size == 1
+
+
+def test_numpy_latents_are_converted(G_spatial):
+    spec = synthesis.spec_from_seed(G_spatial, 2)
+    z64 = np.random.RandomState(3).randn(2, G_spatial.z_dim)  # float64, as NumPy makes it
+    expected = synthesis.synthesize(G_spatial, torch.from_numpy(z64).float(), spec)
+    assert torch.equal(synthesis.synthesize(G_spatial, z64, spec), expected)
+    ws = synthesis.map_ws(G_spatial, z64, spec)
+    assert torch.equal(ws, synthesis.map_ws(G_spatial, torch.from_numpy(z64).float(), spec))
+    assert torch.allclose(synthesis.synthesize_ws(G_spatial, ws.numpy(), spec), expected, atol=1e-5)
+    with pytest.raises(TypeError, match=r"z must be a tensor or NumPy array \[N, \d+\], got list"):
+        synthesis.synthesize(G_spatial, z64.tolist(), spec)
+    with pytest.raises(TypeError, match="z must hold numbers"):
+        synthesis.synthesize(G_spatial, np.array([["a"] * G_spatial.z_dim]), spec)
+
+
+def test_non_finite_latents_and_psi_are_refused(G_spatial):
+    spec = synthesis.spec_from_seed(G_spatial, 2)
+    z = synthesis.z_from_seed(G_spatial, 1)
+    z_nan = z.clone()
+    z_nan[0, 3] = float("nan")
+    with pytest.raises(ValueError, match="z contains NaN or infinite values"):
+        synthesis.synthesize(G_spatial, z_nan, spec)
+    ws = synthesis.map_ws(G_spatial, z, spec)
+    ws[0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="ws contains NaN or infinite values"):
+        synthesis.synthesize_ws(G_spatial, ws, spec)
+    for psi in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="truncation_psi must be finite"):
+            synthesis.synthesize(G_spatial, z, spec, truncation_psi=psi)
+        with pytest.raises(ValueError, match="truncation_psi must be finite"):
+            synthesis.map_ws(G_spatial, z, spec, truncation_psi=psi)
+
+
+def test_baseline_refuses_a_spec_and_stray_labels(G_baseline, G_spatial):
+    """A StyleGAN2 network would ignore both silently, giving an image that is not what was asked for."""
+    z = synthesis.z_from_seed(G_baseline, 0)
+    spec = synthesis.spec_from_seed(G_spatial, 0)
+    with pytest.raises(ValueError, match="no heatmap encoding.*pass spec=None"):
+        synthesis.synthesize(G_baseline, z, spec)
+    with pytest.raises(ValueError, match="no heatmap encoding"):
+        synthesis.map_ws(G_baseline, z, spec)
+    ws = synthesis.map_ws(G_baseline, z)
+    with pytest.raises(ValueError, match="no heatmap encoding"):
+        synthesis.synthesize_ws(G_baseline, ws, spec)
+    with pytest.raises(ValueError, match=r"c has shape \[1, 5\], but this network is unconditional"):
+        synthesis.synthesize(G_baseline, z, c=torch.zeros(1, 5))
+    with pytest.raises(ValueError, match="unconditional"):
+        synthesis.map_ws(G_baseline, z, c=torch.ones(1, 2))
+    # An empty label of the right width is fine and changes nothing.
+    assert torch.equal(synthesis.synthesize(G_baseline, z, c=torch.zeros(1, 0)), synthesis.synthesize(G_baseline, z))
+
+
+def test_conditional_labels_are_checked_and_broadcast():
+    G = tiny_G("tiny", label_dim=3)
+    z = torch.cat([synthesis.z_from_seed(G, s) for s in (1, 2)])
+    c = synthesis.class_label(G, 1)
+    both = synthesis.synthesize(G, z, c=c)  # batch-1 label, batch-2 latents
+    assert torch.allclose(both[1:], synthesis.synthesize(G, z[1:], c=c), atol=1e-5)
+    assert not torch.allclose(both, synthesis.synthesize(G, z, c=synthesis.class_label(G, 2)))
+    with pytest.raises(ValueError, match=r"c has shape \[1, 4\], but this network takes labels of width c_dim=3"):
+        synthesis.synthesize(G, z, c=torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="c has batch 3, latents have batch 2"):
+        synthesis.synthesize(G, z, c=torch.zeros(3, 3))
+
+
+def test_check_spec_against_the_network(G_spatial, G_baseline):
+    spec = synthesis.spec_from_seed(G_spatial, 1)
+    synthesis.check_spec(G_spatial, spec)
+    synthesis.check_spec(G_spatial, None)
+    synthesis.check_spec(G_baseline, None)
+    indoor_spec = build_sampler("multi_object")(1, generator=0)
+    z = synthesis.z_from_seed(G_spatial, 0)
+    for fn in (synthesis.check_spec, lambda G, s: synthesis.synthesize(G, z, s)):
+        with pytest.raises(ValueError, match=r"centres per level \[3\], this network was built for \[1, 2, 4\]"):
+            fn(G_spatial, indoor_spec)
+    with pytest.raises(TypeError, match="spec must be a HeatmapSpec, got dict"):
+        synthesis.check_spec(G_spatial, spec.to_json())
+    bad = spec.clone()
+    bad.sigmas[2][0, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"sigmas\[2\] must be finite and > 0"):
+        synthesis.synthesize(G_spatial, z, bad)
+    G_indoor = tiny_G("tiny-spatial-indoor")
+    seedless = synthesis.spec_from_seed(G_indoor, 0)
+    seedless.style_seeds = None
+    with pytest.raises(ValueError, match="no style_seeds"):
+        synthesis.check_spec(G_indoor, seedless)

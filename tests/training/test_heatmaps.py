@@ -3,12 +3,14 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from training.heatmaps import (
     SAMPLERS,
     HeatmapSpec,
+    as_int,
     build_sampler,
     compose,
     gaussian,
@@ -254,3 +256,106 @@ def test_batch_operations():
     c = spec.centers[0].clone().requires_grad_()
     det = HeatmapSpec(centers=[c], sigmas=spec.sigmas, alive=spec.alive).detach()
     assert not det.centers[0].requires_grad and det.to("cpu").device.type == "cpu"
+
+
+# -- value checks ------------------------------------------------------------------------------------------
+
+
+def _one(centers=((0.5, 0.5), (0.2, 0.8)), sigmas=(0.1, 0.2), **kw):
+    return HeatmapSpec(centers=[torch.tensor([centers])], sigmas=[torch.tensor([sigmas])], **kw)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(centers=((0.5, math.nan), (0.2, 0.8))), r"centers\[0\] must be finite, got nan at index \[0, 0, 1\]"),
+    (dict(centers=((0.5, 0.5), (math.inf, 0.8))), r"centers\[0\] must be finite, got inf at index \[0, 1, 0\]"),
+    (dict(sigmas=(0.1, -0.2)), r"sigmas\[0\] must be finite and > 0, got -0.2 at index \[0, 1\]"),
+    (dict(sigmas=(0.0, 0.2)), r"sigmas\[0\] must be finite and > 0, got 0 at index \[0, 0\]"),
+    (dict(sigmas=(math.nan, 0.2)), r"sigmas\[0\] .* got nan"),
+    (dict(sigmas=(0.1, math.inf)), r"sigmas\[0\] .* got inf"),
+    (dict(alive=[torch.tensor([[1.0, math.nan]])]), r"alive\[0\] must be in \[0, 1\], got nan"),
+    (dict(alive=[torch.tensor([[1.0, 2.0]])]), r"alive\[0\] must be in \[0, 1\], got 2"),
+])
+def test_constructor_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _one(**kwargs)
+
+
+def test_check_values_catches_in_place_changes_and_noise():
+    spec = _one()
+    assert spec.check_values() is spec
+    spec.sigmas[0][0, 1] = -1.0  # In-place writes bypass the constructor; check_values still sees them.
+    with pytest.raises(ValueError, match=r"sigmas\[0\].*-1"):
+        spec.check_values()
+    noisy = build_sampler("noise")(1, generator=0)
+    noisy.noise[2][0, 3, 5, 7] = math.nan
+    with pytest.raises(ValueError, match=r"noise\[2\].*index \[0, 3, 5, 7\]"):
+        noisy.check_values()
+    # A boolean alive mask is still a valid 0/1 mask.
+    assert _one(alive=[torch.tensor([[True, False]])]).alive[0].tolist() == [[True, False]]
+
+
+def test_constructor_does_not_read_device_values():
+    """Off the CPU the constructor only checks shapes (reading values would sync the GPU every step);
+    meta tensors have no values at all, so any read would fail."""
+    spec = HeatmapSpec(centers=[torch.empty(2, 3, 2, device="meta")], sigmas=[torch.empty(2, 3, device="meta")])
+    assert spec.centers_per_level == [3] and spec.device.type == "meta"
+
+
+def test_from_json_and_load_reject_bad_values(tmp_path):
+    good = _small_spec(n=1).to_json()
+
+    def with_value(field, value, path):
+        d = json.loads(json.dumps(good))
+        target = d[field]
+        for i in path[:-1]:
+            target = target[i]
+        target[path[-1]] = value
+        return d
+
+    with pytest.raises(ValueError, match=r"centers\[0\] must be finite"):
+        HeatmapSpec.from_json(with_value("centers", math.nan, (0, 0, 1, 0)))
+    for sigma in (0.0, -0.1, math.inf):
+        with pytest.raises(ValueError, match=r"sigmas\[0\] must be finite and > 0"):
+            HeatmapSpec.from_json(with_value("sigmas", sigma, (0, 0, 2)))
+    # JSON numbers are never truncated into seeds.
+    for seed in (1.7, 2.0, True, "3"):
+        with pytest.raises(ValueError, match="style_seeds must hold integers"):
+            HeatmapSpec.from_json(with_value("style_seeds", seed, (0, 1)))
+    assert HeatmapSpec.from_json(with_value("style_seeds", 12, (0, 1))).style_seeds[0, 1] == 12
+    # A file written with Python's NaN extension to JSON is refused, naming the file.
+    path = tmp_path / "nan-layout.json"
+    path.write_text(json.dumps(with_value("sigmas", math.nan, (0, 0, 0))))
+    with pytest.raises(ValueError, match=r"nan-layout\.json.*sigmas\[0\]"):
+        HeatmapSpec.load(path)
+
+
+def test_load_binary_file_names_the_path(tmp_path):
+    path = tmp_path / "picture.json"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x80\x81\xff")
+    with pytest.raises(ValueError, match=r"heatmap spec file '.*picture\.json' is not UTF-8 JSON text"):
+        HeatmapSpec.load(path)
+
+
+def test_as_int_accepts_integral_scalars_only():
+    for value in (3, np.int64(3), np.uint8(3), torch.tensor(3), torch.tensor([3])):
+        assert as_int("level", value) == 3 and type(as_int("level", value)) is int
+    for value in (1.7, 2.0, np.float32(2), torch.tensor(2.0), True, np.True_, torch.tensor(True), "3", None,
+                  torch.tensor([1, 2])):
+        with pytest.raises(TypeError, match=r"level must be an integer, got .*\("):
+            as_int("level", value)
+    with pytest.raises(ValueError, match="seed must be an integer, got 1.7"):
+        as_int("seed", 1.7, ValueError)
+
+
+def test_integral_scalars_as_level_and_index():
+    spec = _small_spec(n=3, seeds=False)
+    expected = render(spec, 8, 2)
+    for level in (np.int64(2), torch.tensor(2)):
+        assert torch.equal(render(spec, 8, level), expected)
+    with pytest.raises(TypeError, match="level must be an integer"):
+        render(spec, 8, 1.0)
+    with pytest.raises(ValueError, match=r"level=3 out of range"):
+        render(spec, 8, np.int64(3))
+    for index in (np.int64(2), torch.tensor(2)):
+        one = spec.select(index)
+        assert one.batch_size == 1 and torch.equal(one.centers[2][0], spec.centers[2][2])
