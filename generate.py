@@ -47,11 +47,12 @@ def parse_edits(move, scale, remove, restyle) -> list:
     return out
 
 
-def check_heatmap_options(G, hm_seeds, layout, edit_list, fixed_layout: bool) -> None:
+def check_heatmap_options(G, hm_seeds, layout, edit_list, fixed_layout: bool, heatmap_output: bool = False) -> None:
     """Reject heatmap options a network cannot use, before any image is written."""
-    if G.heatmap_sampler is None and (hm_seeds is not None or layout is not None or edit_list or fixed_layout):
+    if G.heatmap_sampler is None and (hm_seeds is not None or layout is not None or edit_list or fixed_layout
+                                      or heatmap_output):
         raise click.ClickException("this network has no heatmap encoding (StyleGAN2 baseline): --heatmap-seeds, "
-                                   "--layout, --fixed-layout and edits do not apply")
+                                   "--layout, --fixed-layout, --show-heatmaps, --save-layout and edits do not apply")
     if fixed_layout and hm_seeds is None and layout is None:
         raise click.ClickException("--fixed-layout needs --heatmap-seeds (rows) or --layout")
 
@@ -113,7 +114,7 @@ def plan_rows(G, seeds: list[int], hm_seeds: list[int] | None, layout, layout_pa
     if layout is not None:
         spec = edited_spec(G, None, layout, edit_list)
         name = os.path.splitext(os.path.basename(layout_path))[0]
-        return [[Cell(s, f"-{name}", spec) for s in seeds]]
+        return [[Cell(s, f"-layout-{name}", spec) for s in seeds]]
     if hm_seeds is not None:
         specs = [(h, edited_spec(G, h, None, edit_list)) for h in hm_seeds]
         return [[Cell(s, f"-hm{h:04d}", spec) for s in seeds] for h, spec in specs]
@@ -185,7 +186,8 @@ def generate(network_path, seeds, heatmap_seeds, layout, move, scale, remove, re
         raise click.ClickException("give either --layout or --heatmap-seeds, not both")
     edit_list = parse_edits(move, scale, remove, restyle)
     G = synthesis.load_generator(network_path, pick_device(device))
-    check_heatmap_options(G, hm_seeds, layout, edit_list, fixed_layout and projected_w is None)
+    check_heatmap_options(G, hm_seeds, layout, edit_list, fixed_layout and projected_w is None,
+                          show_heatmaps or save_layout)
     layout_spec = load_layout(G, layout)
     try:
         c = synthesis.class_label(G, class_idx) if projected_w is None or class_idx is not None else None

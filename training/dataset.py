@@ -144,7 +144,8 @@ def _channels_of(img: PIL.Image.Image, where: str) -> int:
         raise DatasetError(f"{where}: image has an alpha channel (mode {img.mode}); only 1- or 3-channel "
                            "images are supported (convert with dataset_tool.py)")
     if img.mode not in _CHANNELS_BY_MODE:
-        raise DatasetError(f"{where}: unsupported image mode {img.mode!r}; expected greyscale or RGB")
+        hint = " (dataset_tool.py scales 16-bit greyscale to 8 bits)" if img.mode.startswith("I;16") else ""
+        raise DatasetError(f"{where}: unsupported image mode {img.mode!r}; expected 8-bit greyscale or RGB{hint}")
     return _CHANNELS_BY_MODE[img.mode]
 
 

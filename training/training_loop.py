@@ -144,6 +144,8 @@ def check_options(options: dict[str, Any], resume: dict[str, Any] | None = None,
 def _check_resume(options: dict[str, Any], snap: dict[str, Any], path: str, nets: dict[str, torch.nn.Module]) -> None:
     saved = snap.get("training_options") or {}
     for name, module in nets.items():
+        if name not in snap["networks"]:
+            raise ValueError(f"--resume={path}: the snapshot has no {name} (has: {sorted(snap['networks'])})")
         theirs, ours = snap["networks"][name]["state_dict"], module.state_dict()
         diff = next((k for k in sorted(set(ours) | set(theirs))
                      if k not in ours or k not in theirs or tuple(ours[k].shape) != tuple(theirs[k].shape)), None)

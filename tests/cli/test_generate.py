@@ -95,7 +95,7 @@ def test_layout_round_trip(spatial, tmp_path):
     layout = tmp_path / "a" / "seed0002-hm0009.json"
     assert layout.is_file()
     again = one_image(spatial, tmp_path / "b", "--seeds=2", f"--layout={layout}")
-    assert (tmp_path / "b" / "seed0002-seed0002-hm0009.png").is_file()
+    assert (tmp_path / "b" / "seed0002-layout-seed0002-hm0009.png").is_file()
     assert np.array_equal(first, again)
     assert "either --layout or --heatmap-seeds" in error(spatial, tmp_path / "c", "--seeds=2", f"--layout={layout}",
                                                         "--heatmap-seeds=1")
@@ -150,7 +150,8 @@ def test_show_heatmaps_widens_the_image(spatial, tmp_path):
     assert np.array_equal(wide[:, :RES], plain) and wide[:, RES:].max() > 0
 
 
-@pytest.mark.parametrize("args", [["--heatmap-seeds=1"], ["--move=0:0:0.1,0"], ["--remove=0"], ["--fixed-layout"]])
+@pytest.mark.parametrize("args", [["--heatmap-seeds=1"], ["--move=0:0:0.1,0"], ["--remove=0"], ["--fixed-layout"],
+                                  ["--show-heatmaps"], ["--save-layout"]])
 def test_heatmap_options_on_baseline(baseline, tmp_path, args):
     assert "no heatmap encoding" in error(baseline, tmp_path, "--seeds=0", *args)
 
