@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import threading
-import time
 import types
 import warnings
 
@@ -135,23 +133,24 @@ def test_setup_cuda_env(monkeypatch):
 
 
 def test_file_lock_excludes_a_second_holder(tmp_path):
+    """While one holder has the lock, another open file of the same path cannot take it (a non-blocking
+    attempt fails at once: no timing involved); after release it can."""
+    fcntl = pytest.importorskip("fcntl")
     lock = tmp_path / "x.lock"
-    events = {}
-    held = threading.Event()
 
-    def first():
-        with custom_ops._file_lock(lock):
-            held.set()
-            time.sleep(0.3)
-            events["released"] = time.monotonic()
+    def try_lock() -> bool:
+        with open(lock, "a+") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(other, fcntl.LOCK_UN)
+            return True
 
-    thread = threading.Thread(target=first)
-    thread.start()
-    held.wait()
-    with custom_ops._file_lock(lock):
-        events["acquired"] = time.monotonic()
-    thread.join()
-    assert events["acquired"] >= events["released"]
+    with custom_ops._file_lock(lock) as held:
+        assert held is True
+        assert not try_lock()
+    assert try_lock()
 
 
 def test_cli_reports_each_op_and_exit_code(monkeypatch, capsys):
