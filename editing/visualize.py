@@ -30,9 +30,10 @@ def _check_sample(spec: HeatmapSpec, sample: int) -> None:
 
 
 def _level_map(spec: HeatmapSpec, sample: int, size: int, level: int) -> np.ndarray:
-    """[size, size] float in [0, 1]: sum of the level's sub-maps, clamped."""
+    """[size, size] float in [0, 1]: sum of the level's sub-maps, clamped for display (overlapping
+    blobs add up beyond 1)."""
     one = spec.select([sample]).detach().to("cpu")
-    return compose(render(one, size, level), "sum")[0, 0].float().numpy()
+    return compose(render(one, size, level), "sum")[0, 0].clamp(0, 1).float().numpy()
 
 
 def draw_markers(canvas: np.ndarray, spec: HeatmapSpec, sample: int, level: int,

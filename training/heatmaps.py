@@ -344,13 +344,15 @@ def render(spec: HeatmapSpec, resolution: int, level: int = 0) -> torch.Tensor:
 
 
 def compose(maps: torch.Tensor, mode: str = "sum") -> torch.Tensor:
-    """Combine sub-maps [N, K, r, r]: 'sum' -> H = sum_i H_i clamped to [0, 1] -> [N, 1, r, r] (paper);
-    'separate' -> the sub-maps unchanged as K channels (conference code)."""
+    """Combine sub-maps [N, K, r, r]: 'sum' -> H = sum_i H_i -> [N, 1, r, r] (paper §3.1, "the sum of all
+    sub-maps": not clamped, so overlapping blobs add up, and the alignment target, the same sum min-max
+    normalised, stays the map G was given); 'separate' -> the sub-maps unchanged as K channels
+    (conference code)."""
     misc.check_choice("mode", mode, ["sum", "separate"])
     misc.assert_shape(maps, [None, None, None, None], "maps")
     if mode == "separate":
         return maps
-    return maps.sum(dim=1, keepdim=True).clamp(0, 1)
+    return maps.sum(dim=1, keepdim=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -491,9 +493,12 @@ class NonHierarchicalSampler(HierarchicalSampler):
 
 
 class NoiseSampler(HierarchicalSampler):
-    """Table 4 "Gau. Noise": spec.noise[l] is i.i.d. Gaussian noise at the level's native resolution,
-    mapped into [0, 1] by clamp(0.5 + noise_scale * n, 0, 1) (noise_scale 0.25: +-2 std fills the range).
-    Centres and stds are drawn as by the hierarchical sampler, only so that the spec keeps its shapes."""
+    """Table 4 "Gau. Noise": each level's map H is one field of i.i.d. Gaussian noise at the level's
+    native resolution, mapped into [0, 1] by clamp(0.5 + noise_scale * n, 0, 1) (noise_scale 0.25: +-2
+    std fills the range). spec.noise[l] holds it split evenly over the level's K sub-maps (each H / K),
+    so that the composed map (their sum) is that field itself rather than a sum of K fields that
+    piles up around K / 2. Centres and stds are drawn as by the hierarchical sampler, only so that the
+    spec keeps its shapes."""
 
     name = "noise"
     hierarchical = False
@@ -507,8 +512,9 @@ class NoiseSampler(HierarchicalSampler):
 
     def _draw(self, n: int, gen) -> HeatmapSpec:
         spec = super()._draw(n, gen)
-        spec.noise = [(0.5 + self.noise_scale * torch.randn((n, k, r, r), generator=gen)).clamp(0, 1)
-                      for k, r in zip(self.centers_per_level, self.level_resolutions)]
+        fields = [(0.5 + self.noise_scale * torch.randn((n, 1, r, r), generator=gen)).clamp(0, 1)
+                  for r in self.level_resolutions]
+        spec.noise = [(f / k).expand(n, k, -1, -1).contiguous() for f, k in zip(fields, self.centers_per_level)]
         spec.validate()
         return spec
 

@@ -90,7 +90,7 @@ def test_indoor_min_picks_closest_candidate():
     assert choice.tolist() == [1, 3, 2]
     per_cand = torch.stack([truncated_l1(cam.detach(), cands[:, k:k + 1], reduction="none")
                             for k in range(4)], 1)
-    assert torch.isclose(loss, per_cand.min(1).values.mean())
+    assert torch.isclose(loss, per_cand.gather(1, choice.view(3, 1)).mean())
     assert torch.isclose(align_loss_indoor(cam, subs), loss)
     # A dead object is never chosen.
     alive = torch.ones(3, 3)
@@ -99,3 +99,31 @@ def test_indoor_min_picks_closest_candidate():
     assert choice[0] != 1 and choice[1:].tolist() == [3, 2]
     loss.backward()
     assert cam.grad is not None and torch.isfinite(cam.grad).all()
+
+
+def test_indoor_choice_is_the_minimum_truncated_l1_distance_not_the_truncated_mean():
+    """Eq. 5 takes the candidate at the minimum (truncated) L1 distance. Candidate A is off by 0.5 on 4
+    of 16 pixels (truncated L1 0.125, mean of its large errors 0.5); candidate B is off by 0.3 on all 16
+    (truncated L1 0.3, mean of its large errors 0.3): A is closer, although its truncated mean is larger.
+    Both already span [0, 1], so the candidates' min-max normalisation leaves them as built; the summed
+    candidate H takes part too, and the choice must be whichever is nearest by truncated L1."""
+    cam = torch.full([16], 0.5)
+    cam[4], cam[5] = 0.3, 0.7
+    a = cam.clone()
+    a[0], a[1], a[2], a[3] = 0.0, 1.0, 0.0, 1.0                              # 4 errors of 0.5
+    b = cam + torch.tensor([0.3, -0.3]).repeat(8)                           # 16 errors of 0.3
+    b[4], b[5] = 0.0, 1.0
+    assert torch.allclose((cam - b).abs(), torch.full([16], 0.3))
+    cam, subs = cam.view(1, 1, 4, 4), torch.stack([a, b]).view(1, 2, 4, 4)
+    cands = indoor_candidates(subs)
+    torch.testing.assert_close(cands[:, :2], subs)
+    e = (cam - cands).abs()
+    trunc_l1 = (e * (e > 0.25)).mean((2, 3))[0]
+    trunc_mean = torch.stack([truncated_l1(cam, cands[:, k:k + 1]) for k in range(3)])
+    assert trunc_l1[0] < trunc_l1[1] and trunc_mean[0] > trunc_mean[1]  # A beats B only by distance
+    best = int(trunc_l1.argmin())
+    assert int(trunc_mean.argmin()) != best  # so the two rules disagree here
+    loss, choice = align_loss_indoor(cam, subs, return_choice=True)
+    assert choice.tolist() == [best]
+    # The loss of the chosen candidate follows L_align's rule (mean over the pixels above tau).
+    assert torch.isclose(loss, trunc_mean[best])

@@ -124,6 +124,9 @@ def _snapshot(run_dir: Path) -> dict:
     return checkpoint.load_snapshot(snaps[-1])
 
 
+ADAM_STEP_BOUND = 2 * 0.0025 * 4  # 2 lr per Adam step (a sign flip), lr <= 0.0025, runs here take <= 4 steps
+
+
 def _assert_close_networks(a: dict, b: dict) -> None:
     for net in ("G", "D", "G_ema"):
         sa, sb = a["networks"][net]["state_dict"], b["networks"][net]["state_dict"]
@@ -136,7 +139,13 @@ def _assert_close_networks(a: dict, b: dict) -> None:
                 cos = torch.nn.functional.cosine_similarity(sa[key].flatten(), sb[key].flatten(), dim=0)
                 assert float(cos) > 0.99, f"{net}.{key}: cosine {float(cos):.3f}"
                 continue
-            torch.testing.assert_close(sa[key], sb[key], rtol=1e-4, atol=2e-5, msg=f"{net}.{key}")
+            # Sums reordered across ranks differ in the last bits; Adam's first steps (about lr * sign(g)
+            # per weight) turn that into an lr-sized difference for a weight whose gradient is ~0. So:
+            # all but a few weights agree tightly, and none differs by more than 2 lr per step taken.
+            diff = (sa[key] - sb[key]).abs()
+            loose = diff > 2e-5 + 1e-4 * sb[key].abs()
+            assert loose.float().mean() <= 1e-3, f"{net}.{key}: {int(loose.sum())} of {diff.numel()} differ"
+            assert diff.max() <= ADAM_STEP_BOUND, f"{net}.{key}: max difference {float(diff.max()):.3g}"
 
 
 def _losses(run_dir: Path) -> list[tuple[float, float, float]]:
