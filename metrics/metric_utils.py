@@ -78,6 +78,7 @@ class MetricOptions:
     segmenter: Any = None
     segmenter_weights: str | None = None
     dataset: Any = None
+    detectors_used: dict = field(default_factory=dict)  # name -> identity, filled by `detector()` (results)
 
     def __post_init__(self) -> None:
         self.device = torch.device(self.device)
@@ -90,7 +91,9 @@ class MetricOptions:
             self.gather = default_gather(self.num_gpus)
 
     def detector(self, name: str) -> detectors.Detector:
-        return detectors.get_detector(name, self.detector_sources.get(name), self.device)
+        det = detectors.get_detector(name, self.detector_sources.get(name), self.device)
+        self.detectors_used[name] = det.identity  # a result says which model measured it
+        return det
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -43,29 +43,38 @@ def _randomize_noise(G, gen: torch.Generator) -> None:
             buf.copy_(torch.randn(buf.shape, generator=gen, device=gen.device).to(buf.device))
 
 
-def _latents(opts: metric_utils.MetricOptions, space: str, n: int, t: torch.Tensor, eps: float,
-             gen: torch.Generator) -> torch.Tensor:
-    """ws `[2n, num_ws, w_dim]`: rows 0..n-1 at t, rows n..2n-1 at t + eps."""
-    G = opts.G
-    z = metric_utils.randn([n * 2, G.z_dim], gen, opts.device)
+def _endpoints(opts: metric_utils.MetricOptions, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """z `[2n, z_dim]` (rows i and n + i are one pair's ends) and labels c `[2n, c_dim]` (shared by a pair)."""
+    z = metric_utils.randn([n * 2, opts.G.z_dim], gen, opts.device)
     c = metric_utils.sample_labels(opts, n, metric_utils.numpy_rng(gen))
-    c2 = torch.cat([c, c])
+    return z, torch.cat([c, c])
+
+
+def _latents(G, z: torch.Tensor, c2: torch.Tensor, space: str, t: torch.Tensor, eps: float,
+             heatmap_vec: torch.Tensor | None) -> torch.Tensor:
+    """ws `[2n, num_ws, w_dim]`: rows 0..n-1 at t, rows n..2n-1 at t + eps along each pair's path (lerp
+    in W, slerp in Z). `heatmap_vec` [2n, D]: the flattened heatmaps that the flatten encoding feeds to
+    the mapping network (None otherwise)."""
+    n = z.shape[0] // 2
+    kw = {} if heatmap_vec is None else {"heatmap_vec": heatmap_vec}  # plain StyleGAN2 mappings lack it
     if space == "w":
-        w = G.mapping(z, c2)
+        w = G.mapping(z, c2, **kw)
         w0, w1 = w[:n], w[n:]
         tt = t.view(n, 1, 1)
         return torch.cat([torch.lerp(w0, w1, tt), torch.lerp(w0, w1, tt + eps)])
     z0, z1 = z[:n], z[n:]
     zt = torch.cat([slerp(z0, z1, t.view(n, 1)), slerp(z0, z1, t.view(n, 1) + eps)])
-    return G.mapping(zt, c2)
+    return G.mapping(zt, c2, **kw)
 
 
 def _prepare(img: torch.Tensor, crop: bool) -> torch.Tensor:
-    """Synthesis output in [-1, 1] -> float [0, 255], cropped / box-downsampled as the protocol says."""
+    """Synthesis output in [-1, 1] -> float [0, 255], cropped / box-downsampled as the protocol says: the
+    down-sampling factor is the full image's side / 256 (StyleGAN2-ADA), so a cropped 1024² or 512² image
+    becomes 128², not 256²."""
+    factor = img.shape[-1] // 256
     if crop:
         r = img.shape[-1] // 8
         img = img[:, :, r * 3: r * 7, r * 2: r * 6]
-    factor = img.shape[-1] // 256
     if factor > 1:
         img = F.avg_pool2d(img, factor)
     if img.shape[1] == 1:
@@ -79,11 +88,17 @@ def _batch_distances(opts, vgg, space: str, sampling: str, crop: bool, eps: floa
     G = opts.G
     gen = metric_utils.batch_generator(opts, batch_idx, salt=17)
     t = torch.rand([n], generator=gen).to(opts.device) * (sampling == "full")
-    ws = _latents(opts, space, n, t, eps, gen)
+    z, c2 = _endpoints(opts, n, gen)
     _randomize_noise(G, gen)
-    kwargs = {}
+    # Both ends of a pair share one heatmap spec (and, for indoor networks, its objects' latents).
+    spec = None
     if getattr(G, "heatmap_sampler", None) is not None:
-        kwargs["heatmaps"] = G.heatmap_sampler(n, generator=gen, device=opts.device).repeat(2)
+        spec = G.heatmap_sampler(n, generator=gen, device=opts.device).repeat(2)
+    heatmap_vec = G.heatmap_vec(spec) if spec is not None else None
+    ws = _latents(G, z, c2, space, t, eps, heatmap_vec)
+    kwargs = {}
+    if spec is not None:
+        kwargs = dict(heatmaps=spec, object_ws=G.object_ws(spec, c2))
     img = G.synthesis(ws, noise_mode="const", force_fp32=True, **kwargs)
     feats = vgg.lpips(_prepare(img.float(), crop))
     return (feats[:n] - feats[n:]).square().sum(dim=1) / eps ** 2

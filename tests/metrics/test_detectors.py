@@ -106,3 +106,18 @@ def test_nvidia_detectors_when_user_supplied(name, url, path):
         pytest.skip(f"{name} needs NVIDIA's file {url}: place it at {path}")
     det = detectors.get_detector(name, str(path))
     assert det(torch.zeros([1, 3, 64, 64], dtype=torch.uint8)).ndim == 2
+
+
+def test_nvidia_resize_samples_at_j_times_the_scale():
+    """Output pixel j reads the input at j * H / size (bilinear, border clamp), NVIDIA's grid: on a
+    ramp x[i] = i the output is exactly that position until the last input pixel clamps it."""
+    h, size = 8, 12
+    ramp = torch.arange(h, dtype=torch.float32).view(1, 1, h, 1).expand(1, 1, h, h)
+    out = detectors.nvidia_resize(ramp, size)
+    expected = (torch.arange(size) * h / size).clamp(max=h - 1)
+    torch.testing.assert_close(out[0, 0, :, 3], expected)
+    torch.testing.assert_close(out[0, 0, 5, :], out[0, 0, 5, 0].expand(size))  # constant along x
+    # Same size: the identity. F.interpolate's centred grid lands half a pixel elsewhere.
+    torch.testing.assert_close(detectors.nvidia_resize(ramp, h), ramp)
+    centred = torch.nn.functional.interpolate(ramp, size=(size, size), mode="bilinear", align_corners=False)
+    assert (centred[0, 0, 1:-1, 3] - out[0, 0, 1:-1, 3]).abs().min() > 0.1
