@@ -106,6 +106,14 @@ def describe(options: dict, args: dict) -> str:
             parts.append(f"{key}{args[key]:g}")
     if args["aug"]:
         parts.append(args["aug"])
+    if args["p"] is not None:
+        parts.append(f"p{args['p']:g}")
+    if args["target"] is not None:
+        parts.append(f"target{args['target']:g}")
+    if args["augpipe"]:
+        parts.append(args["augpipe"])
+    if args["resume"]:
+        parts.append("transfer" if options.get("transfer") else "resumecustom")
     if args["freezed"]:
         parts.append(f"freezed{args['freezed']}")
     if args["desc"]:
@@ -124,7 +132,8 @@ def open_training_set(data: str, cfg: str, args: dict):
                         max_size=args["subset"], random_seed=args["seed"] or 0)
 
 
-def build_options(args: dict, world_size: int) -> dict:
+def build_options(args: dict, world_size: int, transfer: bool = False) -> dict:
+    """The run's options; `transfer`: --resume names a network-only file (weights, no training state)."""
     from training.config import resolve_options
 
     dataset = open_training_set(args["data"], args["cfg"], args)
@@ -145,7 +154,8 @@ def build_options(args: dict, world_size: int) -> dict:
         aug=args["aug"], p=args["p"], target=args["target"], augpipe=args["augpipe"], fp32=args["fp32"],
         channels_last=args["channels_last"], freezed=args["freezed"],
         metrics=parse_metrics(args["metrics"]), pl_weight=args["pl_weight"], style_mixing=args["style_mixing"],
-        allow_tf32=args["allow_tf32"], cudnn_benchmark=not args["nobench"], spatial=spatial, align=align)
+        allow_tf32=args["allow_tf32"], cudnn_benchmark=not args["nobench"], transfer=transfer, spatial=spatial,
+        align=align)
 
 
 def check_run(args: dict, options: dict, resume: str | None, resume_data: dict | None) -> None:
@@ -182,6 +192,8 @@ def check_run(args: dict, options: dict, resume: str | None, resume_data: dict |
 @click.option("--augpipe", type=click.Choice(["blit", "geom", "color", "filter", "noise", "cutout", "bg", "bgc",
                                               "bgcf", "bgcfn", "bgcfnc"]), help="Augmentation pipeline [default: bgc]")
 @click.option("--resume", metavar="PATH", help="Resume from a snapshot (.pt) or a run directory's newest snapshot")
+@click.option("--transfer", type=bool, default=False, metavar="BOOL",
+              help="With --resume: take only its networks' weights and start a new run (transfer learning)")
 @click.option("--snap", type=click.IntRange(min=0), default=50, show_default=True, help="Snapshot every N ticks")
 @click.option("--tick", type=FiniteFloatRange(min=0, min_open=True), help="kimg per tick (default: preset, 4)")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed")
@@ -282,7 +294,10 @@ def run_training(args: dict) -> None:
     world_size = planned_world_size(args, env)
     device = pick_device(args["device"], env.local_rank)
     resume, resume_data = resolve_resume(args["resume"])
-    options = build_options(args, world_size)  # validated here, before any process is spawned
+    if args["transfer"] and resume is None:
+        raise click.ClickException("--transfer=1 needs --resume=PATH (the snapshot whose weights to start from)")
+    transfer = resume_data is not None and (args["transfer"] or resume_data.get("state") is None)
+    options = build_options(args, world_size, transfer)  # validated here, before any process is spawned
     check_run(args, options, resume, resume_data)
     del resume_data
     if args["dry_run"]:

@@ -127,6 +127,22 @@ def _reflect_pad(x: torch.Tensor, px0: int, px1: int, py0: int, py1: int) -> tor
     return x.index_select(2, iy).index_select(3, ix)
 
 
+def band_gains(draws: torch.Tensor) -> torch.Tensor:
+    """Per-band filter gains [N, 4] from per-band draws [N, 4] (1 = band untouched).
+
+    Each band's draw is normalised on its own so that an image with the expected 1/f power spectrum
+    (`_BAND_POWER`) keeps its power, and the normalised single-band gain vectors are multiplied — the
+    ADA rule, which is not the same as normalising the product once.
+    """
+    power = torch.as_tensor(_BAND_POWER, dtype=draws.dtype, device=draws.device)
+    gains = torch.ones_like(draws)
+    eye = torch.eye(draws.shape[1], dtype=torch.bool, device=draws.device)
+    for band in range(draws.shape[1]):
+        t = torch.where(eye[band], draws[:, band:band + 1], torch.ones_like(draws))
+        gains = gains * t / torch.sqrt((t.square() * power).sum(dim=1, keepdim=True))
+    return gains
+
+
 def _filter_bank(lo: list[float], num_bands: int = 4) -> np.ndarray:
     """Octave filter bank [num_bands, taps], lowest band first; the bands sum to a unit impulse.
 
@@ -395,15 +411,13 @@ class AugmentPipe(torch.nn.Module):
         """Amplify/attenuate the 4 octaves by lognormal gains, keeping the expected image power."""
         n, c, h, w = x.shape
         dev = x.device
-        gains = torch.ones([n, 4], device=dev)
+        draws = torch.ones([n, 4], device=dev)
         for band, mult in enumerate(self.imgfilter_bands):
             if mult > 0:
-                t = self._draw(torch.exp2(torch.randn([n], device=dev) * self.imgfilter_std), 1,
-                               self.imgfilter * mult * p)
-                gains = gains * torch.where(torch.arange(4, device=dev) == band, t[:, None], 1.0)
-        power = torch.as_tensor(_BAND_POWER, device=dev)
-        changed = (gains != 1).any(dim=1)
-        gains = gains / torch.sqrt((gains.square() * power).sum(dim=1, keepdim=True))
+                draws[:, band] = self._draw(torch.exp2(torch.randn([n], device=dev) * self.imgfilter_std), 1,
+                                            self.imgfilter * mult * p)
+        changed = (draws != 1).any(dim=1)
+        gains = band_gains(draws)
         filt = (gains @ self.filter_bank.to(dev, torch.float32)).to(x.dtype)  # [N, K] zero-phase 1-D filters, applied along x then y
         k = filt.shape[1]
         weight = filt.repeat_interleave(c, dim=0)[:, None, None, :]  # [N*C, 1, 1, K]

@@ -172,6 +172,11 @@ def _apply_spatial_overrides(preset: dict[str, Any], spatial: dict[str, Any], al
 
 def _batch_sizes(preset: dict[str, Any], world_size: int, batch: int | None,
                  batch_gpu: int | None) -> tuple[int, int]:
+    """(global batch, per-round batch). A preset keeps its per-GPU batch (preset batch / ref_gpus) on
+    any number of processes; an explicit `--batch` without `--batch-gpu` means one round per step
+    (batch_gpu = batch / processes), as in StyleGAN2-ADA."""
+    if batch is not None and batch_gpu is None and batch >= 1 and batch % world_size == 0:
+        batch_gpu = batch // world_size
     batch = int(batch if batch is not None else preset["batch"])
     if batch < 1:
         raise ConfigError(f"--batch must be positive, got {batch}")
@@ -197,7 +202,8 @@ def resolve_options(cfg: str, dataset: dict[str, Any], world_size: int = 1, **ov
         world_size: number of training processes.
         overrides: CLI options (None = keep the preset's value). Keys: kimg, batch, batch_gpu, gamma, seed,
             snap, tick, workers, aug, p, target, augpipe, fp32, channels_last, freezed, metrics, pl_weight,
-            style_mixing, ema_kimg, plus `spatial={...}` (SPATIAL_OVERRIDES) and `align={..., 'enabled': bool}`.
+            style_mixing, ema_kimg, transfer (starting from a network-only file), plus `spatial={...}`
+            (SPATIAL_OVERRIDES) and `align={..., 'enabled': bool}`.
     """
     preset = load_preset(cfg)
     resolution = int(dataset["resolution"])
@@ -226,12 +232,20 @@ def resolve_options(cfg: str, dataset: dict[str, Any], world_size: int = 1, **ov
     target = get("target", 0.6)
     if not 0 < target < 1:
         raise ConfigError(f"--target must be in (0, 1), got {target}")
+    if get("target") is not None and aug != "ada":
+        raise ConfigError(f"--target is only used with --aug=ada (this run has --aug={aug})")
+    if get("augpipe") is not None and aug == "noaug":
+        raise ConfigError("--augpipe needs augmentation (this run has --aug=noaug)")
     G_kwargs, D_kwargs = network_kwargs(preset, resolution, int(dataset["num_channels"]),
                                         int(dataset["label_dim"]), bool(get("fp32", False)),
                                         bool(get("channels_last", False)), int(get("freezed", 0)))
     lr = preset["lrate"]
-    G_reg = G_REG_INTERVAL if preset["pl_weight"] != 0 else None
-    D_reg = D_REG_INTERVAL if preset["gamma"] != 0 else None
+    # The intervals (and so the lr/beta correction) stay when a regulariser's weight is 0, as in
+    # StyleGAN2-ADA: `cifar`, --pl-weight=0 and --gamma=0 keep the published optimiser settings.
+    G_reg, D_reg = G_REG_INTERVAL, D_REG_INTERVAL
+    # Starting from trained weights (transfer learning): ADA adapts 5x faster and the EMA has no
+    # ramp-up, as StyleGAN2-ADA does for any --resume.
+    transfer = bool(get("transfer", False))
     kimg = get("kimg", preset["kimg"])
     if kimg <= 0:
         raise ConfigError(f"--kimg must be positive, got {kimg}")
@@ -244,11 +258,11 @@ def resolve_options(cfg: str, dataset: dict[str, Any], world_size: int = 1, **ov
                          pl_weight=preset["pl_weight"], pl_batch_shrink=2, pl_decay=0.01),
         align=copy.deepcopy(preset.get("align")) if preset.get("spatial") else None,
         augment=dict(mode=aug, augpipe=get("augpipe", preset.get("augpipe", "bgc")), p=p, target=target,
-                     interval=4, kimg=get("ada_kimg", 500)),
+                     interval=4, kimg=get("ada_kimg", 100 if transfer else 500)),
         batch=batch, batch_gpu=batch_gpu, world_size=world_size, kimg=kimg,
         kimg_per_tick=get("tick", preset["kimg_per_tick"]), snap=get("snap", 50),
-        ema_kimg=preset["ema_kimg"], ema_rampup=preset["ema_rampup"], seed=get("seed", 0),
+        ema_kimg=preset["ema_kimg"], ema_rampup=None if transfer else preset["ema_rampup"], seed=get("seed", 0),
         workers=get("workers", 3), metrics=list(get("metrics", preset.get("metrics", []))), fp32=bool(get("fp32", False)),
         allow_tf32=bool(get("allow_tf32", False)), cudnn_benchmark=bool(get("cudnn_benchmark", True)),
-        resolution=resolution,
+        resolution=resolution, transfer=transfer,
     )

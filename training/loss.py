@@ -3,7 +3,7 @@
 Phases (see StyleGAN2-ADA): `Gmain` (adversarial + alignment), `Greg` (path length), `Gboth`,
 `Dmain` (adversarial), `Dreg` (R1), `Dboth`. The training loop calls `accumulate_gradients` once per
 phase and round; each call back-propagates `gain * loss` so that lazy phases can be scaled by their
-interval.
+interval, and returns D's logits for the round's real images (ADA's signal) when it computed them.
 """
 
 from __future__ import annotations
@@ -98,11 +98,15 @@ class StyleGAN2Loss:
         self.pl_mean = state["pl_mean"].clone()
 
     # -- forward helpers ------------------------------------------------------------------------------
-    def run_G(self, z, c, spec, update_emas: bool = False):
-        """Returns (img [N,C,H,W], ws [N,num_ws,w_dim])."""
+    def run_G(self, z, c, spec):
+        """Returns (img [N,C,H,W], ws [N,num_ws,w_dim]).
+
+        Every call moves G's `w_avg` towards this batch's mean w (as StyleGAN2-ADA does in each phase
+        that runs G); the second latent of style mixing does not.
+        """
         # The `flatten` ablation feeds the flattened heatmap to the mapping network (None otherwise).
         heatmap_vec = self.G.heatmap_vec(spec) if spec is not None else None
-        ws = self.G.mapping(z, c, update_emas=update_emas, heatmap_vec=heatmap_vec)
+        ws = self.G.mapping(z, c, update_emas=True, heatmap_vec=heatmap_vec)
         ws = mix_styles(self.G, ws, z, c, self.style_mixing_prob, heatmap_vec)
         object_ws = self.G.object_ws(spec, c) if spec is not None else None
         img = self.G.synthesis(ws, heatmaps=spec, object_ws=object_ws)
@@ -150,8 +154,12 @@ class StyleGAN2Loss:
         return total
 
     # -- phases ----------------------------------------------------------------------------------------
-    def accumulate_gradients(self, phase: str, real_img, real_c, gen_z, gen_c, gen_spec, gain: float) -> None:
-        """Back-propagate the loss of `phase` for one round, scaled by `gain`."""
+    def accumulate_gradients(self, phase: str, real_img, real_c, gen_z, gen_c, gen_spec,
+                             gain: float) -> torch.Tensor | None:
+        """Back-propagate the loss of `phase` for one round, scaled by `gain`.
+
+        Returns D's detached logits [N, 1] for `real_img` when the phase ran D on them, else None.
+        """
         check_choice("phase", phase, PHASES)
         do_Gmain = phase in ("Gmain", "Gboth")
         do_Dmain = phase in ("Dmain", "Dboth")
@@ -161,10 +169,10 @@ class StyleGAN2Loss:
             self._g_main(gen_z, gen_c, gen_spec, gain)
         if do_Gpl:
             self._g_pl(gen_z, gen_c, gen_spec, gain)
-        if do_Dmain:
-            self._d_fake(gen_z, gen_c, gen_spec, gain)
+        loss_fake = self._d_fake(gen_z, gen_c, gen_spec, gain) if do_Dmain else None
         if do_Dmain or do_Dr1:
-            self._d_real(real_img, real_c, gain, do_Dmain, do_Dr1)
+            return self._d_real(real_img, real_c, gain, loss_fake, do_Dr1)
+        return None
 
     def _g_main(self, gen_z, gen_c, spec, gain) -> None:
         with torch.autograd.profiler.record_function("Gmain_forward"):
@@ -188,9 +196,10 @@ class StyleGAN2Loss:
             with no_weight_gradients():  # only d/dws here; G's weight gradients come in the backward
                 (grads,) = torch.autograd.grad((gen_img * noise).sum(), ws, create_graph=True)
             lengths = grads.square().sum(2).mean(1).sqrt()
-            self.pl_mean = self.pl_mean.to(lengths.device)
-            self.pl_mean.copy_(self.pl_mean.lerp(lengths.mean().detach(), self.pl_decay))
-            penalty = (lengths - self.pl_mean).square()
+            # The penalty uses the updated mean with its (small, pl_decay-weighted) gradient, as upstream.
+            pl_mean = self.pl_mean.to(lengths.device).lerp(lengths.mean(), self.pl_decay)
+            self.pl_mean = pl_mean.detach()
+            penalty = (lengths - pl_mean).square()
             training_stats.report("Loss/pl_penalty", penalty)
             loss = penalty * self.pl_weight
             training_stats.report("Loss/G/reg", loss)
@@ -198,18 +207,23 @@ class StyleGAN2Loss:
             # `gen_img[:, 0, 0, 0] * 0` keeps every synthesis output in the graph (DDP-friendly, no-op).
             (gen_img[:, 0, 0, 0] * 0 + loss).mean().mul(gain).backward()
 
-    def _d_fake(self, gen_z, gen_c, spec, gain) -> None:
+    def _d_fake(self, gen_z, gen_c, spec, gain) -> torch.Tensor:
+        """D's loss on generated images; returns the per-sample loss [N, 1] (detached) for logging."""
         with torch.autograd.profiler.record_function("Dgen_forward"):
             with torch.no_grad():
-                gen_img, _ = self.run_G(gen_z, gen_c, spec, update_emas=True)
+                gen_img, _ = self.run_G(gen_z, gen_c, spec)
             logits = self.run_D(gen_img, gen_c)
             training_stats.report("Loss/scores/fake", logits)
             training_stats.report("Loss/signs/fake", logits.sign())
             loss = F.softplus(logits)
         with torch.autograd.profiler.record_function("Dgen_backward"):
             loss.mean().mul(gain).backward()
+        return loss.detach()
 
-    def _d_real(self, real_img, real_c, gain, do_main: bool, do_r1: bool) -> None:
+    def _d_real(self, real_img, real_c, gain, loss_fake: torch.Tensor | None, do_r1: bool) -> torch.Tensor:
+        """D's loss on real images (the adversarial part when `loss_fake` is given, R1 when `do_r1`).
+        Returns the detached logits [N, 1]."""
+        do_main = loss_fake is not None
         name = "Dreal_Dr1" if do_main and do_r1 else ("Dreal" if do_main else "Dr1")
         with torch.autograd.profiler.record_function(name + "_forward"):
             real = real_img.detach().requires_grad_(do_r1)
@@ -219,7 +233,7 @@ class StyleGAN2Loss:
             loss = logits.new_zeros([])
             if do_main:
                 loss_real = F.softplus(-logits)
-                training_stats.report("Loss/D/loss", loss_real + 0)  # per-sample real part
+                training_stats.report("Loss/D/loss", loss_fake + loss_real.detach())  # per sample, both terms
                 loss = loss + loss_real.mean()
             if do_r1:
                 with no_weight_gradients():
@@ -231,4 +245,4 @@ class StyleGAN2Loss:
                 loss = loss + loss_r1.mean()
         with torch.autograd.profiler.record_function(name + "_backward"):
             loss.mul(gain).backward()
-        self.last_real_logits = logits.detach()
+        return logits.detach()

@@ -94,6 +94,10 @@ ADAM_IMPL = {"foreach": True}
 
 
 def build_phases(options: dict[str, Any], G, D) -> list[Phase]:
+    """Gmain, Greg, Dmain, Dreg (or Gboth/Dboth where an interval is None). A lazy phase whose
+    regulariser has weight 0 is left out: it would compute nothing, and Adam skips parameters without
+    gradients, so leaving it out changes no result."""
+    weights = {"G": options["loss_kwargs"]["pl_weight"], "D": options["loss_kwargs"]["r1_gamma"]}
     phases = []
     for name, module, opt_kwargs, interval in (("G", G, options["G_opt_kwargs"], options["G_reg_interval"]),
                                                 ("D", D, options["D_opt_kwargs"], options["D_reg_interval"])):
@@ -101,8 +105,10 @@ def build_phases(options: dict[str, Any], G, D) -> list[Phase]:
         opt = torch.optim.Adam(module.parameters(), **kw, **ADAM_IMPL)
         if interval is None:
             phases.append(Phase(name + "both", module, opt, 1))
-        else:
-            phases += [Phase(name + "main", module, opt, 1), Phase(name + "reg", module, opt, interval)]
+            continue
+        phases.append(Phase(name + "main", module, opt, 1))
+        if weights[name] != 0:
+            phases.append(Phase(name + "reg", module, opt, interval))
     return phases
 
 
@@ -156,8 +162,8 @@ def _check_resume(options: dict[str, Any], snap: dict[str, Any], path: str, nets
                              f"{saved.get('resolution', '?')}px; this run is cfg {options['cfg']!r} at "
                              f"{options['resolution']}px: pass the --cfg, --data and network options it was trained with")
     state = snap.get("state")
-    if state is None:
-        return  # network-only file: its weights start a fresh run
+    if state is None or options.get("transfer"):
+        return  # transfer learning: the weights start a fresh run
     checkpoint.check_training_state(state, path)
     done = state["progress"]["cur_nimg"]
     if done >= options["kimg"] * 1000:
@@ -240,9 +246,11 @@ def _run_phase(run: Run, phase: Phase, real_img, real_c, gen) -> None:
     for r in range(rounds):
         rows = list(range(r * bg, (r + 1) * bg))
         sub_spec = spec.select(rows) if spec is not None else None
-        run.loss.accumulate_gradients(phase.name, real_img[r * bg:(r + 1) * bg], real_c[r * bg:(r + 1) * bg],
-                                      gen_z[r * bg:(r + 1) * bg], gen_c[r * bg:(r + 1) * bg], sub_spec,
-                                      gain=phase.interval)
+        real_logits = run.loss.accumulate_gradients(
+            phase.name, real_img[r * bg:(r + 1) * bg], real_c[r * bg:(r + 1) * bg], gen_z[r * bg:(r + 1) * bg],
+            gen_c[r * bg:(r + 1) * bg], sub_spec, gain=phase.interval)
+        if real_logits is not None and run.ada is not None:
+            run.ada.accumulate(real_logits)  # every round's reals: ADA's signal is over the whole batch
     phase.module.requires_grad_(False)
     params = [p for p in phase.module.parameters()]
     distributed.average_gradients(params, divisor=rounds * run.world_size)
@@ -277,8 +285,6 @@ def train_step(run: Run) -> None:
         t0 = time.perf_counter()
         _run_phase(run, phase, real_img, real_c, gen)
         training_stats.report(f"Timing/{phase.name}", time.perf_counter() - t0)
-        if phase.name.startswith("D") and run.ada is not None and getattr(run.loss, "last_real_logits", None) is not None:
-            run.ada.accumulate(run.loss.last_real_logits)
     update_ema(run)
     prog.cur_nimg += opts["batch"]
     prog.batch_idx += 1
@@ -344,10 +350,12 @@ def restore(run: Run, snap: dict[str, Any], path: str) -> None:
             raise TrainingError(f"--resume={path}: {name} does not match this run's architecture "
                                 f"({str(err).splitlines()[0]})") from None
     state = snap.get("state")
+    if state is None or run.options.get("transfer"):
+        # Transfer learning (--transfer, or a network-only file): only the weights; counters, optimisers
+        # and ADA's p start afresh, as in StyleGAN2-ADA.
+        return
     if run.augment_pipe is not None and snap.get("augment_pipe") is not None:
         run.augment_pipe.load_state_dict(snap["augment_pipe"]["state_dict"])
-    if state is None:  # a network-only file: start counters at 0 with its weights (transfer learning)
-        return
     checkpoint.check_training_state(state, path)
     for ph in run.phases:
         ph.opt.load_state_dict(state["optimizers"][ph.name[0]])
@@ -504,7 +512,9 @@ def training_loop(run_dir: str, options: dict[str, Any], device: torch.device | 
     run = build_run(options, device, rank, world_size)
     if resume:
         restore(run, checkpoint.load_snapshot(resume), resume)
-        if rank == 0:
+        if rank == 0 and options.get("transfer"):
+            print(f"Starting from the weights of {resume} (transfer learning)")
+        elif rank == 0:
             print(f"Resumed from {resume} at kimg {run.progress.cur_nimg / 1000:.3f}, tick {run.progress.cur_tick}")
     writer = RunWriter(run_dir, run) if rank == 0 else None
     if rank == 0 and run.progress.cur_nimg == 0:

@@ -224,6 +224,28 @@ def test_resume_that_does_not_fit_or_is_finished_fails_before_the_run_directory(
     assert not out.exists()
 
 
+def test_transfer_starts_a_new_run_from_the_weights(trained, tmp_path):
+    proc = train(f"--outdir={tmp_path}", *SPATIAL, "--kimg=0.004", f"--resume={trained}", "--transfer=1")
+    assert_ok(proc)
+    assert "Starting from the weights of" in proc.stdout and "Resumed from" not in proc.stdout
+    (run_dir,) = run_dirs(tmp_path)
+    assert run_dir.name.endswith("-transfer")
+    opts = json.loads((run_dir / "training_options.json").read_text())
+    assert opts["transfer"] is True and opts["augment"]["kimg"] == 100 and opts["ema_rampup"] is None
+    assert final_progress(run_dir)["cur_nimg"] == 4  # counted from 0, although the source ran 8 images
+    assert (run_dir / "fakes_init.png").exists()
+
+
+@pytest.mark.parametrize("extra, needles", [
+    (["--transfer=1"], ["--transfer=1 needs --resume"]),
+    (["--aug=noaug", "--target=0.7"], ["--target is only used with --aug=ada"]),
+    (["--aug=fixed", "--p=0.2", "--target=0.7"], ["--target is only used with --aug=ada"]),
+    (["--aug=noaug", "--augpipe=bgcf"], ["--augpipe needs augmentation"]),
+], ids=["transfer-without-resume", "target-noaug", "target-fixed", "augpipe-noaug"])
+def test_options_that_would_be_ignored_are_refused(tmp_path, extra, needles):
+    assert_one_line_error(train_inprocess(f"--outdir={tmp_path}", *SPATIAL, *extra, "--dry-run"), *needles)
+
+
 def test_batch_not_divisible_by_batch_gpu(tmp_path):
     proc = train_inprocess(f"--outdir={tmp_path}", *SPATIAL, "--batch-gpu=3")
     assert_one_line_error(proc, "--batch=4", "--batch-gpu=3")
@@ -285,9 +307,14 @@ def test_freezed_option_and_its_run_name(tmp_path):
     assert json.loads(proc.stdout)["D_kwargs"]["freeze_layers"] == 4
     import train
 
-    assert train.describe(dict(dataset_name="shapes", cfg="paper256", world_size=1),
-                          dict(cond=False, subset=None, mirror=False, gamma=None, kimg=None, batch=None, aug=None,
-                               freezed=4, desc=None)) == "shapes-paper256-freezed4"
+    args = dict(cond=False, subset=None, mirror=False, gamma=None, kimg=None, batch=None, aug=None, p=None,
+                target=None, augpipe=None, resume=None, freezed=4, desc=None)
+    options = dict(dataset_name="shapes", cfg="paper256", world_size=1, transfer=False)
+    assert train.describe(options, args) == "shapes-paper256-freezed4"
+    args.update(aug="fixed", p=0.25, target=None, augpipe="bgcf", resume="x.pt", freezed=0)
+    assert train.describe(options, args) == "shapes-paper256-fixed-p0.25-bgcf-resumecustom"
+    args.update(aug="ada", p=None, target=0.7, augpipe=None)
+    assert train.describe(dict(options, transfer=True), args) == "shapes-paper256-ada-target0.7-transfer"
     # paper256's resnet D at 32²: fromRGB + 3 layers per block x 3 blocks = 10 layers.
     assert_one_line_error(train_inprocess(f"--outdir={tmp_path}", "--cfg=paper256", "--data=synthetic:shapes:32",
                                           "--freezed=11", "--dry-run"), "--freezed must be in [0, 10]")

@@ -431,3 +431,15 @@ def test_make_augment_modes():
 def test_make_augment_rejects_invalid_combinations(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_augment(*args, **kwargs)
+
+
+def test_band_gains_normalise_each_band_then_compose():
+    draws = torch.tensor([[2.0, 3.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    gains = augment.band_gains(draws)
+    n0 = np.sqrt((10 * 4 + 1 + 1 + 1) / 13)   # band 0 doubled
+    n1 = np.sqrt((10 + 9 + 1 + 1) / 13)       # band 1 tripled
+    expected = np.array([2, 1, 1, 1]) / n0 * np.array([1, 3, 1, 1]) / n1
+    assert np.allclose(gains[0].numpy(), expected)
+    joint = np.array([2, 3, 1, 1]) / np.sqrt((40 + 9 + 1 + 1) / 13)
+    assert not np.allclose(gains[0].numpy(), joint)  # not one normalisation of the product
+    assert np.allclose(gains[1].numpy(), 1)

@@ -101,12 +101,14 @@ def test_lazy_regularisation_optimiser_correction_paper256():
     assert G["eps"] == D["eps"] == 1e-8
 
 
-def test_no_regularisation_means_no_correction():
-    opts = resolve_options("cifar", info(32))  # pl_weight 0: G is never lazily regularised
-    assert opts["G_reg_interval"] is None
-    assert opts["G_opt_kwargs"]["lr"] == 0.0025 and opts["G_opt_kwargs"]["betas"] == [0.0, 0.99]
+def test_zero_regulariser_weight_keeps_the_published_correction():
+    """StyleGAN2-ADA keeps the intervals 4/16 whatever pl_weight and gamma are (cifar has pl_weight 0)."""
+    opts = resolve_options("cifar", info(32))
+    assert opts["loss_kwargs"]["pl_weight"] == 0 and opts["G_reg_interval"] == 4
+    assert opts["G_opt_kwargs"]["lr"] == pytest.approx(0.0025 * 4 / 5)
+    assert opts["G_opt_kwargs"]["betas"] == pytest.approx([0.0, 0.99 ** 0.8])
     opts = resolve_options("paper256", info(256), gamma=0)
-    assert opts["D_reg_interval"] is None and opts["D_opt_kwargs"]["lr"] == 0.0025
+    assert opts["D_reg_interval"] == 16 and opts["D_opt_kwargs"]["lr"] == pytest.approx(0.0025 * 16 / 17)
 
 
 def test_batch_gpu_derivation_and_errors():
@@ -115,6 +117,9 @@ def test_batch_gpu_derivation_and_errors():
     opts = resolve_options("paper256", info(256), world_size=8)
     assert (opts["batch"], opts["batch_gpu"]) == (64, 8)
     assert resolve_options("tiny", info(32), batch=12, batch_gpu=3)["batch_gpu"] == 3
+    # An explicit --batch alone: one round per step on each process (StyleGAN2-ADA's batch_gpu = batch/gpus).
+    assert resolve_options("paper256", info(256), batch=32)["batch_gpu"] == 32
+    assert resolve_options("paper256", info(256), world_size=4, batch=32)["batch_gpu"] == 8
     with pytest.raises(ConfigError, match="--batch=4 is not divisible by --batch-gpu=3"):
         resolve_options("tiny", info(32), batch=4, batch_gpu=3)
     with pytest.raises(ConfigError, match="number of processes"):

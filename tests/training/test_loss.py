@@ -93,11 +93,30 @@ def test_discriminator_loss_values():
     loss = StyleGAN2Loss(G, D, r1_gamma=0, style_mixing_prob=0)
     real, z, c = torch.rand(2, 3, 16, 16), torch.randn(2, 16), torch.zeros(2, 0)
     D.requires_grad_(True)
-    loss.accumulate_gradients("Dmain", real, c, z, c, None, gain=1)
-    with torch.no_grad():
-        expected_real = F.softplus(-D(real, c)).mean().item()
-    assert collect("Loss/D/loss") == pytest.approx(expected_real, rel=1e-5)
+    real_logits = loss.accumulate_gradients("Dmain", real, c, z, c, None, gain=1)
+    with torch.no_grad():  # noise strengths start at 0: G(z) is the image D saw
+        expected = (F.softplus(D(G(z, c), c)) + F.softplus(-D(real, c))).mean().item()
+        assert torch.equal(real_logits, D(real, c))  # returned for ADA
+    assert collect("Loss/D/loss") == pytest.approx(expected, rel=1e-5)
     assert collect("Loss/signs/real") == pytest.approx(torch.sign(D(real, c)).mean().item())
+    assert loss.accumulate_gradients("Gmain", None, None, z, c, None, gain=1) is None
+
+
+def test_every_training_forward_of_G_updates_w_avg_but_not_the_mixing_latent():
+    torch.manual_seed(4)
+    G, D = tiny_G(), tiny_D()
+    loss = StyleGAN2Loss(G, D, style_mixing_prob=1, pl_weight=2)
+    z, c = torch.randn(4, 16), torch.zeros(4, 0)
+    for phase in ("Gmain", "Greg", "Dmain"):
+        before = G.mapping.w_avg.clone()
+        G.requires_grad_(phase.startswith("G"))
+        real = torch.rand(4, 3, 16, 16) * 2 - 1 if phase == "Dmain" else None
+        n = 2 if phase == "Greg" else 4  # path length runs on batch / pl_batch_shrink
+        with torch.no_grad():
+            w_mean = G.mapping(z[:n], c[:n]).mean(dim=0)[0]
+        loss.accumulate_gradients(phase, real, c if real is not None else None, z, c, None, gain=1)
+        beta = G.mapping.w_avg_beta
+        assert torch.allclose(G.mapping.w_avg, w_mean.lerp(before, beta), atol=1e-6), phase
 
 
 def test_path_length_updates_running_mean_and_reaches_G_only():

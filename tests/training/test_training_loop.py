@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from training import checkpoint
-from training.config import resolve_options
+from training.config import load_preset, resolve_options
 from training.dataset import open_dataset
 from training.training_loop import (TrainingError, build_run, make_snapshot, restore, train_step,
                                     training_loop, update_ema)
@@ -83,6 +83,31 @@ def test_training_changes_parameters_and_keeps_them_finite():
     assert changed > 0
     assert all(torch.isfinite(p).all() for p in run.G.parameters())
     assert run.progress.cur_nimg == 8 and run.progress.batch_idx == 2
+
+
+def test_zero_weight_regulariser_phase_is_left_out_but_its_correction_kept():
+    from training.training_loop import build_phases
+
+    opts = tiny_options(gamma=0, pl_weight=0)
+    run = build_run(opts, torch.device("cpu"))
+    assert [ph.name for ph in run.phases] == ["Gmain", "Dmain"]
+    assert run.phases[0].opt.param_groups[0]["lr"] == pytest.approx(opts["G_opt_kwargs"]["lr"])
+    assert opts["G_opt_kwargs"]["lr"] < load_preset("tiny")["lrate"]
+    opts = tiny_options(gamma=0.5, pl_weight=2)
+    assert [ph.name for ph in build_phases(opts, run.G, run.D)] == ["Gmain", "Greg", "Dmain", "Dreg"]
+
+
+def test_ada_signal_counts_every_accumulation_round():
+    """batch 8 in rounds of 2: ADA must see all 8 real logits of each D phase (Dmain and, at batch 0,
+    Dreg), not only the last round's 2."""
+    run = build_run(tiny_options(batch=8, batch_gpu=2, gamma=0.5, aug="ada"), torch.device("cpu"))
+    from training.training_loop import start_data
+
+    start_data(run)
+    train_step(run)
+    assert run.ada.state_dict()["count"] == 16
+    train_step(run)  # batch 1: no Dreg
+    assert run.ada.state_dict()["count"] == 24
 
 
 def test_freeze_d_layers_do_not_train_and_the_rest_does():
@@ -215,3 +240,31 @@ def test_metrics_during_training_announce_themselves_and_report(tmp_path, monkey
     assert calls == ["swd1k"]
     assert "Evaluating swd1k..." in out and "swd1k: swd_avg 1.25" in out
     assert '"swd_avg": 1.25' in (tmp_path / "metric-swd1k.jsonl").read_text()
+
+
+def test_transfer_takes_only_the_weights():
+    """--transfer: G/D/G_ema weights from the snapshot; counters, optimisers and ADA's p start afresh,
+    ADA adapts over 100 kimg and the EMA has no ramp-up (StyleGAN2-ADA's resume rules)."""
+    from training.training_loop import start_data
+
+    src = build_run(tiny_options(aug="ada"), torch.device("cpu"))
+    start_data(src)
+    train_step(src)
+    src.augment_pipe.p.fill_(0.3)
+    snap = make_snapshot(src)
+
+    opts = tiny_options(aug="ada", transfer=True, seed=5)
+    assert opts["transfer"] and opts["augment"]["kimg"] == 100 and opts["ema_rampup"] is None
+    assert tiny_options(aug="ada")["augment"]["kimg"] == 500
+    assert tiny_options("auto", transfer=True)["ema_rampup"] is None  # auto ramps up (0.05) otherwise
+    assert tiny_options("auto")["ema_rampup"] == 0.05
+    run = build_run(opts, torch.device("cpu"))
+    restore(run, snap, "src.pt")
+    assert_same_networks(snap, make_snapshot(run))
+    assert run.progress.cur_nimg == 0 and run.progress.batch_idx == 0
+    assert float(run.augment_pipe.p) == 0
+    assert all(not ph.opt.state for ph in run.phases)
+    # The same snapshot resumed (not transferred) restores everything.
+    cont = build_run(tiny_options(aug="ada"), torch.device("cpu"))
+    restore(cont, snap, "src.pt")
+    assert cont.progress.cur_nimg == 4 and float(cont.augment_pipe.p) == pytest.approx(0.3)
