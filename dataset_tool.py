@@ -1,25 +1,34 @@
-"""Convert image folders, zips, LSUN LMDB databases or built-in synthetic data into a training dataset.
+"""Convert image folders, zips, LSUN LMDB databases, CIFAR-10, MNIST or built-in synthetic data into a
+training dataset.
 
 The output (an uncompressed .zip or a folder) uses the StyleGAN2-ADA layout: PNGs named
 `NNNNN/imgNNNNNNNN.png` and a root `dataset.json` with {"labels": [[relpath, label], ...]} or
 {"labels": null}. Labels in a source `dataset.json` are carried over after checking that training can use
 them: all class indices (integers 0 .. MAX_CLASSES - 1, one-hot in training) or all number lists of one
-length. Images are written as 8-bit greyscale or RGB PNGs, the modes `training.dataset` reads:
-16-bit greyscale sources (PIL modes I;16*) are scaled to 8 bits (v / 257, rounded), alpha and palette
-images are flattened to RGB, and 32-bit integer / float images (modes I, F; no known value range) are
-refused with the file's name.
+length. CIFAR-10 (the python tarball) and MNIST (the IDX .gz files) bring their class indices 0-9.
+Images are written as 8-bit greyscale or RGB PNGs, the modes `training.dataset` reads: 16-bit greyscale
+sources (PIL modes I;16*) are scaled to 8 bits (v / 257, rounded), palette images become RGB, an alpha
+channel (or a transparent palette entry / colour key) is dropped only when every pixel is fully opaque,
+and images with any transparent pixel (alpha < 255) or 32-bit integer / float images (modes I, F; no
+known value range) are refused with the file's name (--skip-bad skips and counts them instead).
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import math
 import os
+import pickle
 import shutil
+import struct
 import sys
+import tarfile
 import tempfile
 import zipfile
+import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +46,11 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Integer labels become one-hot vectors of max + 1 entries; the same limit as training.dataset.MAX_CLASSES
 # (not imported from there: that module needs torch, which this tool does not load).
 MAX_CLASSES = 100_000
+CIFAR10_TARBALL = "cifar-10-python.tar.gz"
+CIFAR10_BATCHES = tuple(f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6))
+CIFAR10_MAX_BATCH_BYTES = 256 << 20  # a real batch is ~31 MB; refuse absurd members before reading them
+MNIST_IMAGES_SUFFIX = "images-idx3-ubyte.gz"  # train-images-idx3-ubyte.gz, t10k-images-idx3-ubyte.gz
+MNIST_PAD = 2  # 28x28 -> 32x32, zero-padded on every side
 
 
 @dataclass
@@ -189,6 +203,133 @@ def _open_lmdb(path: str) -> Source:
     return Source(count, items(), False)
 
 
+def _array_source(path: str, images: np.ndarray, labels: list[int]) -> Source:
+    """Items from uint8 [N, H, W] or [N, H, W, 3] arrays with one class index per image."""
+    items = (SourceItem(f"{path}#{i}", lambda i=i: PIL.Image.fromarray(images[i]), int(labels[i]))
+             for i in range(len(images)))
+    return Source(len(images), items, True)
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+# What a pickle of numpy arrays may name (numpy 1.x spells the module numpy.core, 2.x numpy._core). Each
+# entry maps to the object of the numpy that runs here; nothing else can be looked up, so a pickle cannot
+# reach os.system, eval, subprocess, ... (every way it has to call something goes through find_class).
+_RECONSTRUCT = np.ndarray((0,), np.uint8).__reduce__()[0]
+_PICKLE_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Rebuilds plain containers and numpy arrays only; any other global is refused before it is imported."""
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _PICKLE_ALLOWED[(module, name)]
+        except KeyError:
+            raise _RefusedGlobal(f"{module}.{name}") from None
+
+
+def _cifar_batch(data: bytes, where: str) -> tuple[np.ndarray, list[int]]:
+    """One CIFAR-10 python batch -> (uint8 [N, 32, 32, 3], class indices)."""
+    try:
+        # encoding="bytes": the batches were written by Python 2 (str keys/data come back as bytes).
+        batch = _NumpyOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except _RefusedGlobal as exc:
+        raise click.ClickException(f"{where}: refused to unpickle the global {exc}: a CIFAR-10 batch may "
+                                   "only hold numpy arrays and lists (the file is damaged or malicious)") from None
+    except Exception as exc:  # any unpickling failure means a damaged batch
+        raise click.ClickException(f"{where}: cannot unpickle CIFAR-10 batch: {type(exc).__name__}: "
+                                   f"{exc}") from None
+    if not isinstance(batch, dict):
+        raise click.ClickException(f"{where}: expected a dict with data and labels, got "
+                                   f"{type(batch).__name__}")
+    images = batch.get(b"data", batch.get("data"))
+    labels = batch.get(b"labels", batch.get("labels"))
+    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 2
+            and images.shape[1] == 3 * 32 * 32):
+        is_array = isinstance(images, np.ndarray)
+        what = f"{images.dtype} array {list(images.shape)}" if is_array else type(images).__name__
+        raise click.ClickException(f"{where}: 'data' must be a uint8 array [N, 3072], got {what}")
+    if not (isinstance(labels, list) and len(labels) == len(images)
+            and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 10 for x in labels)):
+        raise click.ClickException(f"{where}: 'labels' must be a list of {len(images)} class indices 0-9")
+    # Rows are channel-major: 1024 red, 1024 green, 1024 blue values, each a 32x32 plane in row order.
+    return images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+def _read_cifar_batches(path: str) -> dict[str, bytes] | None:
+    """The raw data_batch_1..5 members of a .tar.gz, or None when it holds none of them."""
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar:  # one pass over the stream, no extraction to disk
+                name = member.name.removeprefix("./")
+                if name not in CIFAR10_BATCHES:
+                    continue
+                if not member.isfile() or member.size > CIFAR10_MAX_BATCH_BYTES:
+                    raise click.ClickException(f"{path}:{name}: not a regular file of at most "
+                                               f"{CIFAR10_MAX_BATCH_BYTES >> 20} MiB")
+                found[name] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise click.ClickException(f"cannot read tarball {path}: {type(exc).__name__}: {exc}") from None
+    return found or None
+
+
+def _open_cifar10(path: str, batches: dict[str, bytes]) -> Source:
+    missing = [name for name in CIFAR10_BATCHES if name not in batches]
+    if missing:
+        raise click.ClickException(f"{path}: CIFAR-10 tarball lacks {', '.join(missing)}")
+    parts = [_cifar_batch(batches.pop(name), f"{path}:{name}") for name in CIFAR10_BATCHES]
+    images = np.ascontiguousarray(np.concatenate([p[0] for p in parts]))
+    return _array_source(path, images, [label for p in parts for label in p[1]])
+
+
+def _read_idx(path: str, magic: int, ndim: int) -> tuple[tuple[int, ...], bytes]:
+    """A gzipped IDX file of unsigned bytes: (dimensions, payload); errors name the file."""
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise click.ClickException(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise click.ClickException(f"{path}: {len(raw)} bytes is too short for an IDX header")
+    found, *dims = struct.unpack(f">{1 + ndim}I", raw[:header])
+    if found != magic:
+        raise click.ClickException(f"{path}: IDX magic number {found}, expected {magic} "
+                                   f"({'images' if magic == 2051 else 'labels'} of unsigned bytes)")
+    payload, size = raw[header:], math.prod(dims)
+    if len(payload) != size:
+        raise click.ClickException(f"{path}: header promises {'x'.join(map(str, dims))} = {size} bytes of "
+                                   f"data, the file holds {len(payload)}")
+    return tuple(dims), payload
+
+
+def _open_mnist(path: str) -> Source:
+    """<set>-images-idx3-ubyte.gz with <set>-labels-idx1-ubyte.gz beside it -> 32x32 greyscale, labels."""
+    folder, base = os.path.split(path)
+    labels_path = os.path.join(folder, base[:-len(MNIST_IMAGES_SUFFIX)] + "labels-idx1-ubyte.gz")
+    if not os.path.isfile(labels_path):
+        raise click.ClickException(f"{path}: MNIST labels file {labels_path} not found (it must lie beside "
+                                   "the images file)")
+    (count, rows, cols), pixels = _read_idx(path, 2051, 3)
+    if (rows, cols) != (28, 28):
+        raise click.ClickException(f"{path}: images are {cols}x{rows}; MNIST images are 28x28")
+    (label_count,), labels = _read_idx(labels_path, 2049, 1)
+    if label_count != count:
+        raise click.ClickException(f"{labels_path}: {label_count} labels for the {count} images of {path}")
+    images = np.frombuffer(pixels, np.uint8).reshape(count, 28, 28)
+    images = np.pad(images, ((0, 0), (MNIST_PAD, MNIST_PAD), (MNIST_PAD, MNIST_PAD)))  # black border
+    return _array_source(path, images, list(labels))
+
+
 def _open_synthetic(spec: str, resolution: int | None, max_images: int | None) -> Source:
     parts = spec.split(":")
     if len(parts) not in (2, 3) or parts[1] not in synthetic.KINDS:
@@ -222,15 +363,24 @@ def open_source(source: str, resolution: int | None, max_images: int | None) -> 
             raise click.ClickException(f"no images found in folder {source} (and no data.mdb: not an LMDB "
                                        "database either)")
         return src
-    if os.path.isfile(source) and source.lower().endswith(".zip"):
+    if not os.path.exists(source):
+        raise click.ClickException(f"source not found: {source}")
+    name = os.path.basename(source).lower()
+    if os.path.isfile(source) and name.endswith(".zip"):
         src = _open_zip(source)
         if src.count == 0:
             raise click.ClickException(f"no images found in zip {source}")
         return src
-    if not os.path.exists(source):
-        raise click.ClickException(f"source not found: {source}")
-    raise click.ClickException(f"unsupported source {source}: expected a folder, a .zip, an LMDB directory "
-                               "or synthetic:<kind>[:<res>]")
+    if os.path.isfile(source) and name.endswith(MNIST_IMAGES_SUFFIX):
+        return _open_mnist(source)
+    if os.path.isfile(source) and name.endswith((".tar.gz", ".tgz")):
+        batches = _read_cifar_batches(source)
+        if batches is None:
+            raise click.ClickException(f"{source}: no cifar-10-batches-py/data_batch_1..5 inside; the only "
+                                       f"tarball read is CIFAR-10's python version ({CIFAR10_TARBALL})")
+        return _open_cifar10(source, batches)
+    raise click.ClickException(f"unsupported source {source}: expected a folder, a .zip, an LMDB directory, "
+                               f"{CIFAR10_TARBALL}, train-{MNIST_IMAGES_SUFFIX} or synthetic:<kind>[:<res>]")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -242,22 +392,45 @@ def _check_side(side: int) -> None:
         raise ValueError(f"{side} is not a power of two >= 4")
 
 
-def parse_resolution(text: str | None) -> int | None:
-    """'256x256' or '256' -> 256; ClickException for non-square or non-power-of-two sizes."""
+def parse_resolution(text: str | None) -> tuple[int, int] | None:
+    """'256x128' -> (256, 128), '256' -> (256, 256); checked later by `output_size`."""
     if text is None:
         return None
     parts = text.lower().split("x")
     try:
-        w, h = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (None, None)
+        if len(parts) in (1, 2):
+            return int(parts[0]), int(parts[-1])
     except ValueError:
-        w = h = None
-    if w is None or h is None:
-        raise click.ClickException(f"--resolution={text!r}: expected WxH, e.g. 256x256")
-    if w != h:
-        raise click.ClickException(f"--resolution={text}: training needs square images (W = H)")
+        pass
+    raise click.ClickException(f"--resolution={text!r}: expected WxH, e.g. 256x256")
+
+
+def output_size(resolution: str | None, width: int | None, height: int | None,
+                transform: str | None) -> tuple[int, int] | None:
+    """(width, height) from --resolution and/or --width/--height, or None to keep the source size. The
+    output is always a width x width square; height < width only letterboxes (center-crop-wide)."""
+    options = (("resolution", resolution), ("width", width), ("height", height))
+    given = " ".join(f"--{k}={v}" for k, v in options if v is not None)
+    w, h = parse_resolution(resolution) or (None, None)
+    if (None not in (width, w) and width != w) or (None not in (height, h) and height != h):
+        raise click.ClickException(f"{given}: --resolution disagrees with --width/--height; give one of them")
+    w, h = width if width is not None else w, height if height is not None else h
+    if w is None and h is None:
+        if transform == "center-crop-wide":
+            raise click.ClickException("--transform=center-crop-wide needs --width and --height "
+                                       "(or --resolution)")
+        return None
+    w, h = w or h, h or w  # one side alone: a square
     if w < 4 or w & (w - 1):
-        raise click.ClickException(f"--resolution={text}: the side must be a power of two >= 4")
-    return w
+        raise click.ClickException(f"{given}: the width (the side of the square output) must be a power of "
+                                   "two >= 4")
+    if h != w and transform != "center-crop-wide":
+        raise click.ClickException(f"{given}: training needs square images (W = H); a height below the width "
+                                   "is only for --transform=center-crop-wide (letterbox on a WxW square)")
+    if not 1 <= h <= w:
+        raise click.ClickException(f"{given}: the height must be 1..{w}: center-crop-wide letterboxes the "
+                                   "image on a WxW square")
+    return w, h
 
 
 def _center_crop(img: PIL.Image.Image) -> PIL.Image.Image:
@@ -266,22 +439,80 @@ def _center_crop(img: PIL.Image.Image) -> PIL.Image.Image:
     return img.crop((left, top, left + side, top + side))
 
 
-def _center_crop_wide(img: PIL.Image.Image, res: int, resample: int) -> PIL.Image.Image:
-    """Letterbox: scale the width to `res`, crop the height to at most `res`, paste on a black square."""
-    height = max(1, round(img.height * res / img.width))
-    img = img.resize((res, height), resample)
-    if height > res:
-        top = (height - res) // 2
-        img = img.crop((0, top, res, top + res))
-    canvas = PIL.Image.new(img.mode, (res, res))
-    canvas.paste(img, (0, (res - img.height) // 2))
+def _center_crop_wide(img: PIL.Image.Image, width: int, height: int, resample: int) -> PIL.Image.Image | None:
+    """Crop the largest centred region of aspect width:height, resize it to width x height and paste it
+    vertically centred on a black width x width square. None when that region is smaller than
+    width x height (the image is dropped rather than upscaled)."""
+    if img.width * height >= img.height * width:  # wider than the target: keep the full height
+        crop_w, crop_h = round(img.height * width / height), img.height
+    else:  # taller: keep the full width
+        crop_w, crop_h = img.width, round(img.width * height / width)
+    if crop_w < width or crop_h < height:
+        return None
+    left, top = (img.width - crop_w) // 2, (img.height - crop_h) // 2
+    img = img.crop((left, top, left + crop_w, top + crop_h))
+    if img.size != (width, height):
+        img = img.resize((width, height), resample)
+    canvas = PIL.Image.new(img.mode, (width, width))
+    canvas.paste(img, (0, (width - height) // 2))
     return canvas
 
 
+class UnusableImage(ValueError):
+    """An image that decodes but cannot become a training image; `kind` names such images in the summary."""
+
+    kind = "unusable image"
+
+
+class TransparentImage(UnusableImage):
+    kind = "image with transparent pixels"
+
+
+class WideNumberImage(UnusableImage):
+    kind = "32-bit integer/float image"
+
+
+def _alpha(img: PIL.Image.Image) -> np.ndarray | None:
+    """The alpha plane of an image that carries transparency (an alpha band, a transparent palette entry
+    or a colour key), else None."""
+    if img.mode.startswith("I;16"):  # 16-bit greyscale PNG with a tRNS colour key
+        key = img.info.get("transparency")
+        return None if key is None else np.where(np.asarray(img) == key, 0, 255).astype(np.uint8)
+    palette_alpha = img.mode == "P" and img.palette is not None and img.palette.mode.endswith("A")
+    if not (img.mode in ("LA", "La", "PA", "RGBA", "RGBa") or "transparency" in img.info or palette_alpha):
+        return None  # (Image.has_transparency_data, which needs Pillow >= 10.1)
+    bands = img.getbands()
+    if bands[-1] in ("A", "a"):
+        return np.asarray(img.getchannel(len(bands) - 1))
+    return np.asarray(img.convert("RGBA").getchannel("A"))
+
+
+def _drop_alpha(img: PIL.Image.Image) -> PIL.Image.Image:
+    """`img` (checked to be fully opaque) without its transparency data; pixel values unchanged."""
+    if img.mode in ("LA", "La"):
+        return img.getchannel(0)
+    if img.mode in ("RGBA", "RGBa"):  # premultiplied by alpha = 255 is the plain colour
+        return PIL.Image.merge("RGB", img.split()[:3])
+    if img.mode in ("P", "PA"):
+        return img.convert("RGBA").convert("RGB")
+    img = img.copy()
+    img.info.pop("transparency", None)
+    return img
+
+
 def to_8bit(img: PIL.Image.Image) -> PIL.Image.Image:
-    """Mode L or RGB. 16-bit greyscale (I;16, I;16L, I;16B, I;16N) is scaled by 255/65535 (v / 257, rounded,
-    so 65535 -> 255); 1-bit -> L; alpha / palette / other colour modes -> RGB. ValueError for 32-bit
-    integer or float greyscale (modes I, F): their value range is unknown, so any scaling would be a guess."""
+    """Mode L or RGB. Transparency is dropped when every pixel is fully opaque (alpha 255), else
+    TransparentImage. 16-bit greyscale (I;16, I;16L, I;16B, I;16N) is scaled by 255/65535 (v / 257, rounded,
+    so 65535 -> 255); 1-bit -> L; palette / other colour modes -> RGB. WideNumberImage for 32-bit integer
+    or float greyscale (modes I, F): their value range is unknown, so any scaling would be a guess."""
+    alpha = _alpha(img)
+    if alpha is not None:
+        clear = int((alpha < 255).sum())
+        if clear:
+            raise TransparentImage(f"image has transparency (mode {img.mode}): {clear} of {alpha.size} "
+                                   "pixels have alpha < 255; training reads RGB or greyscale only, so flatten "
+                                   "it onto a background first")
+        img = _drop_alpha(img)
     if img.mode in ("L", "RGB"):
         return img
     if img.mode.startswith("I;16"):
@@ -289,20 +520,24 @@ def to_8bit(img: PIL.Image.Image) -> PIL.Image.Image:
         return PIL.Image.fromarray(((wide + 128) // 257).astype(np.uint8))  # 2-D uint8: mode L
     if img.mode in ("I", "F"):
         kind = "integer" if img.mode == "I" else "floating-point"
-        raise ValueError(f"32-bit {kind} image (PIL mode {img.mode}) has no known value range; convert it to "
-                         "8- or 16-bit greyscale or RGB first")
+        raise WideNumberImage(f"32-bit {kind} image (PIL mode {img.mode}) has no known value range; convert "
+                              "it to 8- or 16-bit greyscale or RGB first")
     return img.convert("L" if img.mode == "1" else "RGB")
 
 
-def transform_image(img: PIL.Image.Image, res: int | None, transform: str | None, resample: int) -> np.ndarray:
-    """PIL image -> uint8 [H, W] (greyscale) or [H, W, 3], converted by `to_8bit` (ValueError from it)."""
+def transform_image(img: PIL.Image.Image, size: tuple[int, int] | None, transform: str | None,
+                    resample: int) -> np.ndarray | None:
+    """PIL image -> uint8 [S, S] (greyscale) or [S, S, 3] with S = size[0] (the source size when `size` is
+    None); None when center-crop-wide drops it as too small. UnusableImage from `to_8bit`."""
     img = to_8bit(img)
     if transform == "center-crop":
         img = _center_crop(img)
     elif transform == "center-crop-wide":
-        img = _center_crop_wide(img, res, resample)
-    if res is not None and img.size != (res, res):
-        img = img.resize((res, res), resample)
+        img = _center_crop_wide(img, size[0], size[1], resample)
+        if img is None:
+            return None
+    if size is not None and img.size != (size[0], size[0]):
+        img = img.resize((size[0], size[0]), resample)
     return np.asarray(img)
 
 
@@ -403,28 +638,41 @@ def _check_output_shape(arr: np.ndarray, expected: tuple | None, name: str) -> t
         h, w = arr.shape[:2]
         if h != w or h < 4 or h & (h - 1):
             raise click.ClickException(f"{name}: image is {w}x{h}; training needs square power-of-two images "
-                                       "(use --resolution and --transform)")
+                                       "(use --width/--height or --resolution, and --transform)")
         return arr.shape
     if arr.shape != expected:
         raise click.ClickException(f"{name}: image shape {list(arr.shape)} differs from the first image's "
-                                   f"{list(expected)} (use --resolution to resize all images)")
+                                   f"{list(expected)} (use --width/--height or --resolution to resize all "
+                                   "images)")
     return expected
+
+
+def _count(n: int, phrase: str) -> str:
+    """'1 unreadable image', '2 images with transparent pixels'."""
+    return f"{n} {phrase if n == 1 else phrase.replace('image', 'images', 1)}"
 
 
 # ---------------------------------------------------------------------------------------------------
 # Conversion.
 
 
-def convert(source: Source, writer: _Writer, res: int | None, transform: str | None, resample: int,
-            max_images: int | None, skip_bad: bool) -> tuple[int, int]:
-    """Copy images from `source` to `writer`; returns (written, skipped)."""
+@dataclass
+class Result:
+    written: int
+    skipped: Counter  # kind of image ("unreadable image", UnusableImage.kind) -> count; only with --skip-bad
+    dropped: int = 0  # too small for center-crop-wide
+
+
+def convert(source: Source, writer: _Writer, size: tuple[int, int] | None, transform: str | None,
+            resample: int, max_images: int | None, skip_bad: bool) -> Result:
+    """Copy images from `source` to `writer`, resized to `size` (see `output_size`)."""
     total = source.count if max_images is None else min(source.count, max_images)
     labels: list | None = [] if source.has_labels else None
-    written = skipped = 0
+    result = Result(0, Counter())
     shape = None
     with tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True) as bar:
         for item in source.items:
-            if max_images is not None and written >= max_images:
+            if max_images is not None and result.written >= max_images:
                 break
             try:
                 img = item.load()
@@ -432,69 +680,97 @@ def convert(source: Source, writer: _Writer, res: int | None, transform: str | N
                 if not skip_bad:
                     raise click.ClickException(f"cannot read image {item.name}: {type(exc).__name__}: {exc} "
                                                "(use --skip-bad to skip unreadable images)") from None
-                skipped += 1
+                result.skipped["unreadable image"] += 1
                 continue
             try:
-                arr = transform_image(img, res, transform, resample)
+                arr = transform_image(img, size, transform, resample)
+            except UnusableImage as exc:
+                if not skip_bad:
+                    raise click.ClickException(f"{item.name}: {exc} (use --skip-bad to skip such "
+                                               "images)") from None
+                result.skipped[exc.kind] += 1
+                continue
             except ValueError as exc:
                 raise click.ClickException(f"{item.name}: {exc}") from None
+            if arr is None:
+                result.dropped += 1
+                continue
             shape = _check_output_shape(arr, shape, item.name)
-            relpath = f"{written // 1000:05d}/img{written:08d}.png"
+            relpath = f"{result.written // 1000:05d}/img{result.written:08d}.png"
             writer.add(relpath, _png_bytes(arr))
             if labels is not None:
                 labels.append([relpath, item.label])
-            written += 1
+            result.written += 1
             bar.update(1)
-    if written == 0:
-        raise click.ClickException("no images were written: the source holds no readable images")
+    if result.written == 0:
+        why = [f"skipped {_count(n, kind)}" for kind, n in result.skipped.items()]
+        if result.dropped:
+            why.append(f"dropped {_count(result.dropped, 'image')} too small for center-crop-wide at "
+                       f"{size[0]}x{size[1]}")
+        raise click.ClickException("no images were written: " + ("; ".join(why) or
+                                                                 "the source holds no readable images"))
     writer.add("dataset.json", json.dumps({"labels": labels}).encode("utf-8"))
-    return written, skipped
+    return result
 
 
 @click.command(context_settings=dict(help_option_names=["-h", "--help"]))
 @click.option("--source", required=True, metavar="PATH",
               help="Input: an image folder (searched recursively), a .zip of images, an LSUN LMDB directory "
-                   "(recognised by its data.mdb, e.g. bedroom_train_lmdb/), or synthetic:<kind>[:<res>] with "
-                   f"kind in {', '.join(synthetic.KINDS)}. A dataset.json in a folder/zip supplies labels "
-                   f"(class indices 0..{MAX_CLASSES - 1} or number lists). 16-bit greyscale is scaled to "
-                   "8 bits; 32-bit integer/float images are refused.")
+                   "(recognised by its data.mdb, e.g. bedroom_train_lmdb/), CIFAR-10's python tarball "
+                   f"({CIFAR10_TARBALL}, or any .tar.gz holding cifar-10-batches-py/data_batch_1..5: "
+                   "32x32 RGB, labels 0-9), MNIST's train-images-idx3-ubyte.gz (labels from "
+                   "train-labels-idx1-ubyte.gz beside it; padded to 32x32, labels 0-9), or "
+                   f"synthetic:<kind>[:<res>] with kind in {', '.join(synthetic.KINDS)}. A dataset.json in a "
+                   f"folder/zip supplies labels (class indices 0..{MAX_CLASSES - 1} or number lists). 16-bit "
+                   "greyscale is scaled to 8 bits; alpha is dropped if fully opaque; images with transparent "
+                   "pixels and 32-bit integer/float images are refused.")
 @click.option("--dest", required=True, metavar="PATH",
               help="Output: a new .zip (uncompressed) or a new/empty folder; neither the source nor a folder "
                    "inside it. "
                    "Written atomically; an existing zip is never replaced.")
 @click.option("--max-images", type=click.IntRange(min=1), default=None,
               help=f"Stop after this many images [default: all; {DEFAULT_SYNTHETIC_IMAGES} for synthetic].")
+@click.option("--width", type=click.IntRange(min=1), default=None,
+              help="Output width, a power of two; the output is always a width x width square [default: keep "
+                   f"the source size; {DEFAULT_SYNTHETIC_RESOLUTION} for synthetic without <res>].")
+@click.option("--height", type=click.IntRange(min=1), default=None,
+              help="Output height; must equal --width except with --transform=center-crop-wide, where a "
+                   "smaller height letterboxes the image [default: --width]. Either one alone gives a "
+                   "square.")
 @click.option("--resolution", metavar="WxH", default=None,
-              help="Output size, e.g. 256x256; must be square with a power-of-two side [default: keep the "
-                   f"source size; {DEFAULT_SYNTHETIC_RESOLUTION} for synthetic without <res>].")
+              help="Same as --width=W --height=H, e.g. 256x256 (must agree with them when both are given).")
 @click.option("--resize-filter", type=click.Choice(["box", "lanczos"]), default="lanczos", show_default=True,
               help="Resampling filter used when resizing.")
 @click.option("--transform", type=click.Choice(["center-crop", "center-crop-wide"]), default=None,
-              help="center-crop: crop the largest centred square, then resize. center-crop-wide: scale the "
-                   "width to the target, crop the height if needed and pad to a square with black "
-                   "(needs --resolution). Default: resize without cropping.")
+              help="center-crop: crop the largest centred square, then resize. center-crop-wide: crop the "
+                   "largest centred region of aspect width:height, resize it to width x height and paste it "
+                   "vertically centred on a black width x width square; images smaller than width x height "
+                   "after that crop are dropped and counted (needs a size). Default: resize without "
+                   "cropping.")
 @click.option("--skip-bad", is_flag=True,
-              help="Skip unreadable images and report how many; without it the first one stops the run.")
-def main(source: str, dest: str, max_images: int | None, resolution: str | None, resize_filter: str,
-         transform: str | None, skip_bad: bool) -> None:
+              help="Skip unreadable images and images that cannot be used (transparent pixels, 32-bit "
+                   "integer/float) and report how many; without it the first one stops the run.")
+def main(source: str, dest: str, max_images: int | None, width: int | None, height: int | None,
+         resolution: str | None, resize_filter: str, transform: str | None, skip_bad: bool) -> None:
     """Convert images into a SpatialGAN / StyleGAN2-ADA training dataset.
 
     \b
     Examples:
-      python dataset_tool.py --source=lsun_cat_lmdb/ --dest=cat256.zip --resolution=256x256 --transform=center-crop
+      python dataset_tool.py --source=lsun_cat_lmdb/ --dest=cat256.zip --width=256 --height=256 --transform=center-crop
+      python dataset_tool.py --source=~/lsun_car_lmdb/ --dest=car512.zip --width=512 --height=384 --transform=center-crop-wide
       python dataset_tool.py --source=~/photos --dest=photos128.zip --resolution=128x128 --skip-bad
+      python dataset_tool.py --source=~/downloads/cifar-10-python.tar.gz --dest=cifar10.zip
+      python dataset_tool.py --source=~/mnist/train-images-idx3-ubyte.gz --dest=mnist32.zip
       python dataset_tool.py --source=synthetic:rooms:64 --dest=rooms64.zip --max-images=2000
     """
-    res = parse_resolution(resolution)
-    if transform == "center-crop-wide" and res is None:
-        raise click.ClickException("--transform=center-crop-wide needs --resolution")
+    size = output_size(resolution, width, height, transform)
     resample = PIL.Image.Resampling.LANCZOS if resize_filter == "lanczos" else PIL.Image.Resampling.BOX
     source, dest = os.path.expanduser(source), os.path.expanduser(dest)
     check_dest(dest, source)
-    src = open_source(source, res, max_images)
+    src = open_source(source, size[0] if size else None, max_images)
     writer = _Writer(dest)
     try:
-        written, skipped = convert(src, writer, res, transform, resample, max_images, skip_bad)
+        result = convert(src, writer, size, transform, resample, max_images, skip_bad)
         writer.commit()
     except (click.ClickException, KeyboardInterrupt):
         writer.abort()
@@ -502,9 +778,12 @@ def main(source: str, dest: str, max_images: int | None, resolution: str | None,
     except (OSError, ValueError) as exc:
         writer.abort()
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
-    if skipped:
-        click.echo(f"Skipped {skipped} unreadable image{'s' if skipped != 1 else ''}", err=True)
-    click.echo(f"Wrote {written} images to {dest}", err=True)
+    for kind, n in result.skipped.items():
+        click.echo(f"Skipped {_count(n, kind)}", err=True)
+    if result.dropped:
+        click.echo(f"Dropped {_count(result.dropped, 'image')} smaller than {size[0]}x{size[1]} after the "
+                   "center-crop-wide crop", err=True)
+    click.echo(f"Wrote {result.written} images to {dest}", err=True)
 
 
 if __name__ == "__main__":

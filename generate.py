@@ -182,6 +182,16 @@ def generate(network_path, seeds, heatmap_seeds, layout, move, scale, remove, re
         hm_seeds = None
     if seeds is None and projected_w is None:
         raise click.ClickException("--seeds is required unless --projected-w is given")
+    if projected_w is not None:
+        # Projected W already fixes the latents (no seeds, no truncation) and gives one image per w.
+        ignored = [name for name, given in (("--seeds", seeds is not None), ("--trunc", truncation_psi != 1),
+                                            ("--grid", grid), ("--fixed-layout", fixed_layout),
+                                            ("--show-heatmaps", show_heatmaps), ("--save-layout", save_layout),
+                                            ("more than one --heatmap-seeds", hm_seeds is not None and len(hm_seeds) > 1))
+                   if given]
+        if ignored:
+            raise click.ClickException(f"{', '.join(ignored)}: no effect with --projected-w (one image per "
+                                       f"projected w, under one heatmap: --heatmap-seeds=S or --layout)")
     if layout is not None and hm_seeds is not None:
         raise click.ClickException("give either --layout or --heatmap-seeds, not both")
     edit_list = parse_edits(move, scale, remove, restyle)
@@ -195,7 +205,7 @@ def generate(network_path, seeds, heatmap_seeds, layout, move, scale, remove, re
         raise click.ClickException(f"--class: {e}") from None
     if projected_w is not None:
         ws = load_projected_w(G, projected_w)
-        spec = edited_spec(G, hm_seeds[0] if hm_seeds else 0, layout_spec, edit_list)
+        spec = edited_spec(G, hm_seeds[0] if hm_seeds else 0, layout_spec, edit_list)  # heatmap seed 0 by default
         prepare_outdir(outdir)
         return generate_projected(G, ws, outdir, noise_mode, spec, c)
     rows = plan_rows(G, seeds, hm_seeds, layout_spec, layout, edit_list)
@@ -203,7 +213,8 @@ def generate(network_path, seeds, heatmap_seeds, layout, move, scale, remove, re
     out = []
     for row in rows:
         for i, cell in enumerate(row):
-            print(f"Generating image for seed {cell.seed}{cell.suffix.replace('-', ' ')} ({i + 1}/{len(row)}) ...")
+            what = f" {cell.suffix[1:]}" if cell.suffix else ""  # "hm0003", "layout-<file>"
+            print(f"Generating image for seed {cell.seed}{what} ({i + 1}/{len(row)}) ...")
             img = render(G, cell, c, truncation_psi, noise_mode, show_heatmaps)
             base = os.path.join(outdir, f"seed{cell.seed:04d}{cell.suffix}")
             images.save_image(img, base + ".png")

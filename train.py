@@ -116,6 +116,15 @@ def describe(options: dict, args: dict) -> str:
         parts.append("transfer" if options.get("transfer") else "resumecustom")
     if args["freezed"]:
         parts.append(f"freezed{args['freezed']}")
+    # Method switches (Tables 1, 4, 5), so that ablation runs sharing an outdir are told apart by name.
+    for key in ("pl_weight", "style_mixing", "encoding", "sampler", "sel_res", "processing", "compose",
+                "kernel_size", "dilation", "align", "align_indoor", "align_weight", "align_res", "tau",
+                "cam_variant", "cam_score"):
+        value = args.get(key)
+        if value is not None:
+            text = f"{int(value)}" if isinstance(value, bool) else (f"{value:g}" if isinstance(value, float)
+                                                                    else str(value))
+            parts.append(key.replace("_", "") + text)
     if args["desc"]:
         parts.append(args["desc"])
     return "-".join(re.sub(r"[^\w.]+", "_", p) for p in parts)

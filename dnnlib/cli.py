@@ -30,6 +30,12 @@ class FiniteFloatRange(click.FloatRange):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return out
 
+    def _describe_range(self) -> str:
+        # click would print "x<=None" for an unbounded range.
+        if self.min is None and self.max is None:
+            return "finite"
+        return super()._describe_range()
+
 
 def user_errors(*errors: type[BaseException]):
     """Decorator for a click command's body: the given exceptions (default ValueError, OSError — what bad

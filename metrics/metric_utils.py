@@ -286,7 +286,8 @@ def iterate_real_images(opts: MetricOptions, dataset,
 
 
 def _collate_images(items) -> torch.Tensor:
-    return torch.stack([torch.as_tensor(np.asarray(item[0] if isinstance(item, tuple) else item))
+    # np.array copies: a dataset may hand out read-only views (torch warns on those).
+    return torch.stack([torch.as_tensor(np.array(item[0] if isinstance(item, tuple) else item))
                         for item in items])
 
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dnnlib import util
 from dnnlib.util import atomic_write
 
 FORMAT = "spatialgan-snapshot"
@@ -93,34 +95,59 @@ def save_snapshot(path: str | os.PathLike, snapshot: dict[str, Any]) -> None:
         torch.save({"format": FORMAT, "version": VERSION, **snapshot}, f)
 
 
-def load_snapshot(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and validate a snapshot; raises SnapshotError naming the file for anything else."""
+def local_path(path: str | os.PathLike) -> Path:
+    """A snapshot path, or an http(s)/file URL downloaded once into the cache (`dnnlib.util.open_url`)."""
+    if util.is_url(str(path)):
+        with util.open_url(str(path)) as f:
+            return Path(f.name)
     path = Path(path)
     if not path.is_file():
         raise SnapshotError(f"Snapshot not found: {path}")
+    return path
+
+
+def _pickle_hint(path: Path) -> str:
+    """Why a file that torch cannot load may look like a snapshot: a bare pickle (StyleGAN2-ADA's .pkl)."""
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return ""
+    if len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return ("; it is a Python pickle (a StyleGAN2-ADA .pkl?) — SpatialGAN reads its own .pt snapshots, "
+                "which never run code on load; official pickles cannot be converted yet")
+    return ""
+
+
+def load_snapshot(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and validate a snapshot (a path or URL); raises SnapshotError naming the file for anything else."""
+    where = str(path)
+    path = local_path(path)
+    try:
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning would precede our one-line error
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            data = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile, OSError,
             ValueError) as err:
-        raise SnapshotError(f"{path} is not a SpatialGAN snapshot (not a readable torch file, or truncated: "
-                            f"{type(err).__name__})") from None
+        raise SnapshotError(f"{where} is not a SpatialGAN snapshot (not a readable torch file, or truncated: "
+                            f"{type(err).__name__}){_pickle_hint(path)}") from None
     except Exception as err:  # weights_only refuses pickles that reference code: report them as such
-        raise SnapshotError(f"{path} is not a SpatialGAN snapshot: {type(err).__name__}: "
-                            f"{str(err).splitlines()[0] if str(err) else ''}") from None
+        raise SnapshotError(f"{where} is not a SpatialGAN snapshot: {type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''}{_pickle_hint(path)}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise SnapshotError(f"{path} is not a SpatialGAN snapshot (no '{FORMAT}' marker)")
+        raise SnapshotError(f"{where} is not a SpatialGAN snapshot (no '{FORMAT}' marker)")
     version = data.get("version")
     if not isinstance(version, int) or not 1 <= version <= VERSION:
-        raise SnapshotError(f"{path} has snapshot format version {version!r}; this SpatialGAN reads versions 1 "
+        raise SnapshotError(f"{where} has snapshot format version {version!r}; this SpatialGAN reads versions 1 "
                             f"to {VERSION}" + (". Upgrade SpatialGAN to load it." if isinstance(version, int)
                                                and version > VERSION else ""))
     nets = data.get("networks")
     if not isinstance(nets, dict) or not nets:
-        raise SnapshotError(f"{path} holds no networks")
+        raise SnapshotError(f"{where} holds no networks")
     for name, packed in nets.items():
         if not (isinstance(packed, dict) and isinstance(packed.get("init_kwargs"), dict)
                 and isinstance(packed.get("state_dict"), dict)):
-            raise SnapshotError(f"{path}: network {name!r} is damaged (needs 'class', 'init_kwargs' and 'state_dict')")
+            raise SnapshotError(f"{where}: network {name!r} is damaged (needs 'class', 'init_kwargs' and 'state_dict')")
     return data
 
 
@@ -142,9 +169,14 @@ def check_training_state(state: Any, path: str | os.PathLike) -> None:
 
 def load_network(path: str | os.PathLike, which: str = "G_ema",
                  device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load one network (`G_ema`, `G` or `D`) from a snapshot, ready for inference on `device`."""
-    data = load_snapshot(path)
+    """Load one network (`G_ema`, `G` or `D`) from a snapshot (path or URL), ready for inference on `device`."""
+    return network_of(load_snapshot(path), which, device, where=str(path))
+
+
+def network_of(data: dict[str, Any], which: str = "G_ema", device: str | torch.device = "cpu",
+               where: str = "the snapshot") -> torch.nn.Module:
+    """Rebuild network `which` of loaded snapshot `data` (from `load_snapshot`) on `device`."""
     nets = data["networks"]
     if which not in nets:
-        raise SnapshotError(f"{path} has no network {which!r} (has: {sorted(nets)})")
+        raise SnapshotError(f"{where} has no network {which!r} (has: {sorted(nets)})")
     return build_module(nets[which], device)

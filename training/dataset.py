@@ -142,7 +142,7 @@ def _channels_of(img: PIL.Image.Image, where: str) -> int:
     """1 or 3 from the PIL mode (palette images count as RGB); DatasetError for alpha or odd modes."""
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
         raise DatasetError(f"{where}: image has an alpha channel (mode {img.mode}); only 1- or 3-channel "
-                           "images are supported (convert with dataset_tool.py)")
+                           "images are supported (dataset_tool.py converts opaque ones; composite transparent ones first)")
     if img.mode not in _CHANNELS_BY_MODE:
         hint = " (dataset_tool.py scales 16-bit greyscale to 8 bits)" if img.mode.startswith("I;16") else ""
         raise DatasetError(f"{where}: unsupported image mode {img.mode!r}; expected 8-bit greyscale or RGB{hint}")

@@ -71,13 +71,69 @@ def test_run_writes_jsonl_next_to_training_options(tmp_path):
     snap = tmp_path / "network-snapshot-000000.pt"
     _tiny_snapshot(snap, dict(data="synthetic:shapes:16", max_size=24))
     res = _invoke("--network", str(snap), "--metrics", "fid24", "--device", "cpu", "--detector", str(det),
-                  "--quiet")
+                  "--verbose=false")
     assert res.exit_code == 0, res.output
     line = json.loads(res.output.strip().splitlines()[-1])  # printed: no training_options.json there
     assert line["metric"] == "fid24" and line["results"]["fid24"] > 0
     (tmp_path / "training_options.json").write_text("{}")
     res = _invoke("--network", str(snap), "--metrics", "fid24", "--device", "cpu", "--detector", str(det),
-                  "--quiet")
+                  "--verbose=false")
     assert res.exit_code == 0, res.output
     rows = (tmp_path / "metric-fid24.jsonl").read_text().splitlines()
-    assert len(rows) == 1 and json.loads(rows[0])["snapshot"] == snap.name
+    assert len(rows) == 1 and json.loads(rows[0])["snapshot_pkl"] == snap.name
+
+
+def test_network_as_run_dir_url_and_pickle(tmp_path):
+    det = tmp_path / "toy.pt"
+    torch.jit.save(torch.jit.script(ToyDetector()), str(det))
+    run = tmp_path / "run"
+    run.mkdir()
+    _tiny_snapshot(run / "network-snapshot-000000.pt", dict(data="synthetic:shapes:16", max_size=16))
+    (run / "training_options.json").write_text("{}")
+    res = _invoke("--network", str(run), "--metrics", "fid16", "--device", "cpu", "--detector", str(det),
+                  "--verbose=false")
+    assert res.exit_code == 0, res.output
+    (row,) = (run / "metric-fid16.jsonl").read_text().splitlines()
+    assert json.loads(row)["snapshot_pkl"] == "network-snapshot-000000.pt"
+    url = (run / "network-snapshot-000000.pt").as_uri()  # file:// URL: printed (no run directory for URLs)
+    res = _invoke("--network", url, "--metrics", "fid16", "--device", "cpu", "--detector", str(det),
+                  "--verbose=false")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output.strip().splitlines()[-1])["snapshot_pkl"] == url
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = _invoke("--network", str(empty), "--device", "cpu")
+    assert res.exit_code != 0 and "holds no network-snapshot" in res.output
+    pkl = tmp_path / "network-snapshot-000000.pkl"  # what StyleGAN2-ADA writes: a bare pickle
+    import pickle
+
+    pkl.write_bytes(pickle.dumps({"G_ema": [1, 2, 3]}, protocol=4))
+    res = _invoke("--network", str(pkl), "--device", "cpu")
+    assert res.exit_code != 0 and "Python pickle" in res.output and "StyleGAN2-ADA" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_gpus_splits_the_work_over_processes_with_the_same_result(tmp_path):
+    """--gpus=2 on the CPU (gloo through torchrun) gives the one-process value (up to summation order)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(calc_metrics.__file__).resolve().parent
+    snap = tmp_path / "network-snapshot-000000.pt"
+    _tiny_snapshot(snap, dict(data="synthetic:shapes:16", max_size=32))
+    values = []
+    for gpus in (1, 2):
+        proc = subprocess.run([sys.executable, str(repo / "calc_metrics.py"), f"--network={snap}",
+                               "--metrics=swd32", "--device=cpu", f"--gpus={gpus}", "--verbose=false"],
+                              cwd=repo, capture_output=True, text=True, timeout=300,
+                              env=dict(__import__("os").environ, OMP_NUM_THREADS="1",
+                                       SPATIALGAN_CACHE=str(tmp_path / f"cache{gpus}")))
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        assert len(rows) == 1, proc.stdout  # only rank 0 reports
+        assert rows[0]["num_gpus"] == gpus
+        values.append(rows[0]["results"])
+    for key in values[0]:
+        assert values[1][key] == pytest.approx(values[0][key], rel=1e-4, abs=1e-6), key

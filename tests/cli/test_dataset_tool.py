@@ -1,11 +1,16 @@
-"""Tests for dataset_tool.py: round trips between formats, LMDB input, synthetic input, errors."""
+"""Tests for dataset_tool.py: round trips between formats, LMDB, CIFAR-10, MNIST and synthetic input,
+--width/--height and center-crop-wide, transparency, errors."""
 
+import gzip
 import io
 import json
 import os
+import pickle
 import re
+import struct
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -82,16 +87,346 @@ def test_zip_to_folder_and_resize(tmp_path):
     assert all(np.array_equal(a[i][0], b[i][0]) for i in range(3))
 
 
-def test_center_crop_wide_letterboxes(tmp_path):
+def _error_line(result) -> str:
+    """The run failed with exactly one one-line "Error: ..." as its last output line (progress bars may
+    come before it)."""
+    assert result.exit_code != 0, result.output
+    lines = result.output.strip().splitlines()
+    errors = [line for line in lines if line.startswith("Error:")]
+    assert lines[-1].startswith("Error: ") and len(errors) == 1, result.output
+    assert "Traceback" not in result.output
+    return lines[-1]
+
+
+def test_center_crop_wide_letterboxes_at_width_by_height(tmp_path):
+    rng = np.random.default_rng(1)
+    small = rng.integers(1, 256, size=(12, 16, 3), dtype=np.uint8)  # the expected 16x12 letterbox content
+    src = tmp_path / "wide"
+    src.mkdir()
+    PIL.Image.fromarray(np.kron(small, np.ones((2, 2, 1), np.uint8))).save(src / "a_exact.png")  # 32x24 = 4:3
+    wider = np.zeros((12, 20, 3), np.uint8)
+    wider[:, 2:18] = small
+    wider[:, :2] = wider[:, 18:] = [255, 0, 0]  # cropped away: the 4:3 region is the centre 16 of 20 columns
+    PIL.Image.fromarray(wider).save(src / "b_wider.png")
+    taller = np.zeros((20, 16, 3), np.uint8)
+    taller[4:16] = small
+    PIL.Image.fromarray(taller).save(src / "c_taller.png")  # the centre 12 rows are kept
+    PIL.Image.fromarray(small[:6, :8]).save(src / "d_small.png")  # 8x6 < 16x12: dropped, not upscaled
+    dest = tmp_path / "w.zip"
+    result = _run("--source", str(src), "--dest", str(dest), "--width=16", "--height=12",
+                  "--transform=center-crop-wide", "--resize-filter=box")
+    assert result.exit_code == 0, result.output
+    assert "Dropped 1 image smaller than 16x12" in result.output and "Wrote 3 images" in result.output
+    ds = open_dataset(str(dest))
+    assert len(ds) == 3 and ds.image_shape == [3, 16, 16]
+    for i in range(3):
+        img = ds[i][0].transpose(1, 2, 0)
+        assert img[:2].max() == 0 and img[14:].max() == 0  # black bars above and below
+        np.testing.assert_array_equal(img[2:14], small)
+
+
+def test_center_crop_wide_square_and_all_dropped(tmp_path):
     src = tmp_path / "wide"
     src.mkdir()
     PIL.Image.fromarray(np.full((8, 16, 3), 200, np.uint8)).save(src / "w.png")
     dest = tmp_path / "w.zip"
-    assert _run("--source", str(src), "--dest", str(dest), "--resolution", "16x16",
-                "--transform", "center-crop-wide").exit_code == 0
-    img = open_dataset(str(dest))[0][0]
-    assert img.shape == (3, 16, 16)
-    assert img[:, :4].max() == 0 and img[:, -4:].max() == 0 and img[:, 6:10].min() > 150
+    result = _run("--source", str(src), "--dest", str(dest), "--resolution", "8x8",
+                  "--transform", "center-crop-wide")
+    assert result.exit_code == 0, result.output  # W = H: the centred 8x8 square, nothing to letterbox
+    assert (open_dataset(str(dest))[0][0] == 200).all()
+    result = _run("--source", str(src), "--dest", str(tmp_path / "x.zip"), "--resolution", "16x16",
+                  "--transform", "center-crop-wide")
+    line = _error_line(result)
+    assert "no images were written" in line and "dropped 1 image too small" in line and "16x16" in line
+    assert not (tmp_path / "x.zip").exists()
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--width=16", "--height=8"], "only for --transform=center-crop-wide"),
+    (["--width=8", "--height=16", "--transform=center-crop-wide"], "height must be 1..8"),
+    (["--width=12", "--height=8", "--transform=center-crop-wide"], "power of two"),
+    (["--height=12"], "power of two"),
+    (["--resolution=8x8", "--width=16"], "disagrees"),
+    (["--resolution=16x8", "--height=16", "--transform=center-crop-wide"], "disagrees"),
+    (["--resolution=16x8"], "square"),
+    (["--transform=center-crop-wide"], "needs --width and --height"),
+])
+def test_bad_width_height_refused_in_one_line(tmp_path, args, match):
+    line = _error_line(_run("--source", "synthetic:shapes:8", "--dest", str(tmp_path / "o.zip"), *args))
+    assert match in line, line
+
+
+@pytest.mark.parametrize("args", [["--width=8"], ["--height=8"], ["--width=8", "--height=8"],
+                                  ["--resolution=8x8", "--width=8"], ["--resolution=8"]])
+def test_width_height_and_resolution_agree(tmp_path, args):
+    ref = tmp_path / "ref.zip"
+    assert _run("--source", "synthetic:shapes:16", "--dest", str(ref), "--max-images=2",
+                "--resolution=8x8").exit_code == 0
+    dest = tmp_path / "o.zip"
+    result = _run("--source", "synthetic:shapes:16", "--dest", str(dest), "--max-images=2", *args)
+    assert result.exit_code == 0, result.output
+    a, b = open_dataset(str(ref)), open_dataset(str(dest))
+    assert b.image_shape == [3, 8, 8] and all(np.array_equal(a[i][0], b[i][0]) for i in range(2))
+
+
+# ---------------------------------------------------------------------------------------------------
+# CIFAR-10 (python tarball) and MNIST (IDX) sources, built from tiny fake files.
+
+CIFAR_BATCHES = [f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)]
+
+
+def _py2_pickle(rows: np.ndarray, labels: list[int]) -> bytes:
+    """A batch byte for byte the way Python 2's cPickle (protocol 2) wrote the real CIFAR-10 files: str keys
+    and array data (read back as bytes), numpy.core.multiarray._reconstruct, a dtype with a '|' byte order."""
+    def s(b: bytes) -> bytes:  # Python 2 str: SHORT_BINSTRING / BINSTRING
+        return (b"U" + bytes([len(b)]) if len(b) < 256 else b"T" + struct.pack("<i", len(b))) + b
+
+    def g(module: str, name: str) -> bytes:  # GLOBAL
+        return f"c{module}\n{name}\n".encode()
+
+    dtype = (g("numpy", "dtype") + s(b"u1") + b"\x89\x88\x87R"  # dtype('u1', False, True)
+             + b"(K\x03" + s(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb")
+    array = (g("numpy.core.multiarray", "_reconstruct") + g("numpy", "ndarray") + b"K\x00\x85" + s(b"b")
+             + b"\x87R" + b"(K\x01J" + struct.pack("<i", len(rows)) + b"M" + struct.pack("<H", rows.shape[1])
+             + b"\x86" + dtype + b"\x89" + s(rows.tobytes()) + b"tb")
+    listed = b"](" + b"".join(b"K" + bytes([x]) for x in labels) + b"e"
+    return (b"\x80\x02}(" + s(b"batch_label") + s(b"training batch 1 of 5") + s(b"data") + array
+            + s(b"labels") + listed + b"u.")
+
+
+def _cifar_rows(images: np.ndarray) -> np.ndarray:
+    """uint8 [N, 32, 32, 3] -> CIFAR rows [N, 3072]: the R, G and B planes one after the other."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), 3072))
+
+
+def _cifar_tarball(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _fake_cifar(per_batch: int = 2, seed: int = 0):
+    """Five batches (the first in Python 2's format, the rest pickled by Python 3) -> members, images,
+    labels."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(5 * per_batch, 32, 32, 3), dtype=np.uint8)
+    labels = [int(x) for x in rng.integers(0, 10, size=5 * per_batch)]
+    members = {}
+    for b, name in enumerate(CIFAR_BATCHES):
+        part, labs = images[b * per_batch:(b + 1) * per_batch], labels[b * per_batch:(b + 1) * per_batch]
+        batch = {b"batch_label": b"training batch", b"data": _cifar_rows(part), b"labels": labs}
+        members[name] = _py2_pickle(_cifar_rows(part), labs) if b == 0 else pickle.dumps(batch, protocol=4)
+    return members, images, labels
+
+
+def test_cifar10_tarball_to_zip_with_labels(tmp_path):
+    members, images, labels = _fake_cifar()
+    members = {"cifar-10-batches-py/batches.meta": b"ignored", **members}
+    src = _cifar_tarball(tmp_path / "cifar-10-python.tar.gz", members)
+    dest = tmp_path / "cifar10.zip"
+    result = _run("--source", str(src), "--dest", str(dest))
+    assert result.exit_code == 0, result.output
+    ds = open_dataset(str(dest), use_labels=True)
+    assert len(ds) == 10 and ds.image_shape == [3, 32, 32] and ds.label_dim == max(labels) + 1
+    with zipfile.ZipFile(dest) as zf:
+        assert [lab for _, lab in json.loads(zf.read("dataset.json"))["labels"]] == labels
+    for i in range(10):  # batch order 1..5, rows in order; the channel-major rows became HWC pixels
+        np.testing.assert_array_equal(ds[i][0], images[i].transpose(2, 0, 1))
+
+
+def test_cifar10_recognised_by_members_and_other_tarballs_refused(tmp_path):
+    members, images, _ = _fake_cifar(per_batch=1)
+    src = _cifar_tarball(tmp_path / "my-copy.tar.gz", {f"./{k}": v for k, v in members.items()})
+    dest = tmp_path / "c.zip"
+    result = _run("--source", str(src), "--dest", str(dest), "--max-images=3", "--width=16")
+    assert result.exit_code == 0, result.output
+    assert len(open_dataset(str(dest))) == 3 and open_dataset(str(dest)).image_shape == [3, 16, 16]
+    other = _cifar_tarball(tmp_path / "photos.tar.gz", {"photos/a.png": b"png"})
+    line = _error_line(_run("--source", str(other), "--dest", str(tmp_path / "o.zip")))
+    assert str(other) in line and "CIFAR-10" in line
+    partial = _cifar_tarball(tmp_path / "cifar-10-python.tar.gz", {k: members[k] for k in CIFAR_BATCHES[:4]})
+    line = _error_line(_run("--source", str(partial), "--dest", str(tmp_path / "p.zip")))
+    assert str(partial) in line and "lacks cifar-10-batches-py/data_batch_5" in line
+    (tmp_path / "bad.tar.gz").write_bytes(b"not gzip at all")
+    line = _error_line(_run("--source", str(tmp_path / "bad.tar.gz"), "--dest", str(tmp_path / "b.zip")))
+    assert "bad.tar.gz" in line
+
+
+class _Evil:
+    """Unpickling this would run `call(*args)` (how a hostile pickle runs code)."""
+
+    def __init__(self, call, *args):
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+@pytest.mark.parametrize("evil", ["system", "exec", "nested"])
+def test_cifar10_malicious_pickle_refused_without_running_it(tmp_path, evil):
+    marker = tmp_path / "pwned"
+    members, _, _ = _fake_cifar(per_batch=1)
+    payload = {
+        "system": _Evil(os.system, f"touch {marker}"),
+        "exec": _Evil(exec, f"open({str(marker)!r}, 'w').close()"),
+        "nested": {b"data": [_Evil(Path.touch, marker)], b"labels": [0]},
+    }[evil]
+    members[CIFAR_BATCHES[2]] = pickle.dumps(payload, protocol=2)
+    src = _cifar_tarball(tmp_path / "cifar-10-python.tar.gz", members)
+    dest = tmp_path / "c.zip"
+    line = _error_line(_run("--source", str(src), "--dest", str(dest)))
+    assert f"{src}:{CIFAR_BATCHES[2]}" in line and "refused to unpickle" in line, line
+    assert not marker.exists() and not dest.exists()
+
+
+@pytest.mark.parametrize("batch,match", [
+    (pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]})[:-20], "cannot unpickle"),
+    (pickle.dumps({b"data": np.zeros((1, 1024), np.uint8), b"labels": [0]}, protocol=4), r"\[N, 3072\]"),
+    (pickle.dumps({b"data": np.zeros((1, 3072), np.float32), b"labels": [0]}, protocol=4), "float32"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, protocol=4), "list of 2 class"),
+    (pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [10]}, protocol=4), "0-9"),
+    (pickle.dumps([1, 2], protocol=4), "expected a dict"),
+], ids=["truncated", "shape", "dtype", "count", "label-range", "not-a-dict"])
+def test_cifar10_damaged_batch_named(tmp_path, batch, match):
+    members, _, _ = _fake_cifar(per_batch=1)
+    members[CIFAR_BATCHES[1]] = batch
+    src = _cifar_tarball(tmp_path / "cifar-10-python.tar.gz", members)
+    line = _error_line(_run("--source", str(src), "--dest", str(tmp_path / "c.zip")))
+    assert CIFAR_BATCHES[1] in line and re.search(match, line), line
+
+
+def _idx_gz(path: Path, magic: int, dims: tuple, payload: bytes) -> Path:
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(f">{1 + len(dims)}I", magic, *dims) + payload)
+    return path
+
+
+def _fake_mnist(folder: Path, n: int = 3, prefix: str = "train"):
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    labels = [7, 0, 3, 9, 1][:n]
+    img_path = _idx_gz(folder / f"{prefix}-images-idx3-ubyte.gz", 2051, (n, 28, 28), images.tobytes())
+    lab_path = _idx_gz(folder / f"{prefix}-labels-idx1-ubyte.gz", 2049, (n,), bytes(labels))
+    return img_path, lab_path, images, labels
+
+
+@pytest.mark.parametrize("prefix", ["train", "t10k"])
+def test_mnist_idx_to_zip_padded_with_labels(tmp_path, prefix):
+    img_path, _, images, labels = _fake_mnist(tmp_path / "mnist", prefix=prefix)
+    dest = tmp_path / "mnist.zip"
+    result = _run("--source", str(img_path), "--dest", str(dest))
+    assert result.exit_code == 0, result.output
+    ds = open_dataset(str(dest), use_labels=True)
+    assert len(ds) == 3 and ds.image_shape == [1, 32, 32] and ds.label_dim == 8
+    with zipfile.ZipFile(dest) as zf:
+        assert [lab for _, lab in json.loads(zf.read("dataset.json"))["labels"]] == labels
+    for i in range(3):
+        out = ds[i][0][0]
+        np.testing.assert_array_equal(out[2:30, 2:30], images[i])
+        assert out[:2].max() == out[30:].max() == out[:, :2].max() == out[:, 30:].max() == 0
+
+
+@pytest.mark.parametrize("damage,match", [
+    ("no-labels", "labels file .*train-labels-idx1-ubyte.gz not found"),
+    ("images-magic", "train-images-idx3-ubyte.gz: IDX magic number 2049, expected 2051"),
+    ("labels-magic", "train-labels-idx1-ubyte.gz: IDX magic number 2051, expected 2049"),
+    ("short-images", "train-images-idx3-ubyte.gz: header promises 3x28x28 = 2352 bytes of data, the file "
+                     "holds 2351"),
+    ("label-count", "train-labels-idx1-ubyte.gz: 2 labels for the 3 images"),
+    ("not-28", "train-images-idx3-ubyte.gz: images are 14x56"),
+    ("not-gzip", "cannot read .*train-images-idx3-ubyte.gz"),
+])
+def test_mnist_bad_files_named(tmp_path, damage, match):
+    img_path, lab_path, images, labels = _fake_mnist(tmp_path / "mnist")
+    if damage == "no-labels":
+        lab_path.unlink()
+    elif damage == "images-magic":
+        _idx_gz(img_path, 2049, (3, 28, 28), images.tobytes())
+    elif damage == "labels-magic":
+        _idx_gz(lab_path, 2051, (3,), bytes(labels))
+    elif damage == "short-images":
+        _idx_gz(img_path, 2051, (3, 28, 28), images.tobytes()[:-1])
+    elif damage == "label-count":
+        _idx_gz(lab_path, 2049, (2,), bytes(labels[:2]))
+    elif damage == "not-28":
+        _idx_gz(img_path, 2051, (3, 56, 14), images.tobytes())
+    else:
+        img_path.write_bytes(b"plain bytes")
+    dest = tmp_path / "m.zip"
+    line = _error_line(_run("--source", str(img_path), "--dest", str(dest)))
+    assert re.search(match, line), line
+    assert not dest.exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Transparency: refused when any pixel has alpha < 255, dropped losslessly when all are opaque.
+
+
+def _alpha_images(tmp_path) -> dict[str, np.ndarray]:
+    """Writes opaque and transparent variants; returns the expected 8-bit output of the opaque ones."""
+    src = tmp_path / "alpha"
+    src.mkdir()
+    rgb = _images(1)[0]
+    grey = rgb[..., 0]
+    rgba = np.dstack([rgb, np.full((8, 8), 255, np.uint8)])
+    PIL.Image.fromarray(rgba).save(src / "opaque_rgba.png")
+    PIL.Image.fromarray(np.dstack([grey, np.full((8, 8), 255, np.uint8)]), "LA").save(src / "opaque_la.png")
+    rgba[3, 5, 3] = 254
+    PIL.Image.fromarray(rgba).save(tmp_path / "clear_rgba.png")
+    PIL.Image.fromarray(np.dstack([grey, np.where(grey > 128, 0, 255).astype(np.uint8)]), "LA").save(
+        tmp_path / "clear_la.png")
+    pal = PIL.Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).convert("P")
+    pal.save(tmp_path / "clear_palette.png", transparency=10)  # palette entry 10 is used by one pixel
+    keyed = PIL.Image.fromarray(rgb)
+    keyed.save(tmp_path / "clear_colour_key.png", transparency=tuple(int(v) for v in rgb[0, 0]))
+    return {"opaque_la.png": grey, "opaque_rgba.png": rgb}
+
+
+@pytest.mark.parametrize("name", ["clear_rgba.png", "clear_la.png", "clear_palette.png",
+                                  "clear_colour_key.png"])
+def test_transparent_images_refused_naming_the_file(tmp_path, name):
+    _alpha_images(tmp_path)
+    src = tmp_path / "one"
+    src.mkdir()
+    (tmp_path / name).rename(src / name)
+    dest = tmp_path / "out.zip"
+    line = _error_line(_run("--source", str(src), "--dest", str(dest)))
+    assert f"{src / name}: image has transparency" in line and "alpha < 255" in line and "--skip-bad" in line
+    assert not dest.exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_opaque_alpha_dropped_losslessly_and_skip_bad_skips_transparent(tmp_path):
+    expected = _alpha_images(tmp_path)
+    src = tmp_path / "alpha"
+    dest = tmp_path / "opaque.zip"
+    # An opaque RGBA and an opaque LA image cannot share a dataset (3 vs 1 channels): one run each.
+    for name, ref in expected.items():
+        one = tmp_path / name.replace(".", "_")
+        one.mkdir()
+        (src / name).rename(one / name)
+        out = tmp_path / f"{one.name}.zip"
+        result = _run("--source", str(one), "--dest", str(out))
+        assert result.exit_code == 0, result.output
+        img = open_dataset(str(out))[0][0]
+        if ref.ndim == 3:
+            np.testing.assert_array_equal(img, ref.transpose(2, 0, 1))
+        else:
+            np.testing.assert_array_equal(img[0], ref)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (tmp_path / "opaque_rgba_png" / "opaque_rgba.png").rename(mixed / "a.png")
+    for i, name in enumerate(["clear_rgba.png", "clear_palette.png"]):
+        (tmp_path / name).rename(mixed / f"b{i}.png")
+    (mixed / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    result = _run("--source", str(mixed), "--dest", str(dest), "--skip-bad")
+    assert result.exit_code == 0, result.output
+    assert "Skipped 2 images with transparent pixels" in result.output
+    assert "Skipped 1 unreadable image" in result.output
+    assert len(open_dataset(str(dest))) == 1
 
 
 def test_lmdb_to_zip(tmp_path):
@@ -176,8 +511,9 @@ def test_mixed_sizes_without_resolution_refused(tmp_path):
 def test_help_documents_options():
     result = _run("--help")
     assert result.exit_code == 0
-    for option in ("--source", "--dest", "--resolution", "--resize-filter", "--transform", "--max-images",
-                   "--skip-bad", "data.mdb", "synthetic:"):
+    for option in ("--source", "--dest", "--resolution", "--width", "--height", "--resize-filter",
+                   "--transform", "--max-images", "--skip-bad", "data.mdb", "synthetic:",
+                   "cifar-10-python.tar.gz", "train-images-idx3-ubyte.gz", "transparent"):
         assert option in result.output
 
 
@@ -226,6 +562,9 @@ def test_32bit_images_refused_naming_the_file(tmp_path, dtype, mode):
     assert result.exit_code != 0 and not dest.exists()
     assert "wide.tif" in result.output and f"mode {mode}" in result.output
     assert not list(tmp_path.glob(".tmp-*"))
+    result = _run("--source", str(src), "--dest", str(dest), "--skip-bad")
+    assert result.exit_code == 0 and "Skipped 1 32-bit integer/float image" in result.output, result.output
+    assert len(open_dataset(str(dest))) == 1
 
 
 def test_existing_dest_zip_is_never_replaced(tmp_path):

@@ -172,6 +172,9 @@ def test_projected_w(spatial, tmp_path):
     assert "expected [N, " in error(spatial, tmp_path / "c", f"--projected-w={bad}")
     np.savez(tmp_path / "nokey.npz", x=ws.numpy())
     assert "key 'w'" in error(spatial, tmp_path / "c", f"--projected-w={tmp_path / 'nokey.npz'}")
+    for extra in (["--seeds=0"], ["--trunc=0.5"], ["--grid"], ["--heatmap-seeds=0,1"], ["--save-layout"]):
+        line = nothing_generated(spatial, tmp_path / "d", f"--projected-w={good}", *extra)
+        assert "no effect with --projected-w" in line, (extra, line)
 
 
 def test_missing_network_seeds_and_bad_outdir(spatial, tmp_path):

@@ -315,6 +315,9 @@ def test_freezed_option_and_its_run_name(tmp_path):
     assert train.describe(options, args) == "shapes-paper256-fixed-p0.25-bgcf-resumecustom"
     args.update(aug="ada", p=None, target=0.7, augpipe=None)
     assert train.describe(dict(options, transfer=True), args) == "shapes-paper256-ada-target0.7-transfer"
+    args.update(aug=None, target=None, resume=None, encoding="flatten", sampler="noise", align=False, tau=0.5,
+                sel_res="4,8")
+    assert train.describe(options, args) == "shapes-paper256-encodingflatten-samplernoise-selres4_8-align0-tau0.5"
     # paper256's resnet D at 32²: fromRGB + 3 layers per block x 3 blocks = 10 layers.
     assert_one_line_error(train_inprocess(f"--outdir={tmp_path}", "--cfg=paper256", "--data=synthetic:shapes:32",
                                           "--freezed=11", "--dry-run"), "--freezed must be in [0, 10]")

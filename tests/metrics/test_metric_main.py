@@ -31,7 +31,7 @@ def test_calc_metric_unknown_name_lists_valid_ones():
 def test_calc_and_report_fid(stub_G, toy_dataset, fake_detector, tmp_path):
     result = metric_main.calc_metric("fid32_full", stub_G, {}, "cpu", progress=False, dataset=toy_dataset,
                                      batch_size=16)
-    assert set(result) == {"results", "metric", "total_time", "total_time_str", "num_gpus", "snapshot",
+    assert set(result) == {"results", "metric", "total_time", "total_time_str", "num_gpus", "snapshot_pkl",
                            "timestamp", "detectors"}
     assert result["detectors"] == {"inception": fake_detector.identity}  # which model measured it
     assert result["results"]["fid32_full"] > 0 and fake_detector.images_seen == 40 + 32
@@ -48,7 +48,7 @@ def test_calc_and_report_fid(stub_G, toy_dataset, fake_detector, tmp_path):
                               writer=writer)
     metric_main.report_metric(result, run_dir=str(tmp_path))
     lines = (tmp_path / "metric-fid32_full.jsonl").read_text().splitlines()
-    assert len(lines) == 2 and json.loads(lines[0])["snapshot"] == "snap.pt"
+    assert len(lines) == 2 and json.loads(lines[0])["snapshot_pkl"] == "snap.pt"
     assert json.loads(lines[0])["detectors"] == {"inception": fake_detector.identity}
     assert writer.scalars == {"Metrics/fid32_full": result["results"]["fid32_full"]}
 
