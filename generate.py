@@ -127,7 +127,8 @@ def render(G, cell: Cell, c, trunc: float, noise_mode: str, show_heatmaps: bool)
     from training import images
 
     z = synthesis.z_from_seed(G, cell.seed)
-    img = images.to_uint8(synthesis.synthesize(G, z, cell.spec, c, trunc, noise_mode)).numpy()
+    img = synthesis.synthesize(G, z, cell.spec, c=c, truncation_psi=trunc, noise_mode=noise_mode)
+    img = images.to_uint8(img).numpy()
     if show_heatmaps and cell.spec is not None:
         img = np.concatenate([img, images.heatmap_tiles(cell.spec, img.shape[1], img.shape[3])], axis=2)
     return img[0]
@@ -139,7 +140,7 @@ def generate_projected(G, ws: torch.Tensor, outdir: str, noise_mode: str, spec, 
     from training import images
 
     for i, w in enumerate(ws):
-        img = images.to_uint8(synthesis.synthesize_ws(G, w[None], spec, noise_mode, c=c)).numpy()[0]
+        img = images.to_uint8(synthesis.synthesize_ws(G, w[None], spec, noise_mode=noise_mode, c=c)).numpy()[0]
         images.save_image(img, os.path.join(outdir, f"proj{i:02d}.png"))
 
 
@@ -205,7 +206,14 @@ def generate(network_path, seeds, heatmap_seeds, layout, move, scale, remove, re
         raise click.ClickException(f"--class: {e}") from None
     if projected_w is not None:
         ws = load_projected_w(G, projected_w)
-        spec = edited_spec(G, hm_seeds[0] if hm_seeds else 0, layout_spec, edit_list)  # heatmap seed 0 by default
+        if getattr(G, "encoding", None) == "flatten":
+            if hm_seeds is not None or layout_spec is not None or edit_list:
+                raise click.ClickException("this network feeds its heatmaps to the mapping network (encoding "
+                                           "'flatten'): a projected w already fixes them, so heatmap seeds, "
+                                           "--layout and edits do not apply")
+            spec = None
+        else:
+            spec = edited_spec(G, hm_seeds[0] if hm_seeds else 0, layout_spec, edit_list)  # heatmap seed 0 by default
         prepare_outdir(outdir)
         return generate_projected(G, ws, outdir, noise_mode, spec, c)
     rows = plan_rows(G, seeds, hm_seeds, layout_spec, layout, edit_list)

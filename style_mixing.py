@@ -62,7 +62,7 @@ def render(G, ws: torch.Tensor, spec, trunc: float, noise_mode: str) -> np.ndarr
     from editing import synthesis
     from training import images
 
-    img = synthesis.synthesize_ws(G, ws, spec, noise_mode, truncation_psi=trunc)
+    img = synthesis.synthesize_ws(G, ws, spec, noise_mode=noise_mode, truncation_psi=trunc)
     return images.to_uint8(img).numpy()[0]
 
 

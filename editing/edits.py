@@ -6,7 +6,7 @@ width/height, x right, y down), as in `training.heatmaps`.
   move(spec, level, index, dx, dy)       shift one centre; on a hierarchical spec, moving the level-0
                                          centre moves every deeper centre by the same vector (Fig. 10)
   scale(spec, level, index, factor)      sigma *= factor (factor > 0)
-  remove(spec, index, level=0)           alive = 0 for one sub-map (an object of a multi-object spec)
+  remove(spec, index, *, level=0)        alive = 0 for one sub-map (an object of a multi-object spec)
   restyle(spec, index, seed)             new appearance seed for object `index` (multi-object specs)
   drag_centers(spec, handle, target, radius, alpha, level=0)
                                          paper Eq. 6: centres within `radius` of the handle move by
@@ -104,9 +104,10 @@ def scale(spec: HeatmapSpec, level: int, index: int, factor: float) -> HeatmapSp
     return _checked_result(out, f"scale by factor={factor!r}")  # Can overflow/underflow float32.
 
 
-def remove(spec: HeatmapSpec, index: int, level: int = 0) -> HeatmapSpec:
+def remove(spec: HeatmapSpec, index: int, *, level: int = 0) -> HeatmapSpec:
     """Kill sub-map `index` of `level` (alive = 0; it then renders as zero). Multi-object specs have one
-    level, so `level` is 0 there; hierarchical specs accept any level."""
+    level, so `level` is 0 there; hierarchical specs accept any level. `level` is keyword-only: the other
+    edits take (level, index) positionally, and remove(spec, 2, 3) would read the wrong way round."""
     level = _check_level(_check_spec(spec), level)
     index = _check_index(spec, level, index)
     out = spec.clone()

@@ -3,9 +3,14 @@
     G = load_generator('network-snapshot-000200.pt', device)
     spec = spec_from_seed(G, 7)                      # the heatmaps of heatmap seed 7
     spec = edits.move(spec, level=0, index=0, dx=0.1, dy=0.0)
-    img = synthesize(G, z_from_seed(G, 3), spec)    # [1, C, H, W] in [-1, 1]
+    img = synthesize(G, z_from_seed(G, 3), spec)    # [1, C, H, W], about [-1, 1] (not clamped)
     ws = map_ws(G, z_from_seed(G, 3), spec)          # or go through W (style mixing, projection)
     img = synthesize_ws(G, ws, spec)
+    img, feats = synthesize_ws(G, ws.requires_grad_(), spec, return_features=True)  # drag / projection
+
+Nothing here disables autograd: a loaded G has frozen weights, so no graph is built unless an input
+(ws, z, the spec's centres) requires gradients — then gradients flow to it (DragGAN-style drags,
+projection). Noise defaults to the stored constant (`noise_mode="const"`), so repeated calls agree.
 
 Inputs are checked here, at the API boundary, with errors naming them: seeds must be integers (NumPy and
 one-element tensor integers are fine), latents finite tensors or NumPy arrays, a spec must suit G
@@ -86,11 +91,10 @@ def check_spec(G, spec: HeatmapSpec | None) -> None:
     spec.check_values()
 
 
-@torch.no_grad()
-def synthesize(G, z: torch.Tensor | np.ndarray, spec: HeatmapSpec | None = None, c: torch.Tensor | None = None,
+def synthesize(G, z: torch.Tensor | np.ndarray, spec: HeatmapSpec | None = None, *, c: torch.Tensor | None = None,
                truncation_psi: float = 1.0, noise_mode: str = "const") -> torch.Tensor:
-    """Image [N, C, H, W] in [-1, 1] for latents z [N, z_dim] (tensor or NumPy array) and a spec of
-    batch N (or 1, broadcast); c [N, c_dim] (or [1, c_dim]), default zeros."""
+    """Image [N, C, H, W], about [-1, 1] (not clamped), for latents z [N, z_dim] (tensor or NumPy array)
+    and a spec of batch N (or 1, broadcast); c [N, c_dim] (or [1, c_dim]), default zeros."""
     device = next(G.parameters()).device
     z = _latents("z", z, [None, G.z_dim])
     n = z.shape[0]
@@ -99,8 +103,7 @@ def synthesize(G, z: torch.Tensor | np.ndarray, spec: HeatmapSpec | None = None,
              truncation_psi=_psi(truncation_psi), noise_mode=noise_mode)
 
 
-@torch.no_grad()
-def map_ws(G, z: torch.Tensor | np.ndarray, spec: HeatmapSpec | None = None, c: torch.Tensor | None = None,
+def map_ws(G, z: torch.Tensor | np.ndarray, spec: HeatmapSpec | None = None, *, c: torch.Tensor | None = None,
            truncation_psi: float = 1.0) -> torch.Tensor:
     """ws [N, num_ws, w_dim] of latents z [N, z_dim], as `G.forward` computes them (the flatten encoding
     feeds the heatmaps to the mapping network, so it needs `spec`; batch 1 broadcasts)."""
@@ -116,22 +119,32 @@ def map_ws(G, z: torch.Tensor | np.ndarray, spec: HeatmapSpec | None = None, c: 
                      heatmap_vec=heatmap_vec)
 
 
-@torch.no_grad()
-def synthesize_ws(G, ws: torch.Tensor | np.ndarray, spec: HeatmapSpec | None = None, noise_mode: str = "const",
-                  c: torch.Tensor | None = None, truncation_psi: float = 1.0) -> torch.Tensor:
-    """Image from given ws [N, num_ws, w_dim] (e.g. a projected latent) and an optional spec.
+def synthesize_ws(G, ws: torch.Tensor | np.ndarray, spec: HeatmapSpec | None = None, *, noise_mode: str = "const",
+                  c: torch.Tensor | None = None, truncation_psi: float = 1.0, return_features: bool = False):
+    """Image [N, C, H, W] from given ws [N, num_ws, w_dim] (e.g. a projected latent) and a spec.
 
+    ws row i drives synthesis layer i (two convs and a ToRGB per resolution from 8² up; see
+    `SynthesisNetwork`). `return_features=True` also returns {resolution: block output [N, C, r, r]}
+    (before ToRGB; fp16 and channels-last in a GPU's fp16 blocks — use `.float()` for a loss).
     `c` and `truncation_psi` only matter for the per-object latents of indoor (sel_indoor) networks, which
-    come from the spec's style seeds; pass the values used for `ws` to reproduce `synthesize` exactly."""
+    come from the spec's style seeds; pass the values used for `ws` to reproduce `synthesize` exactly.
+    A `flatten` network takes its heatmaps in the mapping network, so its ws already carry them: pass
+    spec=None (edit the spec before `map_ws` instead)."""
     device = next(G.parameters()).device
     ws = _latents("ws", ws, [None, G.num_ws, G.w_dim])
-    if G.heatmap_sampler is not None and spec is None:
+    if getattr(G, "encoding", None) == "flatten":
+        if spec is not None:
+            raise ValueError("this network feeds its heatmaps to the mapping network (encoding 'flatten'): ws "
+                             "already carry them and a spec here would be ignored; edit the spec before map_ws "
+                             "and pass spec=None")
+    elif G.heatmap_sampler is not None and spec is None:
         raise ValueError("A spatial generator needs a heatmap spec to synthesise from ws")
     n = ws.shape[0]
     spec = _spec_for(G, spec, n, device)
     c = _labels(G, c, n).to(device)
     object_ws = G.object_ws(spec, c, _psi(truncation_psi)) if spec is not None else None
-    return G.synthesis(ws.to(device), heatmaps=spec, object_ws=object_ws, noise_mode=noise_mode)
+    return G.synthesis(ws.to(device), heatmaps=spec, object_ws=object_ws, noise_mode=noise_mode,
+                       return_features=return_features)
 
 
 def _latents(name: str, x, shape: list[int | None]) -> torch.Tensor:

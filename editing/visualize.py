@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from training.heatmaps import HeatmapSpec, compose, render
+from training.heatmaps import HeatmapSpec, as_int, compose, render
 
 # A dark-to-bright "inferno-like" colour map: (value, RGB) control points, linearly interpolated.
 # It never produces the marker colours below (no pure cyan/green/magenta), so markers stay visible.
@@ -24,9 +24,11 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return np.rint(np.stack(rgb, axis=-1)).astype(np.uint8)
 
 
-def _check_sample(spec: HeatmapSpec, sample: int) -> None:
-    if not isinstance(sample, int) or not 0 <= sample < spec.batch_size:
+def _check_sample(spec: HeatmapSpec, sample: int) -> int:
+    sample = as_int("sample", sample)  # NumPy / tensor integers too, as everywhere in the API
+    if not 0 <= sample < spec.batch_size:
         raise ValueError(f"sample={sample!r} out of range: the spec has samples 0..{spec.batch_size - 1}")
+    return sample
 
 
 def _level_map(spec: HeatmapSpec, sample: int, size: int, level: int) -> np.ndarray:
@@ -58,7 +60,7 @@ def heatmap_image(spec: HeatmapSpec, sample: int = 0, resolution: int = 128,
                   level: int | None = None) -> np.ndarray:
     """uint8 [R, R * L, 3]: each level's summed heatmap, colour-mapped, side by side (level=None), or
     uint8 [R, R, 3] for one level; markers at the alive centres (cyan level 0, green 1, magenta 2)."""
-    _check_sample(spec, sample)
+    sample = _check_sample(spec, sample)
     if level is not None and not (isinstance(level, int) and 0 <= level < spec.num_levels):
         raise ValueError(f"level={level!r} out of range: the spec has levels 0..{spec.num_levels - 1}")
     if not isinstance(resolution, int) or resolution < 4:
@@ -84,7 +86,7 @@ def overlay(image: np.ndarray, spec: HeatmapSpec, sample: int = 0, alpha: float 
                          f"got {image.dtype} {list(image.shape)}")
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-    _check_sample(spec, sample)
+    sample = _check_sample(spec, sample)
     size = image.shape[0]
     m = np.max([_level_map(spec, sample, size, lvl) for lvl in range(spec.num_levels)], axis=0)
     w = (alpha * m)[..., None]

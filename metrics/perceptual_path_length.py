@@ -35,12 +35,9 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def _randomize_noise(G, gen: torch.Generator) -> None:
-    synthesis = G.synthesis
-    if not isinstance(synthesis, torch.nn.Module):
-        return
-    for name, buf in synthesis.named_buffers():
-        if name.endswith("noise_const"):
-            buf.copy_(torch.randn(buf.shape, generator=gen, device=gen.device).to(buf.device))
+    noise_buffers = getattr(G.synthesis, "noise_buffers", None)  # a stand-in generator may have none
+    for buf in (noise_buffers() if noise_buffers is not None else {}).values():
+        buf.copy_(torch.randn(buf.shape, generator=gen, device=gen.device).to(buf.device))
 
 
 def _endpoints(opts: metric_utils.MetricOptions, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -317,9 +317,10 @@ def gaussian(centers: torch.Tensor, sigmas: torch.Tensor, resolution: int) -> to
     misc.assert_shape(sigmas, list(centers.shape[:2]), "sigmas")
     misc.check_positive_int("resolution", resolution)
     p = pixel_centers(resolution, centers.device, centers.dtype)                    # [r]
-    inv = 1.0 / (2.0 * sigmas.square()).unsqueeze(-1)                               # [N, K, 1]
-    gx = torch.exp(-(p - centers[..., 0:1]).square() * inv)                         # [N, K, r] over x
-    gy = torch.exp(-(p - centers[..., 1:2]).square() * inv)                         # [N, K, r] over y
+    # Divide before squaring: 1 / (2 sigma^2) overflows for tiny sigmas, and 0 * inf at a centre is NaN.
+    s = sigmas.unsqueeze(-1)                                                        # [N, K, 1]
+    gx = torch.exp(-0.5 * ((p - centers[..., 0:1]) / s).square())                   # [N, K, r] over x
+    gy = torch.exp(-0.5 * ((p - centers[..., 1:2]) / s).square())                   # [N, K, r] over y
     return gy.unsqueeze(-1) * gx.unsqueeze(-2)                                       # [N, K, r(y), r(x)]
 
 

@@ -556,6 +556,13 @@ class SynthesisNetwork(nn.Module):
                               "object_ws")
         return self.heatmap_encoder(heatmaps)
 
+    def noise_buffers(self) -> dict[str, torch.Tensor]:
+        """The constant noise maps used by `noise_mode='const'`: {layer name: [r, r]}, one per synthesis
+        layer, shared by every sample (not per sample). These are the module's own buffers: changing
+        or optimising them (a projector) changes this network; work on a copy to keep the original."""
+        return {name[: -len(".noise_const")]: buf for name, buf in self.named_buffers()
+                if name.endswith(".noise_const")}
+
     def extra_repr(self) -> str:
         return (f"w_dim={self.w_dim}, num_ws={self.num_ws}, img_resolution={self.img_resolution}, "
                 f"img_channels={self.img_channels}, architecture={self.architecture}")
@@ -603,7 +610,7 @@ class Generator(nn.Module):
         """Flattened heatmap levels [N, heatmap_dim] for encoding='flatten' (else None)."""
         return se.flatten_heatmaps(spec, self.spatial) if self.encoding == "flatten" else None
 
-    def object_ws(self, spec, c: torch.Tensor | None, truncation_psi: float = 1,
+    def object_ws(self, spec, c: torch.Tensor | None = None, truncation_psi: float = 1,
                   truncation_cutoff: int | None = None) -> torch.Tensor | None:
         """Per-object latents [N, K, num_ws, w_dim] from `spec.style_seeds` (None unless sel_indoor).
 

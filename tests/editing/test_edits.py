@@ -198,3 +198,9 @@ def test_edits_refuse_invalid_specs_and_results(hier):
         scale(hier, 1, 0, 1e300)
     with pytest.raises(ValueError, match=r"drag_centers gives an invalid spec"):
         drag_centers(hier, handle=(0.5, 0.5), target=(0.6, 0.5), radius=2.0, alpha=1e300)
+
+
+def test_remove_takes_the_level_by_keyword_only():
+    spec = build_sampler("hierarchical")(1, generator=0)
+    with pytest.raises(TypeError):
+        remove(spec, 0, 2)  # move/scale take (level, index) positionally; remove refuses a positional level

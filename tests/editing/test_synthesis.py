@@ -231,3 +231,56 @@ def test_check_spec_against_the_network(G_spatial, G_baseline):
     seedless.style_seeds = None
     with pytest.raises(ValueError, match="no style_seeds"):
         synthesis.check_spec(G_indoor, seedless)
+
+
+def test_gradients_reach_ws_and_features_come_back(G_spatial):
+    """Drag and projection optimise ws through the API: nothing in it may cut the graph."""
+    spec = synthesis.spec_from_seed(G_spatial, 1)
+    ws = synthesis.map_ws(G_spatial, synthesis.z_from_seed(G_spatial, 2), spec).clone().requires_grad_(True)
+    img, feats = synthesis.synthesize_ws(G_spatial, ws, spec, return_features=True)
+    assert sorted(feats) == list(G_spatial.synthesis.block_resolutions)
+    assert feats[8].shape[-2:] == (8, 8) and feats[8].requires_grad
+    (feats[8].square().mean() + img.mean()).backward()
+    assert ws.grad is not None and ws.grad.abs().sum() > 0
+    assert all(p.grad is None for p in G_spatial.parameters())  # G stays frozen
+    with torch.no_grad():  # the same image as without features, and repeatable (const noise)
+        again = synthesis.synthesize_ws(G_spatial, ws, spec)
+    assert torch.equal(again, img.detach())
+    # Without inputs that need gradients no graph is built (the editor pays nothing).
+    plain = synthesis.synthesize(G_spatial, synthesis.z_from_seed(G_spatial, 2), spec)
+    assert not plain.requires_grad
+
+
+def test_noise_buffers_are_the_const_noise(G_spatial):
+    bufs = G_spatial.synthesis.noise_buffers()
+    assert "b8.conv0" in bufs and bufs["b8.conv0"].shape == (8, 8)
+    assert len(bufs) == sum(1 for n, _ in G_spatial.synthesis.named_buffers() if n.endswith("noise_const"))
+    import copy
+
+    G = copy.deepcopy(G_spatial)
+    for module in G.synthesis.modules():  # noise strengths start at 0: give the noise an effect
+        if hasattr(module, "noise_strength"):
+            module.noise_strength.fill_(0.5)
+    spec, z = synthesis.spec_from_seed(G, 1), synthesis.z_from_seed(G, 2)
+    before = synthesis.synthesize(G, z, spec)
+    G.synthesis.noise_buffers()["b8.conv0"].add_(1)  # the dict holds the module's own buffers
+    assert not torch.equal(synthesis.synthesize(G, z, spec), before)
+
+
+def test_flatten_ws_carry_the_heatmaps_so_a_spec_is_refused():
+    preset = config.load_preset("tiny-spatial")
+    preset["spatial"] = dict(preset["spatial"], encoding="flatten")
+    G_kwargs, _ = config.network_kwargs(preset, 16, 3, 0, fp32=True)
+    G = networks.Generator(**G_kwargs).eval().requires_grad_(False)
+    spec, z = synthesis.spec_from_seed(G, 1), synthesis.z_from_seed(G, 2)
+    ws = synthesis.map_ws(G, z, spec)
+    assert torch.allclose(synthesis.synthesize_ws(G, ws), synthesis.synthesize(G, z, spec), atol=1e-5)
+    with pytest.raises(ValueError, match="edit the spec before map_ws"):
+        synthesis.synthesize_ws(G, ws, spec)
+
+
+def test_options_after_the_spec_are_keyword_only(G_spatial):
+    spec, z = synthesis.spec_from_seed(G_spatial, 1), synthesis.z_from_seed(G_spatial, 2)
+    ws = synthesis.map_ws(G_spatial, z, spec)
+    with pytest.raises(TypeError):
+        synthesis.synthesize_ws(G_spatial, ws, spec, torch.zeros(1, 0))  # c, or noise_mode? ambiguous

@@ -62,3 +62,14 @@ def test_to_image():
     img = torch.tensor([-1.0, 0.0, 1.0]).view(3, 1, 1).expand(3, 2, 2)
     out = to_image(img)
     assert out.shape == (2, 2, 3) and out.dtype == np.uint8 and out[0, 0].tolist() == [0, 128, 255]
+
+
+def test_sample_index_accepts_integral_scalars_and_refuses_others():
+    spec = build_sampler("hierarchical")(3, generator=0)
+    expected = heatmap_image(spec, sample=1, resolution=16)
+    assert np.array_equal(heatmap_image(spec, sample=np.int64(1), resolution=16), expected)
+    assert np.array_equal(heatmap_image(spec, sample=torch.tensor(1), resolution=16), expected)
+    with pytest.raises(ValueError, match="out of range"):
+        heatmap_image(spec, sample=3, resolution=16)
+    with pytest.raises(TypeError, match="sample"):
+        heatmap_image(spec, sample=1.0, resolution=16)

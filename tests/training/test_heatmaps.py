@@ -207,6 +207,14 @@ def test_gaussian_gradcheck():
     assert torch.autograd.gradcheck(lambda c, s: gaussian(c, s, 5), (centers, sigmas))
 
 
+def test_gaussian_of_a_tiny_sigma_on_a_pixel_centre_is_a_spike_not_nan():
+    centers = torch.tensor([[[0.625, 0.625], [0.3, 0.7]]])   # the first sits on the centre of pixel (2, 2)
+    sigmas = torch.tensor([[1e-30, 1e-30]])                  # sigma^2 underflows to 0 in float32
+    g = gaussian(centers, sigmas, 4)
+    assert torch.isfinite(g).all()
+    assert g[0, 0, 2, 2] == 1 and g[0, 0].sum() == 1 and g[0, 1].sum() == 0
+
+
 # -- container -------------------------------------------------------------------------------------------
 
 
