@@ -12,7 +12,7 @@ Examples:
   # 2 local processes without calling torchrun yourself (CPU: gloo, GPU: NCCL)
   python train.py --outdir=runs --cfg=tiny --data=synthetic:shapes:32 --gpus=2
 \b
-  # Resume an interrupted run (a snapshot file or a run directory)
+  # Continue an interrupted run in its own directory (from its newest snapshot)
   python train.py --outdir=runs --cfg=lsun-cat256 --data=cat256.zip --resume=runs/00003-cat256-lsun-cat256
 """
 
@@ -22,6 +22,7 @@ import json
 import os
 import re
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -70,6 +71,26 @@ def resolve_resume(path: str | None) -> tuple[str | None, dict | None]:
     elif not p.is_file():
         raise click.ClickException(f"--resume={path}: no such file or directory")
     return str(p), load_snapshot(p)
+
+
+RESUME_SETTINGS = (("batch",), ("loss_kwargs", "r1_gamma"), ("loss_kwargs", "pl_weight"),
+                   ("loss_kwargs", "style_mixing_prob"), ("ema_kimg",), ("ema_rampup",), ("G_opt_kwargs", "lr"),
+                   ("D_opt_kwargs", "lr"), ("augment", "mode"), ("augment", "target"), ("augment", "augpipe"),
+                   ("world_size",))
+
+
+def changed_settings(saved: dict, options: dict) -> list[str]:
+    """'name: old -> new' for the training settings a resume changes (e.g. --cfg=auto on another number of
+    GPUs derives another batch, gamma and EMA length)."""
+    out = []
+    for path in RESUME_SETTINGS:
+        old, new = saved, options
+        for key in path:
+            old = old.get(key) if isinstance(old, dict) else None
+            new = new.get(key) if isinstance(new, dict) else None
+        if old is not None and old != new:
+            out.append(f"{'.'.join(path)}: {old} -> {new}")
+    return out
 
 
 def usable_cpus() -> int:
@@ -200,7 +221,7 @@ def check_run(args: dict, options: dict, resume: str | None, resume_data: dict |
 @click.option("--target", type=FiniteFloatRange(0, 1, min_open=True, max_open=True), help="ADA target [default: 0.6]")
 @click.option("--augpipe", type=click.Choice(["blit", "geom", "color", "filter", "noise", "cutout", "bg", "bgc",
                                               "bgcf", "bgcfn", "bgcfnc"]), help="Augmentation pipeline [default: bgc]")
-@click.option("--resume", metavar="PATH", help="Resume from a snapshot (.pt) or a run directory's newest snapshot")
+@click.option("--resume", metavar="PATH", help="Continue a run directory from its newest snapshot, or start a new run from a snapshot (.pt)")
 @click.option("--transfer", type=bool, default=False, metavar="BOOL",
               help="With --resume: take only its networks' weights and start a new run (transfer learning)")
 @click.option("--snap", type=click.IntRange(min=0), default=50, show_default=True, help="Snapshot every N ticks")
@@ -284,12 +305,40 @@ def launch_processes(gpus: int) -> None:
         raise click.ClickException(f"--gpus={gpus}: training failed (exit code {rc}); see the messages above")
 
 
+def continued_run_dir(args: dict, options: dict) -> str | None:
+    """The run directory a `--resume=<run dir>` continues in (None: a new run directory is made).
+
+    Continuing in place keeps one run in one directory (stats, metrics and TensorBoard stay continuous)
+    and makes elastic restarts work: torchrun re-runs the same command, which then finds the newest
+    snapshot of this very directory. A snapshot file, or --transfer, starts a new directory."""
+    if args["resume"] is None or options.get("transfer") or not os.path.isdir(args["resume"]):
+        return None
+    if not os.access(args["resume"], os.W_OK):
+        raise click.ClickException(f"--resume={args['resume']}: the run directory is not writable")
+    return os.path.abspath(args["resume"])
+
+
+def remove_stale_temp_files(run_dir: str) -> None:
+    """Temporary files of atomic writes that a killed process left behind (never read: names start with
+    a dot and end in .tmp)."""
+    for name in os.listdir(run_dir):
+        if name.startswith(".") and name.endswith(".tmp"):
+            try:
+                os.unlink(os.path.join(run_dir, name))
+            except OSError:
+                pass
+
+
 def create_run_dir(args: dict, options: dict, env: distributed.DistEnv) -> str:
     """Rank 0 makes the run directory and tells the others (or its error, so they do not wait for it)."""
     run_dir, error = None, None
     if env.is_main:
         try:
-            run_dir = make_run_dir(args["outdir"], describe(options, args))
+            run_dir = continued_run_dir(args, options)
+            if run_dir is not None:
+                remove_stale_temp_files(run_dir)
+            else:
+                run_dir = make_run_dir(args["outdir"], describe(options, args))
         except click.ClickException as err:
             error = err.message
     run_dir, error = distributed.broadcast_object((run_dir, error))
@@ -308,6 +357,11 @@ def run_training(args: dict) -> None:
     transfer = resume_data is not None and (args["transfer"] or resume_data.get("state") is None)
     options = build_options(args, world_size, transfer)  # validated here, before any process is spawned
     check_run(args, options, resume, resume_data)
+    if resume_data is not None and not transfer and env.is_main:
+        changes = changed_settings(resume_data.get("training_options") or {}, options)
+        if changes:
+            print(f"Note: resuming with changed settings ({'; '.join(changes)}); the snapshot's optimiser "
+                  f"moments and counters carry over, the new settings apply from here on")
     del resume_data
     if args["dry_run"]:
         print(json.dumps(options, indent=2))
@@ -330,8 +384,11 @@ def run_training(args: dict) -> None:
 
     logger = None
     if env.is_main:
-        with open(os.path.join(run_dir, "training_options.json"), "w") as f:
-            json.dump(dict(options, resume=resume), f, indent=2)
+        # A continued run keeps its first options file; every snapshot stores the options it ran with.
+        options_file = os.path.join(run_dir, "training_options.json")
+        if not os.path.exists(options_file):
+            with open(options_file, "w") as f:
+                json.dump(dict(options, resume=resume), f, indent=2)
         logger = Logger(os.path.join(run_dir, "log.txt"))
         print(f"Run directory: {run_dir}\nTraining for {options['kimg']:g} kimg on {device} "
               f"({env.world_size} process{'es' if env.world_size > 1 else ''}), batch {options['batch']}")
@@ -339,8 +396,11 @@ def run_training(args: dict) -> None:
 
     try:
         training_loop(run_dir, options, device=device, rank=env.rank, world_size=env.world_size, resume=resume)
-    except BaseException:
+    except BaseException as err:
         if logger is not None:
+            # main() prints the error after the logger is closed: record why the run ended in log.txt too.
+            known = isinstance(err, USER_ERRORS + (TrainingError,)) and not os.environ.get("SPATIALGAN_DEBUG")
+            logger.write_file_only(f"Error: {error_text(err)}\n" if known else traceback.format_exc())
             logger.close()
         distributed.shutdown()
         raise

@@ -106,6 +106,12 @@ class Logger:
         sys.stdout = _Tee(self.stdout, self.file)
         sys.stderr = _Tee(self.stderr, self.file)
 
+    def write_file_only(self, text: str) -> None:
+        """Append `text` to the log file without printing it (for what the caller prints itself)."""
+        if self.file is not None:
+            self.file.write(text)
+            self.file.flush()
+
     def close(self) -> None:
         import sys
 

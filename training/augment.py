@@ -513,6 +513,20 @@ class AdaController:
         self._stats = None
         return True
 
+    def gather_pending(self, keep: bool) -> None:
+        """Sum the pending [sum of signs, count] over ranks (`reduce_fn`) and keep the total on one rank
+        only (`keep=True` there), so the next update sees the same sum while `state_dict()` of that rank
+        holds all of it (a resume restores it there and zeros on the others: see `clear_pending`)."""
+        stats = self._stats if self._stats is not None else torch.zeros(2, dtype=torch.float64,
+                                                                        device=self.pipe.p.device)
+        reduced = self.reduce_fn(stats.clone()) if self.reduce_fn is not None else None
+        total = stats if reduced is None else reduced
+        self._stats = total if keep and bool(total.ne(0).any()) else None
+
+    def clear_pending(self) -> None:
+        """Forget the pending statistics (a resumed rank other than the one holding the saved total)."""
+        self._stats = None
+
     def state_dict(self) -> dict:
         stats = [0.0, 0.0] if self._stats is None else [float(v) for v in self._stats.tolist()]
         return {"sum": stats[0], "count": stats[1], "batch_idx": self.batch_idx}

@@ -359,11 +359,16 @@ def restore(run: Run, snap: dict[str, Any], path: str) -> None:
     checkpoint.check_training_state(state, path)
     for ph in run.phases:
         ph.opt.load_state_dict(state["optimizers"][ph.name[0]])
-        for group in ph.opt.param_groups:  # the snapshot's groups replace ours; keep this run's update code
-            group.update(ADAM_IMPL)
+        # The snapshot's groups replace ours: keep this run's settings (a resume with a lower --cfg lrate
+        # must train with it) and update code; the moments and step counts are what resume restores.
+        kw = run.options[f"{ph.name[0]}_opt_kwargs"]
+        for group in ph.opt.param_groups:
+            group.update(lr=kw["lr"], betas=tuple(kw["betas"]), eps=kw["eps"], **ADAM_IMPL)
     run.loss.load_state_dict(state["loss"])
     if run.ada is not None and state.get("ada") is not None:
         run.ada.load_state_dict(state["ada"])
+        if run.rank != 0:
+            run.ada.clear_pending()  # the snapshot holds every rank's pending total (`_sync_rank_state`)
     prog = state["progress"]
     run.progress = Progress(prog["cur_nimg"], prog["cur_tick"], prog["batch_idx"], prog["tick_start_nimg"])
     _restore_rng(run, state["rng"], prog.get("world_size", 1))
@@ -442,14 +447,14 @@ class RunWriter:
             print(f"Skipping TensorBoard output: {err}")
         self.grid = images.setup_grid(run.dataset, run.G, seed=int(run.options["seed"]))
 
-    def write_stats(self, collector: training_stats.Collector, kimg: float) -> None:
+    def write_stats(self, collector: training_stats.Collector, nimg: int) -> None:
+        """One stats.jsonl line; TensorBoard scalars at step `nimg` (images, as the grids and metrics)."""
         stats = collector.as_dict()
         self.stats_file.write(json.dumps(dict(stats, timestamp=time.time())) + "\n")
         self.stats_file.flush()
         if self.tb is not None:
-            step = int(kimg * 1000)
             for name, value in stats.items():
-                self.tb.add_scalar(name, value["mean"], global_step=step)
+                self.tb.add_scalar(name, value["mean"], global_step=nimg)
             self.tb.flush()
 
     def write_fakes(self, run: Run, name: str) -> None:
@@ -488,11 +493,10 @@ def _maintenance(run: Run, writer: RunWriter | None, run_dir: str, done: bool) -
     opts, prog = run.options, run.progress
     _check_finite(run)
     snap = opts["snap"]
-    if not (snap and (done or prog.cur_tick % snap == 0)):
+    if not (done or (snap and prog.cur_tick % snap == 0)):  # --snap=0: the final snapshot only
         return
     snapshot_path = None
-    for module in (run.G, run.G_ema):
-        distributed.average_buffers(module, "w_avg")
+    _sync_rank_state(run)
     for name, module in (("G", run.G), ("D", run.D), ("G_ema", run.G_ema)):
         distributed.params_agree(module, name)
     # Taken before rank 0 renders the grid, which draws synthesis noise.
@@ -503,6 +507,20 @@ def _maintenance(run: Run, writer: RunWriter | None, run_dir: str, done: bool) -
         writer.write_fakes(run, snapshot_path.name.replace("network-snapshot-", "fakes").replace(".pt", ".png"))
         checkpoint.save_snapshot(snapshot_path, snapshot)
     _run_metrics(run, snapshot_path, run_dir, writer.tb if writer is not None else None)
+
+
+def _sync_rank_state(run: Run) -> None:
+    """Before a snapshot: make the state each rank tracks on its own share of the batch (w_avg, the
+    path-length mean, ADA's pending signs) a global value that rank 0's snapshot can hold, so a resume
+    with any number of processes continues from the same state (exactly, with the same number)."""
+    if run.world_size <= 1:
+        return
+    for module in (run.G, run.G_ema):
+        distributed.average_buffers(module, "w_avg")
+    pl_mean = run.loss.pl_mean.to(run.device, torch.float32)
+    run.loss.pl_mean = distributed.all_reduce_sum(pl_mean) / run.world_size
+    if run.ada is not None:
+        run.ada.gather_pending(keep=run.rank == 0)
 
 
 def training_loop(run_dir: str, options: dict[str, Any], device: torch.device | str = "cpu", rank: int = 0,
@@ -547,11 +565,13 @@ def training_loop(run_dir: str, options: dict[str, Any], device: torch.device | 
         if rank == 0:
             print(line, flush=True)
         maint_start = time.time()
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            _maintenance(run, writer, run_dir, done)
+        # The tick's stats are written before its snapshot: a run stopped in between repeats the tick's
+        # line on resume (visible: same kimg) instead of losing it.
         collector.update()
         if rank == 0:
-            writer.write_stats(collector, prog.cur_nimg / 1000)
+            writer.write_stats(collector, prog.cur_nimg)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            _maintenance(run, writer, run_dir, done)
         prog.cur_tick += 1
         prog.tick_start_nimg = prog.cur_nimg
         tick_start_time = time.time()

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,15 +93,30 @@ def test_dry_run_prints_json_and_creates_nothing(tmp_path):
     assert not outdir.exists()
 
 
-def test_resume_from_run_dir_continues_counters(trained, tmp_path):
-    proc = train(f"--outdir={tmp_path}", *SPATIAL, "--kimg=0.016", f"--resume={trained}")
+def test_resume_from_run_dir_continues_in_it(trained, tmp_path):
+    """--resume=<run dir> continues in that directory from its newest snapshot, so running the same
+    command again (what an elastic restart does) always picks up the latest progress."""
+    run_dir = tmp_path / trained.name
+    shutil.copytree(trained, run_dir)
+    options_before = (run_dir / "training_options.json").read_text()
+    lines_before = len((run_dir / "stats.jsonl").read_text().splitlines())
+    outdir = tmp_path / "out"
+    proc = train(f"--outdir={outdir}", *SPATIAL, "--kimg=0.016", f"--resume={run_dir}")
     assert_ok(proc)
     assert "Resumed from" in proc.stdout and "kimg 0.008" in proc.stdout
-    (run_dir,) = run_dirs(tmp_path)
-    assert json.loads((run_dir / "training_options.json").read_text())["resume"].startswith(str(trained))
-    progress = final_progress(run_dir)
-    assert progress["cur_nimg"] == 16 and progress["cur_tick"] >= 3
-    assert not (run_dir / "fakes_init.png").exists()  # only a fresh run draws the initial grids
+    assert not outdir.exists()  # no new run directory
+    assert final_progress(run_dir)["cur_nimg"] == 16
+    assert (run_dir / "training_options.json").read_text() == options_before
+    stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert len(stats) == lines_before + 2 and stats[-1]["Progress/kimg"]["mean"] == pytest.approx(0.016)
+    assert "changed settings" not in proc.stdout
+    # The same command with a longer --kimg continues from 0.016, not from the snapshot it first resumed;
+    # a changed training setting is pointed out.
+    proc = train(f"--outdir={outdir}", *SPATIAL, "--kimg=0.020", f"--resume={run_dir}", "--gamma=0.7")
+    assert_ok(proc)
+    assert "kimg 0.016" in proc.stdout and final_progress(run_dir)["cur_nimg"] == 20
+    assert "changed settings (loss_kwargs.r1_gamma: " in proc.stdout and "-> 0.7)" in proc.stdout
+    assert "Resumed from" in (run_dir / "log.txt").read_text()
 
 
 def test_kill_9_leaves_a_resumable_run(tmp_path):
@@ -125,11 +141,11 @@ def test_kill_9_leaves_a_resumable_run(tmp_path):
     cur_nimg = checkpoint.load_snapshot(snaps[-1])["state"]["progress"]["cur_nimg"]  # complete, loadable
     # Whatever kill -9 interrupted, a half-written temp file must never be picked up by --resume.
     (run_dir / ".network-snapshot-999999.pt.crash.tmp").write_bytes(snaps[-1].read_bytes()[:1000])
-    resumed = tmp_path / "resumed"
-    proc2 = train(f"--outdir={resumed}", *SPATIAL, f"--kimg={(cur_nimg + 4) / 1000:g}", f"--resume={run_dir}")
+    proc2 = train(f"--outdir={outdir}", *SPATIAL, f"--kimg={(cur_nimg + 4) / 1000:g}", f"--resume={run_dir}")
     assert_ok(proc2)
     assert f"Resumed from {snaps[-1]}" in proc2.stdout
-    assert final_progress(run_dirs(resumed)[0])["cur_nimg"] == cur_nimg + 4
+    assert final_progress(run_dir)["cur_nimg"] == cur_nimg + 4  # continued in place
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]  # the killed run's leftovers are gone
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -175,6 +191,8 @@ def test_corrupt_image_in_zip_names_the_member(tmp_path, workers):
     line = assert_one_line_error(bad_train(tmp_path, path, f"--workers={workers}", inprocess=False), "data.zip",
                                  "img3.png")
     assert "worker" not in line
+    (run_dir,) = run_dirs(tmp_path / "out")  # the run had started: its log says why it ended
+    assert (run_dir / "log.txt").read_text().splitlines()[-1] == line
 
 
 @pytest.mark.parametrize("case, sizes, mode, needle", [
@@ -347,7 +365,8 @@ def test_train_resume_generate_with_mixed_precision(tmp_path, device):
 
     run("train.py", f"--outdir={tmp_path / 'runs'}", *common, "--kimg=0.016")
     (run_dir,) = run_dirs(tmp_path / "runs")
-    run("train.py", f"--outdir={tmp_path / 'resumed'}", *common, "--kimg=0.024", f"--resume={run_dir}")
+    newest = checkpoint.list_snapshots(run_dir)[-1]  # a snapshot file: the resumed run gets a new directory
+    run("train.py", f"--outdir={tmp_path / 'resumed'}", *common, "--kimg=0.024", f"--resume={newest}")
     (resumed,) = run_dirs(tmp_path / "resumed")
     assert final_progress(resumed)["cur_nimg"] == 24
     stats = [json.loads(line) for line in (resumed / "stats.jsonl").read_text().splitlines()]

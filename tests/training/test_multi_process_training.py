@@ -231,6 +231,27 @@ def test_resume_one_process_on_two_ranks(runs, tmp_path):
     assert not records[1]["saves"]
 
 
+def test_resume_two_ranks_on_two_ranks_is_exact_with_rank_local_state(tmp_path):
+    """Path length and ADA keep per-rank state (pl_mean, pending signs): the snapshot must hold a global
+    value of each, or a same-size resume diverges from the uninterrupted run."""
+    opts = dict(pl_weight=2, aug="ada")
+    full_dir, _ = _torchrun(2, tmp_path / "full", _options(kimg=0.024, **opts))
+    half_dir, _ = _torchrun(2, tmp_path / "half", _options(kimg=0.008, **opts))
+    half = checkpoint.list_snapshots(half_dir)[-1]
+    # Both ranks' pending signs: batch 0 (Dmain + Dreg, 4 reals each) and batch 1 (Dmain).
+    assert checkpoint.load_snapshot(half)["state"]["ada"]["count"] == 12
+    resumed_dir, _ = _torchrun(2, tmp_path / "resumed", _options(kimg=0.024, **opts), resume=str(half))
+    full, resumed = _snapshot(full_dir), _snapshot(resumed_dir)
+    assert full["state"]["progress"]["cur_nimg"] == resumed["state"]["progress"]["cur_nimg"] == 24
+    for net in ("G", "D", "G_ema"):
+        sa, sb = full["networks"][net]["state_dict"], resumed["networks"][net]["state_dict"]
+        for key in sa:
+            assert torch.equal(sa[key], sb[key]), f"{net}.{key}"
+    assert torch.equal(full["state"]["loss"]["pl_mean"], resumed["state"]["loss"]["pl_mean"])
+    # ADA's pending total after the resume equals the uninterrupted run's (each rank's share counted once).
+    assert full["state"]["ada"] == resumed["state"]["ada"] and full["state"]["ada"]["count"] > 0
+
+
 def test_data_shards_disjoint_and_cover():
     n = 10
     shards = [list(iter_take(InfiniteSampler(n, rank=r, num_replicas=2, seed=1), n // 2)) for r in range(2)]

@@ -268,3 +268,23 @@ def test_transfer_takes_only_the_weights():
     cont = build_run(tiny_options(aug="ada"), torch.device("cpu"))
     restore(cont, snap, "src.pt")
     assert cont.progress.cur_nimg == 4 and float(cont.augment_pipe.p) == pytest.approx(0.3)
+
+
+def test_resume_trains_with_this_runs_learning_rate():
+    """Lowering the learning rate is the advice for a diverged run: the snapshot's Adam moments and steps
+    are restored, but lr/betas come from the resuming run's options."""
+    from training.training_loop import start_data
+
+    src = build_run(tiny_options(), torch.device("cpu"))
+    start_data(src)
+    train_step(src)
+    snap = make_snapshot(src)
+    opts = tiny_options()
+    opts["G_opt_kwargs"] = dict(opts["G_opt_kwargs"], lr=1e-5)
+    run = build_run(opts, torch.device("cpu"))
+    restore(run, snap, "src.pt")
+    g_opt = next(ph.opt for ph in run.phases if ph.name == "Gmain")
+    assert g_opt.param_groups[0]["lr"] == 1e-5
+    d_opt = next(ph.opt for ph in run.phases if ph.name == "Dmain")
+    assert d_opt.param_groups[0]["lr"] == pytest.approx(opts["D_opt_kwargs"]["lr"])
+    assert any(state["step"] > 0 for state in g_opt.state.values())  # the moments came back
