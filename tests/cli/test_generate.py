@@ -312,3 +312,8 @@ def test_seeds_beyond_generator_range(spatial, tmp_path):
     assert line == f"Error: --seeds: seed {2**32} out of range [0, 2^32) (NumPy RandomState seeds)"
     line = nothing_generated(spatial, tmp_path / "out", "--seeds=0", f"--heatmap-seeds={2**64}")
     assert line == f"Error: --heatmap-seeds: seed {2**64} out of range [0, 2^64) (torch.Generator seeds)"
+
+
+def test_network_given_as_a_url(spatial, tmp_path):
+    by_path = one_image(spatial, tmp_path / "a", "--seeds=3")
+    assert np.array_equal(one_image(spatial.as_uri(), tmp_path / "b", "--seeds=3"), by_path)
