@@ -376,6 +376,9 @@ def run_training(args: dict) -> None:
         torch.backends.cuda.matmul.allow_tf32 = options["allow_tf32"]
         torch.backends.cudnn.allow_tf32 = options["allow_tf32"]
     distributed.init(env, device, backend=args["dist_backend"], timeout_s=args["dist_timeout"])
+    # Every rank resumes from the snapshot rank 0 chose (a filesystem's caches may show ranks different
+    # "newest" snapshots of a run directory).
+    resume = distributed.broadcast_object(resume)
     from torch_utils import training_stats
 
     training_stats.init_multiprocessing(env.rank, device if env.world_size > 1 else None)

@@ -8,9 +8,9 @@ width/height, x right, y down), as in `training.heatmaps`.
   scale(spec, level, index, factor)      sigma *= factor (factor > 0)
   remove(spec, index, *, level=0)        alive = 0 for one sub-map (an object of a multi-object spec)
   restyle(spec, index, seed)             new appearance seed for object `index` (multi-object specs)
-  drag_centers(spec, handle, target, radius, alpha, level=0)
+  drag_centers(spec, handle, target, radius, alpha, level=0, return_moved=False)
                                          paper Eq. 6: centres within `radius` of the handle move by
-                                         alpha * (target - handle)
+                                         alpha * (target - handle) (+ which centres moved)
 CLI strings: parse_move('LEVEL:INDEX:DX,DY'), parse_scale('LEVEL:INDEX:FACTOR'), parse_remove('INDEX')
 (or 'LEVEL:INDEX'), parse_restyle('INDEX:SEED'); `apply_edits(spec, [Edit, ...])` applies a list (a bare
 string is refused: '1:2' could be a remove or a restyle, so parse it with the parser of its option).
@@ -131,12 +131,14 @@ def restyle(spec: HeatmapSpec, index: int, seed: int) -> HeatmapSpec:
 
 def drag_centers(spec: HeatmapSpec, handle: Sequence[float] | torch.Tensor,
                  target: Sequence[float] | torch.Tensor, radius: float, alpha: float = 1.0,
-                 level: int = 0) -> HeatmapSpec:
+                 level: int = 0, return_moved: bool = False):
     """Coarse drag (paper Eq. 6): each centre c of `level` with ||c - handle|| <= radius becomes
-    c + alpha * (target - handle); other centres stay. handle/target are (x, y) normalised.
+    c + alpha * (target - handle); other centres stay. handle/target are (x, y) normalised (fractions
+    of the image, not pixels).
 
     On a hierarchical spec, when a level-0 centre moves, the deeper centres of that sample follow by the
-    same vector (as with `move`).
+    same vector (as with `move`). `return_moved=True` returns (spec, moved [N, K_level] bool): which
+    centres the drag caught — none means the fine (feature-space) step has to do all the work.
     """
     level = _check_level(_check_spec(spec), level)
     handle_t = torch.as_tensor(handle, dtype=torch.float32).flatten()
@@ -156,7 +158,8 @@ def drag_centers(spec: HeatmapSpec, handle: Sequence[float] | torch.Tensor,
         moved = near.any(dim=1).view(-1, 1, 1)                                     # [N, 1, 1]
         for deeper in out.centers[1:]:
             deeper += moved.to(deeper) * shift
-    return _checked_result(out, "drag_centers")
+    out = _checked_result(out, "drag_centers")
+    return (out, near) if return_moved else out
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -93,6 +93,12 @@ def test_drag_centers_eq6():
     out = drag_centers(spec, handle=(0.2, 0.21), target=(0.4, 0.31), radius=0.1, alpha=0.5)
     assert torch.allclose(out.centers[0][0, :2], spec.centers[0][0, :2] + torch.tensor([0.1, 0.05]))
     assert torch.equal(out.centers[0][0, 2], spec.centers[0][0, 2])
+    again, caught = drag_centers(spec, handle=(0.2, 0.21), target=(0.4, 0.31), radius=0.1, alpha=0.5,
+                                 return_moved=True)
+    assert caught.tolist() == [[True, True, False]] and torch.equal(again.centers[0], out.centers[0])
+    # Pixel coordinates instead of fractions catch nothing: the caller can tell and say so.
+    _, caught = drag_centers(spec, handle=(8, 8), target=(12, 8), radius=2, return_moved=True)
+    assert not caught.any()
     hier = build_sampler("hierarchical")(2, generator=3)
     c0 = hier.centers[0][0, 0].tolist()
     moved = drag_centers(hier, handle=c0, target=(c0[0] + 0.1, c0[1]), radius=1e-4, alpha=1.0)
