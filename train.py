@@ -55,13 +55,22 @@ def parse_resolutions(text: str | None):
         raise click.BadParameter(f"expected 'all' or comma-separated resolutions, got {text!r}") from None
 
 
+UPSTREAM_RESUME_PRESETS = ("ffhq256", "ffhq512", "ffhq1024", "celebahq256", "lsundog256")
+
+
 def resolve_resume(path: str | None) -> tuple[str | None, dict | None]:
     """(snapshot file, its contents) for a snapshot file or a run directory (its newest snapshot), loaded
     here so that a bad one is refused before anything (run directory, processes) is created."""
     if path is None:
         return None, None
+    from dnnlib.util import is_url
     from training.checkpoint import list_snapshots, load_snapshot
 
+    if is_url(path):
+        return path, load_snapshot(path)  # downloaded once into the cache
+    if path in UPSTREAM_RESUME_PRESETS and not os.path.exists(path):
+        raise click.ClickException(f"--resume={path} is a StyleGAN2-ADA transfer-learning preset, an official "
+                                   f"pickle: loading official pickles is not supported yet")
     p = Path(path)
     if p.is_dir():
         snaps = list_snapshots(p)
@@ -185,7 +194,7 @@ def build_options(args: dict, world_size: int, transfer: bool = False) -> dict:
         channels_last=args["channels_last"], freezed=args["freezed"],
         metrics=parse_metrics(args["metrics"]), pl_weight=args["pl_weight"], style_mixing=args["style_mixing"],
         allow_tf32=args["allow_tf32"], cudnn_benchmark=not args["nobench"], transfer=transfer, spatial=spatial,
-        align=align)
+        align=align, metric_kwargs=dict(segmenter=args["segmenter"], segmenter_weights=args["segmenter_weights"]))
 
 
 def check_run(args: dict, options: dict, resume: str | None, resume_data: dict | None) -> None:
@@ -229,6 +238,9 @@ def check_run(args: dict, options: dict, resume: str | None, resume_data: dict |
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed")
 @click.option("--workers", type=click.IntRange(min=0), help="DataLoader workers [default: 3, at most the usable CPUs]")
 @click.option("--metrics", metavar="LIST", help="Metrics at each snapshot, e.g. fid50k_full,comove1k, or none")
+@click.option("--segmenter", help="Co-move segmenter for --metrics=comove*: synthetic:<kind> | maskrcnn "
+              "[default: synthetic data's own]")
+@click.option("--segmenter-weights", metavar="FILE", help="Mask R-CNN state dict for --segmenter=maskrcnn")
 @click.option("--freezed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Freeze-D: number of D layers, from the input side, that do not train")
 @click.option("--fp32", type=bool, default=False, metavar="BOOL", help="Disable mixed precision")
@@ -357,11 +369,9 @@ def run_training(args: dict) -> None:
     transfer = resume_data is not None and (args["transfer"] or resume_data.get("state") is None)
     options = build_options(args, world_size, transfer)  # validated here, before any process is spawned
     check_run(args, options, resume, resume_data)
-    if resume_data is not None and not transfer and env.is_main:
+    changes = []
+    if resume_data is not None and not transfer:
         changes = changed_settings(resume_data.get("training_options") or {}, options)
-        if changes:
-            print(f"Note: resuming with changed settings ({'; '.join(changes)}); the snapshot's optimiser "
-                  f"moments and counters carry over, the new settings apply from here on")
     del resume_data
     if args["dry_run"]:
         print(json.dumps(options, indent=2))
@@ -393,6 +403,9 @@ def run_training(args: dict) -> None:
             with open(options_file, "w") as f:
                 json.dump(dict(options, resume=resume), f, indent=2)
         logger = Logger(os.path.join(run_dir, "log.txt"))
+        if changes:
+            print(f"Note: resuming with changed settings ({'; '.join(changes)}); the snapshot's optimiser "
+                  f"moments and counters carry over, the new settings apply from here on")
         print(f"Run directory: {run_dir}\nTraining for {options['kimg']:g} kimg on {device} "
               f"({env.world_size} process{'es' if env.world_size > 1 else ''}), batch {options['batch']}")
     from training.training_loop import training_loop

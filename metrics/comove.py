@@ -289,6 +289,24 @@ def default_segmenter(opts: metric_utils.MetricOptions):
                      f"--segmenter-weights=FILE (or synthetic:<kind> for the built-in datasets)")
 
 
+def check_requirements(G, dataset_kwargs: dict, segmenter=None, segmenter_weights: str | None = None) -> None:
+    """Raise ValueError now (before a training run starts) for what `compute_comove` would fail on
+    later: a generator without heatmaps, no segmenter for the data, bad Mask R-CNN weights."""
+    if getattr(G, "heatmap_sampler", None) is None:
+        raise ValueError("comove needs a spatial generator (this network has no heatmaps: the baseline cannot "
+                         "move objects)")
+    opts = metric_utils.MetricOptions(G=G, dataset_kwargs=dict(dataset_kwargs), segmenter=segmenter,
+                                      segmenter_weights=segmenter_weights, progress=False)
+    chosen = default_segmenter(opts)
+    if chosen == "maskrcnn":
+        if not segmenter_weights:
+            raise ValueError("The maskrcnn segmenter needs a torchvision maskrcnn_resnet50_fpn state dict: "
+                             "pass --segmenter-weights=FILE; nothing is downloaded.")
+        load_maskrcnn_state(segmenter_weights)  # validates the file (shapes, class count)
+    elif not callable(chosen):
+        get_segmenter(chosen)  # names an unknown synthetic kind or segmenter
+
+
 def compute_comove(opts: metric_utils.MetricOptions, num_samples: int, batch_size: int = 16,
                    move_fn=None) -> dict[str, float]:
     """Co-move ratio statistics over `num_samples` samples (see the module docstring)."""

@@ -116,6 +116,16 @@ def is_valid_metric(name: str) -> bool:
     return _resolve(name) is not None
 
 
+def check_metric(name: str, G, dataset_kwargs: dict, segmenter=None, segmenter_weights: str | None = None) -> None:
+    """Raise ValueError for a metric that is sure to fail on `G` and the data (checked before training,
+    so that a run does not stop at its first snapshot): an unknown name, Co-move without heatmaps or
+    without a segmenter."""
+    if not is_valid_metric(name):
+        raise ValueError(f"{name!r} is not a metric; valid: {', '.join(list_valid_metrics())}")
+    if re.fullmatch(rf"comove{_COUNT}?", name):
+        comove.check_requirements(G, dataset_kwargs, segmenter, segmenter_weights)
+
+
 def list_valid_metrics() -> list[str]:
     """Registered preset names followed by the pattern families."""
     return sorted(_metric_dict) + FAMILY_HELP

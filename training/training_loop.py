@@ -140,6 +140,11 @@ def check_options(options: dict[str, Any], resume: dict[str, Any] | None = None,
             raise ValueError(f"--metrics: {name!r} is not a metric; valid: {', '.join(metric_main.list_valid_metrics())}")
     with torch.random.fork_rng(devices=[]):
         G, D = build_networks(options)
+    for name in options["metrics"]:
+        try:
+            metric_main.check_metric(name, G, options["dataset_kwargs"], **options.get("metric_kwargs", {}))
+        except (ValueError, OSError) as err:
+            raise ValueError(f"--metrics={name}: {err}") from None
     align = AlignOptions(**options["align"]) if options.get("align") else None
     StyleGAN2Loss(G, D, align=align, **options["loss_kwargs"])
     build_phases(options, G, D)
@@ -480,7 +485,8 @@ def _run_metrics(run: Run, snapshot_path: Path | None, run_dir: str, tb) -> None
         # Each rank computes its share; `gather` combines the shares (all ranks must call it).
         result = metric_main.calc_metric(name, G=run.G_ema, dataset_kwargs=run.options["dataset_kwargs"],
                                          device=run.device, num_gpus=run.world_size, rank=run.rank,
-                                         gather=distributed.all_gather_cat, progress=False)
+                                         gather=distributed.all_gather_cat, progress=False,
+                                         **run.options.get("metric_kwargs", {}))
         if run.rank == 0:
             metric_main.report_metric(result, run_dir=run_dir, snapshot_path=snapshot_path, writer=tb,
                                       step=run.progress.cur_nimg)

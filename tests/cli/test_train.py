@@ -116,6 +116,7 @@ def test_resume_from_run_dir_continues_in_it(trained, tmp_path):
     assert_ok(proc)
     assert "kimg 0.016" in proc.stdout and final_progress(run_dir)["cur_nimg"] == 20
     assert "changed settings (loss_kwargs.r1_gamma: " in proc.stdout and "-> 0.7)" in proc.stdout
+    assert "changed settings" in (run_dir / "log.txt").read_text()
     assert "Resumed from" in (run_dir / "log.txt").read_text()
 
 
@@ -264,6 +265,28 @@ def test_options_that_would_be_ignored_are_refused(tmp_path, extra, needles):
     assert_one_line_error(train_inprocess(f"--outdir={tmp_path}", *SPATIAL, *extra, "--dry-run"), *needles)
 
 
+def test_comove_during_training_is_checked_before_the_run(tmp_path):
+    """Co-move at each snapshot needs heatmaps and a segmenter: found before the run directory exists."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"{i}.png").write_bytes(png_bytes(16, 16))
+    out = tmp_path / "out"
+    cases = [(["--cfg=tiny", f"--data=synthetic:shapes:{RES}"], "needs a spatial generator"),
+             (["--cfg=tiny-spatial", f"--data={folder}"], "--segmenter=maskrcnn --segmenter-weights=FILE"),
+             (["--cfg=tiny-spatial", f"--data={folder}", "--segmenter=maskrcnn"], "needs a torchvision"),
+             (["--cfg=tiny-spatial", f"--data={folder}", "--segmenter=maskrcnn",
+               f"--segmenter-weights={tmp_path / 'none.pth'}"], "none.pth")]
+    for extra, needle in cases:
+        assert_one_line_error(train_inprocess(f"--outdir={out}", *extra, *TINY[:-2], "--metrics=comove4"),
+                              "--metrics=comove4", needle)
+    assert not out.exists()
+    proc = train_inprocess(f"--outdir={out}", "--cfg=tiny-spatial", f"--data={folder}", "--metrics=comove4",
+                           "--segmenter=synthetic:shapes", "--dry-run")
+    assert proc.returncode == 0, proc.stdout
+    assert json.loads(proc.stdout)["metric_kwargs"] == {"segmenter": "synthetic:shapes"}
+
+
 def test_batch_not_divisible_by_batch_gpu(tmp_path):
     proc = train_inprocess(f"--outdir={tmp_path}", *SPATIAL, "--batch-gpu=3")
     assert_one_line_error(proc, "--batch=4", "--batch-gpu=3")
@@ -286,6 +309,15 @@ def test_resume_of_a_non_snapshot(tmp_path, which):
     proc = train(f"--outdir={tmp_path / 'out'}", *SPATIAL, f"--resume={target}")
     assert_one_line_error(proc, str(target), "not a SpatialGAN snapshot")
     assert not (REPO / "pwned!").exists() and not (tmp_path / "pwned!").exists()
+
+
+def test_resume_from_a_url_and_upstream_presets(trained, tmp_path):
+    snap = checkpoint.list_snapshots(trained)[-1]
+    proc = train_inprocess(f"--outdir={tmp_path / 'out'}", *SPATIAL, "--kimg=0.016", f"--resume={snap.as_uri()}",
+                           "--dry-run")
+    assert proc.returncode == 0, proc.stdout
+    assert_one_line_error(train_inprocess(f"--outdir={tmp_path / 'out'}", *SPATIAL, "--resume=ffhq256"),
+                          "transfer-learning preset", "not supported yet")
 
 
 def test_resume_of_a_dir_without_snapshots(tmp_path):

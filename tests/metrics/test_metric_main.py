@@ -56,3 +56,23 @@ def test_calc_and_report_fid(stub_G, toy_dataset, fake_detector, tmp_path):
 def test_report_prints_without_run_dir(capsys):
     metric_main.report_metric(dict(results={"x": 1.0}, metric="x"))
     assert json.loads(capsys.readouterr().out)["results"] == {"x": 1.0}
+
+
+def test_check_metric_finds_comove_failures_before_computing():
+    from training import config, networks
+
+    def G_of(cfg):
+        G_kwargs, _ = config.network_kwargs(config.load_preset(cfg), 16, 3, 0, fp32=True)
+        return networks.Generator(**G_kwargs)
+
+    spatial, baseline = G_of("tiny-spatial"), G_of("tiny")
+    metric_main.check_metric("comove1k", spatial, {"data": "synthetic:shapes:16"})  # its own segmenter
+    metric_main.check_metric("fid1k_full", baseline, {"data": "real.zip"})  # nothing to check
+    with pytest.raises(ValueError, match="spatial generator"):
+        metric_main.check_metric("comove", baseline, {"data": "synthetic:shapes:16"})
+    with pytest.raises(ValueError, match="needs a segmenter"):
+        metric_main.check_metric("comove64", spatial, {"data": "real.zip"})
+    with pytest.raises(ValueError, match="segmenter="):
+        metric_main.check_metric("comove64", spatial, {"data": "real.zip"}, segmenter="sam")
+    with pytest.raises(ValueError, match="not a metric"):
+        metric_main.check_metric("fidelity", spatial, {})
