@@ -230,7 +230,8 @@ def check_run(args: dict, options: dict, resume: str | None, resume_data: dict |
 @click.option("--target", type=FiniteFloatRange(0, 1, min_open=True, max_open=True), help="ADA target [default: 0.6]")
 @click.option("--augpipe", type=click.Choice(["blit", "geom", "color", "filter", "noise", "cutout", "bg", "bgc",
                                               "bgcf", "bgcfn", "bgcfnc"]), help="Augmentation pipeline [default: bgc]")
-@click.option("--resume", metavar="PATH", help="Continue a run directory from its newest snapshot, or start a new run from a snapshot (.pt)")
+@click.option("--resume", metavar="PATH", help="Continue a run directory from its newest snapshot, or start a "
+              "new run from a snapshot (.pt file or URL)")
 @click.option("--transfer", type=bool, default=False, metavar="BOOL",
               help="With --resume: take only its networks' weights and start a new run (transfer learning)")
 @click.option("--snap", type=click.IntRange(min=0), default=50, show_default=True, help="Snapshot every N ticks")

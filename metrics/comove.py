@@ -127,10 +127,20 @@ def load_maskrcnn_state(weights: str) -> tuple[dict[str, torch.Tensor], int]:
     return state, _check_maskrcnn_state(state, weights)
 
 
-def _maskrcnn_segmenter(weights: str | None, device: torch.device) -> Segmenter:
+def _require_weights(weights: str | None) -> None:
     if not weights:
         raise ValueError("The maskrcnn segmenter needs a torchvision maskrcnn_resnet50_fpn state dict: "
                          "pass --segmenter-weights=FILE; nothing is downloaded.")
+
+
+def _require_spatial(G) -> None:
+    if getattr(G, "heatmap_sampler", None) is None:
+        raise ValueError("comove needs a spatial generator (G.heatmap_sampler is None: the baseline "
+                         "cannot move objects)")
+
+
+def _maskrcnn_segmenter(weights: str | None, device: torch.device) -> Segmenter:
+    _require_weights(weights)
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
     state, num_classes = load_maskrcnn_state(weights)
@@ -292,16 +302,12 @@ def default_segmenter(opts: metric_utils.MetricOptions):
 def check_requirements(G, dataset_kwargs: dict, segmenter=None, segmenter_weights: str | None = None) -> None:
     """Raise ValueError now (before a training run starts) for what `compute_comove` would fail on
     later: a generator without heatmaps, no segmenter for the data, bad Mask R-CNN weights."""
-    if getattr(G, "heatmap_sampler", None) is None:
-        raise ValueError("comove needs a spatial generator (this network has no heatmaps: the baseline cannot "
-                         "move objects)")
+    _require_spatial(G)
     opts = metric_utils.MetricOptions(G=G, dataset_kwargs=dict(dataset_kwargs), segmenter=segmenter,
                                       segmenter_weights=segmenter_weights, progress=False)
     chosen = default_segmenter(opts)
     if chosen == "maskrcnn":
-        if not segmenter_weights:
-            raise ValueError("The maskrcnn segmenter needs a torchvision maskrcnn_resnet50_fpn state dict: "
-                             "pass --segmenter-weights=FILE; nothing is downloaded.")
+        _require_weights(segmenter_weights)
         load_maskrcnn_state(segmenter_weights)  # validates the file (shapes, class count)
     elif not callable(chosen):
         get_segmenter(chosen)  # names an unknown synthetic kind or segmenter
@@ -310,9 +316,7 @@ def check_requirements(G, dataset_kwargs: dict, segmenter=None, segmenter_weight
 def compute_comove(opts: metric_utils.MetricOptions, num_samples: int, batch_size: int = 16,
                    move_fn=None) -> dict[str, float]:
     """Co-move ratio statistics over `num_samples` samples (see the module docstring)."""
-    if getattr(opts.G, "heatmap_sampler", None) is None:
-        raise ValueError("comove needs a spatial generator (G.heatmap_sampler is None: the baseline "
-                         "cannot move objects)")
+    _require_spatial(opts.G)
     segmenter = get_segmenter(default_segmenter(opts), opts.segmenter_weights, opts.device)
     move_fn = move_fn or edits.move
     counts = dict(skipped_no_move=0, skipped_no_object=0, skipped_no_match=0)

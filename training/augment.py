@@ -520,8 +520,7 @@ class AdaController:
         stats = self._stats if self._stats is not None else torch.zeros(2, dtype=torch.float64,
                                                                         device=self.pipe.p.device)
         reduced = self.reduce_fn(stats.clone()) if self.reduce_fn is not None else None
-        total = stats if reduced is None else reduced
-        self._stats = total if keep and bool(total.ne(0).any()) else None
+        self._stats = (stats if reduced is None else reduced) if keep else None
 
     def clear_pending(self) -> None:
         """Forget the pending statistics (a resumed rank other than the one holding the saved total)."""

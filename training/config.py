@@ -175,15 +175,16 @@ def _batch_sizes(preset: dict[str, Any], world_size: int, batch: int | None,
     """(global batch, per-round batch). A preset keeps its per-GPU batch (preset batch / ref_gpus) on
     any number of processes; an explicit `--batch` without `--batch-gpu` means one round per step
     (batch_gpu = batch / processes), as in StyleGAN2-ADA."""
-    if batch is not None and batch_gpu is None and batch >= 1 and batch % world_size == 0:
-        batch_gpu = batch // world_size
-    batch = int(batch if batch is not None else preset["batch"])
+    explicit = batch is not None
+    batch = int(batch if explicit else preset["batch"])
     if batch < 1:
         raise ConfigError(f"--batch must be positive, got {batch}")
     if batch % world_size:
         raise ConfigError(f"--batch={batch} is not divisible by the number of processes ({world_size})")
     per_rank = batch // world_size
-    if batch_gpu is None:
+    if batch_gpu is None and explicit:
+        batch_gpu = per_rank
+    elif batch_gpu is None:
         ref = preset.get("ref_gpus") or world_size
         batch_gpu = max(min(per_rank, int(preset["batch"]) // int(ref)), 1)
         while per_rank % batch_gpu:

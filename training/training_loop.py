@@ -131,13 +131,11 @@ def build_networks(options: dict[str, Any], device: torch.device | str = "cpu") 
 
 def check_options(options: dict[str, Any], resume: dict[str, Any] | None = None, resume_path: str = "") -> None:
     """Everything about a run that can fail before training, checked on the CPU without data: the
-    networks and the loss build, the metrics exist, and a `--resume` snapshot fits (same architecture,
-    an intact training state, and short of `kimg`). Raises ValueError naming the culprit."""
+    networks and the loss build, the metrics exist and can run (`metric_main.check_metric`), and a
+    `--resume` snapshot fits (same architecture, an intact training state, and short of `kimg`).
+    Raises ValueError naming the culprit."""
     from metrics import metric_main
 
-    for name in options["metrics"]:
-        if not metric_main.is_valid_metric(name):
-            raise ValueError(f"--metrics: {name!r} is not a metric; valid: {', '.join(metric_main.list_valid_metrics())}")
     with torch.random.fork_rng(devices=[]):
         G, D = build_networks(options)
     for name in options["metrics"]:
