@@ -1,13 +1,16 @@
 """Where one training step spends its time: the top GPU kernels (CPU ops by self time on the CPU).
 
     python benchmarks/step_profile.py --device=cuda [--cfg=baseline256] [--res=256] [--batch=32]
-                                      [--fp32] [--ops=auto [--ops=ref ...]] [--top=25] [--out=FILE]
+                                      [--fp32 | --channels-last] [--ops=auto [--ops=ref ...]] [--top=25]
+                                      [--out=FILE]
 
 Builds `cfg` at `res` (noaug, synthetic data), runs one untimed step (allocator, cudnn autotuning),
 then profiles one step of every phase (Gmain, Greg, Dmain, Dreg) with torch.profiler and prints
 the `top` GPU kernels by time (CPU ops by self CPU time on the CPU) as a Markdown table, plus the
 shares of kernel families (the custom ops, convolutions, cuDNN layout transposes, PyTorch's own
-elementwise kernels). The test suite runs it on the CPU only.
+elementwise kernels) and each phase's wall time next to its GPU kernel time (a phase whose wall time
+is well above its kernel time waits on the CPU: Python and kernel launches). The test suite runs it
+on the CPU only.
 """
 
 from __future__ import annotations
@@ -38,33 +41,42 @@ FAMILIES = {"bias_act (CUDA kernel)": ("bias_act_kernel",),
 @click.option("--res", type=int, default=256, show_default=True)
 @click.option("--batch", type=int, default=32, show_default=True)
 @click.option("--fp32", is_flag=True, help="disable mixed precision")
+@click.option("--channels-last", is_flag=True, help="channels-last fp16 blocks (train.py --channels-last=1)")
 @click.option("--ops", type=click.Choice(["ref", "cuda", "auto"]), multiple=True, default=["auto"], show_default=True,
               help="SPATIALGAN_OPS to profile; repeat to profile several in turn on the same networks")
 @click.option("--top", type=int, default=25, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="also write the tables here")
-def main(device, cfg, res, batch, fp32, ops, top, out):
+def main(device, cfg, res, batch, fp32, channels_last, ops, top, out):
     """Profile one step of every phase (see the module docstring)."""
+    if fp32 and channels_last:
+        raise click.UsageError("--channels-last applies to the fp16 blocks: drop --fp32 or --channels-last")
     if out:
         open(out, "w").close()
         ts.OUT_FILE.append(out)
     dev = torch.device(device)
     torch.backends.cudnn.benchmark = True
-    run = ts.build(ts.make_options(cfg, res, batch=batch, fp32=fp32), dev)
+    run = ts.build(ts.make_options(cfg, res, batch=batch, fp32=fp32, channels_last=channels_last), dev)
+    what_run = f"{cfg} @{res}², batch {batch}" + (", channels-last" if channels_last else "")
     for impl in ops:
-        profile_step(run, dev, f"{cfg} @{res}², batch {batch}", fp32, impl, top)
+        profile_step(run, dev, what_run, fp32, impl, top)
 
 
 def profile_step(run, dev: torch.device, what_run: str, fp32: bool, impl: str, top: int) -> None:
-    """Warm up with SPATIALGAN_OPS=`impl` (autotuning, allocator, kernel builds and self-checks), then
-    profile one step of every phase and print the tables."""
+    """Warm up with SPATIALGAN_OPS=`impl` (autotuning, allocator, kernel builds and self-checks), time
+    one unprofiled step of every phase, then profile one step of every phase and print the tables."""
     os.environ["SPATIALGAN_OPS"] = impl  # read at every op call, so it switches the built networks too
     ts.time_phases(run, reps=0)
+    wall = ts.time_phases(run, reps=1, warmup=False)  # before profiling: the profiler slows the CPU side
     on_gpu = dev.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    with profile(activities=activities, record_shapes=on_gpu) as prof:
-        ts.time_phases(run, reps=1, warmup=False)
-    rows = _device_kernel_rows(prof) if on_gpu else [(e.self_cpu_time_total, e.key, e.count)
-                                                     for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    events, phase_us = [], {}
+    for phase in ts.PHASES:  # one profile per phase, so that each phase's kernel time is known
+        with profile(activities=activities, record_shapes=on_gpu) as prof:
+            ts.time_phases(run, reps=1, warmup=False, phases=(phase,))
+        events.extend(prof.events())
+        phase_rows = _device_kernel_rows(prof.events()) if on_gpu else _cpu_self_rows(prof.events())
+        phase_us[phase] = sum(r[0] for r in phase_rows)
+    rows = _device_kernel_rows(events) if on_gpu else _cpu_self_rows(events)
     rows.sort(reverse=True)
     total = sum(r[0] for r in rows)
     what = "GPU kernel" if on_gpu else "self CPU"
@@ -79,10 +91,15 @@ def profile_step(run, dev: torch.device, what_run: str, fp32: bool, impl: str, t
         us = sum(r[0] for r in rows if any(f in r[1].lower() for f in fragments))
         shares.append([family, us / 1e3, f"{100 * us / max(total, 1e-9):.1f} %"])
     ts.table(["family", f"{what} ms", "share"], shares)
+    # Wall time well above kernel time: the GPU waits on Python and kernel launches (or on syncs).
+    # (On the CPU the profiled self times carry the profiler's own overhead: no busy share there.)
+    ts.table(["phase", "wall ms (unprofiled)", f"{what} ms", "GPU busy"],
+             [[p, wall[p] * 1e3, phase_us[p] / 1e3,
+               f"{100 * phase_us[p] / 1e6 / max(wall[p], 1e-9):.0f} %" if on_gpu else "—"] for p in ts.PHASES])
     if on_gpu:
         # Which layer a slow kernel belongs to: the op that launched it, with its arguments.
         slow = [name for _, name, _ in rows[:LAUNCHER_KERNELS]]
-        launchers = _kernel_launchers(prof, set(slow))
+        launchers = _kernel_launchers(events, set(slow))
         ts.table(["kernel", "launched by (op, input shapes, scalar arguments)", "GPU kernel ms", "launches"],
                  [[name[:60], f"{op} {args}", us / 1e3, n] for name in slow
                   for (op, args), (us, n) in sorted(launchers.get(name, {}).items(), key=lambda kv: -kv[1][0])])
@@ -91,13 +108,14 @@ def profile_step(run, dev: torch.device, what_run: str, fp32: bool, impl: str, t
 LAUNCHER_KERNELS = 8  # the slowest kernels traced back to their ops
 
 
-def _kernel_launchers(prof, kernels: set[str]) -> dict[str, dict[tuple[str, str], list]]:
-    """kernel name -> {(aten op, its arguments): [µs, launches]} for the kernels in `kernels`.
+def _kernel_launchers(events, kernels: set[str]) -> dict[str, dict[tuple[str, str], list]]:
+    """kernel name -> {(aten op, its arguments): [µs, launches]} for the kernels in `kernels`, from a
+    profile's `events()`.
 
     A kernel is linked to the CPU event that launched it (cudaLaunchKernel & co.); the nearest
     enclosing aten op with recorded input shapes (record_shapes=True) names the layer's call."""
     out: dict[str, dict[tuple[str, str], list]] = {}
-    for e in prof.events():
+    for e in events:
         for k in getattr(e, "kernels", None) or []:
             if k.name not in kernels:
                 continue
@@ -118,19 +136,32 @@ def _op_arguments(op) -> str:
     return f"{shapes}" + (f" {scalars}" if scalars else "")
 
 
-def _device_kernel_rows(prof) -> list[tuple[float, str, int]]:
-    """(total µs, kernel name, launches) of every GPU-side event: kernels, copies and memsets.
+def _device_kernel_rows(events) -> list[tuple[float, str, int]]:
+    """(total µs, kernel name, launches) of every GPU-side event among a profile's `events()`: kernels,
+    copies and memsets.
 
     Only the device events themselves: the CPU ops that launched them also carry that time as their
     "self device time", and record_function ranges have a GPU twin spanning their kernels, so summing
     key_averages() counts the same microseconds two or three times."""
     totals: dict[str, list[float]] = {}
-    for e in prof.events():
+    for e in events:
         if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False):
             t = totals.setdefault(e.name, [0.0, 0])
             t[0] += e.time_range.elapsed_us()
             t[1] += 1
     return [(us, name, int(n)) for name, (us, n) in totals.items() if us > 0]
+
+
+
+def _cpu_self_rows(events) -> list[tuple[float, str, int]]:
+    """(self CPU µs, op name, calls) of every CPU op among a profile's `events()`."""
+    totals: dict[str, list[float]] = {}
+    for e in events:
+        if e.device_type == DeviceType.CPU and e.self_cpu_time_total > 0:
+            t = totals.setdefault(e.name, [0.0, 0])
+            t[0] += e.self_cpu_time_total
+            t[1] += 1
+    return [(us, name, int(n)) for name, (us, n) in totals.items()]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Training-speed benchmark: phase throughput, amortised steps, SpatialGAN overhead, scaling, GPU ops.
 
     python benchmarks/train_speed.py --device=cpu [--quick] [--sections=A,B,C,D] [--nproc=2] [--out=FILE]
+    python benchmarks/train_speed.py --device=cuda --sections=D [--cfg=baseline256 ...] [--reps=3]
 
 Prints Markdown tables (and writes them to --out). Never run by the test suite.
 
@@ -12,13 +13,14 @@ Sections
      rounds; the overhead is the median per-round ratio).
   C  distributed (CPU, gloo): N ranks vs 1 rank at the same per-rank batch -> scaling efficiency.
   D  GPU: reference vs CUDA ops, fp32 vs mixed precision (also with channels-last fp16 blocks), batch 32,
-     FLOPs/img and fraction of peak.
+     FLOPs/img and fraction of peak (--cfg picks configs; default baseline256, lsun-cat256, lsun-bedroom256).
 
 Machine noise: the machines are shared, so every row that matters is also measured with a *naive ops*
 mode written here from the maths (zero-insertion upsampling materialised, padding, full 2-D FIR
 convolution with the 4x4 outer-product filter via conv2d, bias / activation / gain / clamp as separate
 unfused ops, glibc's default allocator behaviour), back to back in the same process, and the ratio is
-printed. A fixed dense workload (512->512 3x3 conv on [8, 512, 32, 32]) is timed at start and end.
+printed. A fixed dense workload (512->512 3x3 conv on [8, 512, 32, 32], fp32 without TF32 on a GPU) is
+timed at start and end.
 All runs: batch 8 (A-C), fp32 on CPU, no augmentation, synthetic data tensors (no data loading).
 """
 
@@ -159,13 +161,17 @@ class PeakMemory:
 
 
 def dense_reference(device: torch.device, reps: int = 3) -> float:
-    """GFLOP/s of a fixed 512->512 3x3 conv on [8, 512, 32, 32] (best of `reps`): machine speed."""
+    """GFLOP/s of a fixed 512->512 3x3 conv on [8, 512, 32, 32] (best of `reps`): machine speed.
+
+    cuDNN's flags are pinned (no autotuning, no TF32), so that start and end compare like with like
+    whatever the sections set in between."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn([8, 512, 32, 32], generator=gen).to(device)
     w = torch.randn([512, 512, 3, 3], generator=gen).to(device)
     flops = 2 * 512 * 512 * 9 * 32 * 32 * 8
     best = math.inf
-    with torch.no_grad():
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False,
+                                                     allow_tf32=False):
         F.conv2d(x, w, padding=1)
         for _ in range(reps):
             sync(device)
@@ -500,7 +506,11 @@ def count_flops(run: tl.Run) -> float:
     return total / run.bench_real.shape[0]
 
 
-def section_d(device: torch.device, quick: bool, reps: int, batch: int) -> None:
+SECTION_D_CONFIGS = ("baseline256", "lsun-cat256", "lsun-bedroom256")
+
+
+def section_d(device: torch.device, quick: bool, reps: int, batch: int,
+              configs: tuple[str, ...] = SECTION_D_CONFIGS) -> None:
     from torch_utils.ops import _cuda
 
     name, peaks = peak_tflops(device)
@@ -516,7 +526,7 @@ def section_d(device: torch.device, quick: bool, reps: int, batch: int) -> None:
                 (False, "ref", True), (False, "auto", True)]  # (fp32, ops, channels-last fp16 blocks)
     table_header(["config", "precision", "ops (used)", "s/kimg", "img/s", "peak mem GiB", "GFLOP/img (amortised)",
                   "fraction of peak"])
-    for cfg in ("baseline256", "lsun-cat256", "lsun-bedroom256"):
+    for cfg in configs:
         flops = None
         for fp32, ops, channels_last in variants:
             os.environ["SPATIALGAN_OPS"] = ops
@@ -548,8 +558,10 @@ def section_d(device: torch.device, quick: bool, reps: int, batch: int) -> None:
 @click.option("--threads", type=int, default=2, show_default=True, help="torch threads (CPU)")
 @click.option("--naive/--no-naive", default=True, show_default=True, help="also time the naive-ops reference")
 @click.option("--gpu-batch", type=int, default=32, show_default=True, help="batch of section D")
+@click.option("--cfg", "configs", type=click.Choice(SECTION_D_CONFIGS), multiple=True,
+              help="section D's configs (repeat; default all three)")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="also write the tables here")
-def main(device, quick, sections, nproc, reps, threads, naive, gpu_batch, out):
+def main(device, quick, sections, nproc, reps, threads, naive, gpu_batch, configs, out):
     """Training-speed benchmark (see the module docstring)."""
     dev = torch.device(device)
     torch.set_num_threads(threads)
@@ -574,7 +586,7 @@ def main(device, quick, sections, nproc, reps, threads, naive, gpu_batch, out):
         if dev.type != "cuda":
             emit("## D. skipped: needs --device=cuda\n")
         else:
-            section_d(dev, quick, reps, gpu_batch)
+            section_d(dev, quick, reps, gpu_batch, configs or SECTION_D_CONFIGS)
     emit(f"load average at end: {os.getloadavg()}; dense reference at end: {dense_reference(dev):.1f} GFLOP/s; "
          f"total {time.time() - start:.0f} s; max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 

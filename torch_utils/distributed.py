@@ -79,37 +79,42 @@ def _comm_device(tensor: torch.Tensor) -> torch.device:
     return tensor.device
 
 
-def average_gradients(params: list[torch.nn.Parameter], divisor: float) -> None:
+def average_gradients(params: list[torch.nn.Parameter], divisor: float) -> torch.Tensor | None:
     """Sum gradients over ranks with ONE flattened all-reduce, then divide by `divisor`.
 
-    Every rank sends the same layout: all of `params`, zeros where a rank has no gradient, plus one
-    presence flag per parameter. A parameter that no rank gave a gradient keeps `grad = None`, so the
-    optimiser skips it exactly as in a single process.
+    Afterwards every gradient is a view of one flat buffer, which is returned (None when no parameter
+    has a gradient), so that a caller can sanitise all of them with one kernel instead of one per
+    parameter. With a process group every rank sends the same layout: all of `params`, zeros where a
+    rank has no gradient, plus one presence flag per parameter. A parameter that no rank gave a
+    gradient keeps `grad = None`, so the optimiser skips it exactly as in a single process. A single
+    process has nothing to agree on: no flags, and no host sync.
     """
-    params = list(params)
+    active = is_active()
+    params = [p for p in params if active or p.grad is not None]
     if not params:
-        return
-    if not is_active():
-        params = [p for p in params if p.grad is not None]
-        if not params:
-            return
+        return None
     ref = params[0]
     grads = [p.grad.detach().flatten() if p.grad is not None else torch.zeros(p.numel(), device=ref.device,
                                                                                dtype=p.dtype) for p in params]
-    flags = torch.tensor([float(p.grad is not None) for p in params], device=ref.device, dtype=grads[0].dtype)
-    flat = torch.cat(grads + [flags])
-    if is_active():
+    if active:
+        flags = torch.tensor([float(p.grad is not None) for p in params], dtype=grads[0].dtype)
+        flat = torch.cat(grads + [flags.to(ref.device)])
         dev = flat.device
         flat = flat.to(_comm_device(flat))
         dist.all_reduce(flat)
         flat = flat.to(dev)
-    present = flat[-len(params):] > 0
-    flat = flat[:-len(params)].div_(divisor)
+        present = (flat[-len(params):] > 0).tolist()
+        flat = flat[:-len(params)]
+    else:
+        flat, present = torch.cat(grads), [True] * len(params)
+    if divisor != 1:
+        flat.div_(divisor)
     offset = 0
-    for p, has_grad in zip(params, present.tolist()):
+    for p, has_grad in zip(params, present):
         n = p.numel()
         p.grad = flat[offset:offset + n].view_as(p) if has_grad else None
         offset += n
+    return flat if any(present) else None
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

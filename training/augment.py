@@ -20,6 +20,7 @@ tensor itself. Randomness comes from torch's global RNG on the images' device.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -73,11 +74,21 @@ def build_augment_pipe(name: str) -> AugmentPipe:
 
 # ---------------------------------------------------------------------------------------------------
 # Small batched matrix helpers. Entries are tensors [N] or Python numbers; results are [N, k, k].
+# Host numbers never travel to the GPU as data: a host-to-device copy waits for the GPU to drain its
+# queue (a host sync), while a fill is just another queued kernel.
 
 
 def _matrix(rows: list[list], n: int, device: torch.device) -> torch.Tensor:
-    entries = [torch.as_tensor(v, dtype=torch.float32, device=device).expand(n) for row in rows for v in row]
+    entries = [v.to(torch.float32).expand(n) if isinstance(v, torch.Tensor)
+               else torch.full([n], float(v), device=device) for row in rows for v in row]
     return torch.stack(entries, dim=1).reshape(n, len(rows), len(rows[0]))
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(values: tuple, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """`torch.tensor(values)` on `device`, copied there once per (values, device, dtype) rather than on
+    every call (see above). Shared: never modify the result in place."""
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 def _translate2d(tx, ty, n, device):
@@ -134,7 +145,7 @@ def band_gains(draws: torch.Tensor) -> torch.Tensor:
     (`_BAND_POWER`) keeps its power, and the normalised single-band gain vectors are multiplied — the
     ADA rule, which is not the same as normalising the product once.
     """
-    power = torch.as_tensor(_BAND_POWER, dtype=draws.dtype, device=draws.device)
+    power = _constant(tuple(_BAND_POWER), draws.device, draws.dtype)
     gains = torch.ones_like(draws)
     eye = torch.eye(draws.shape[1], dtype=torch.bool, device=draws.device)
     for band in range(draws.shape[1]):
@@ -218,10 +229,20 @@ class AugmentPipe(torch.nn.Module):
         self.init_kwargs = {**{k: float(v) for k, v in kwargs.items()}, "imgfilter_bands": bands}
 
         self.register_buffer("p", torch.zeros([]))
+        self._p_read: tuple | None = None  # (p tensor, its version, value): see p_value()
         # Constant filters are non-persistent: the state dict holds only `p`.
         self.register_buffer("hz_geom", upfirdn2d.setup_filter(SYM6_LO, separable=True), persistent=False)
         bank = torch.as_tensor(_filter_bank(SYM2_LO), dtype=torch.float32)
         self.register_buffer("filter_bank", bank, persistent=False)
+
+    def p_value(self) -> float:
+        """p as a number. Read from p's device only when p changed since the last read (in-place updates
+        bump a tensor's version counter; `.to()` makes a new tensor): reading a GPU value is a host
+        sync, and the pipe runs on every D pass, while ADA moves p once every few minibatches."""
+        p, read = self.p, self._p_read
+        if read is None or read[0] is not p or read[1] != p._version:
+            read = self._p_read = (p, p._version, float(p))
+        return read[2]
 
     def extra_repr(self) -> str:
         active = [f"{n}={getattr(self, n):g}" for n in _MULTIPLIERS if getattr(self, n) > 0]
@@ -232,8 +253,8 @@ class AugmentPipe(torch.nn.Module):
             raise ValueError(f"images must be a float tensor [N, C, H, W], got "
                              f"{images.dtype if isinstance(images, torch.Tensor) else type(images).__name__} "
                              f"{list(images.shape) if isinstance(images, torch.Tensor) else ''}")
-        # p == 0 (the start of every ADA run) must be the exact identity; one scalar read is cheap.
-        if float(self.p) == 0:
+        # p == 0 (the start of every ADA run) must be the exact identity.
+        if self.p_value() == 0:
             return images
         p = self.p.to(images.device)
         # Half-precision coordinates would misplace samples by up to a pixel: work in float32.
@@ -331,12 +352,12 @@ class AugmentPipe(torch.nn.Module):
 
         # Padding: how far outside the image the sampled region reaches (+ upsampling filter support).
         cx, cy = w / 2 + ext / 2, h / 2 + ext / 2
-        corners = torch.tensor([[-cx, cx, -cx, cx], [-cy, -cy, cy, cy], [1, 1, 1, 1]], device=dev)
+        corners = _constant(((-cx, cx, -cx, cx), (-cy, -cy, cy, cy), (1, 1, 1, 1)), dev)
         src = (g_inv @ corners)[:, :2]  # [N, 2, 4]
         reach = torch.cat([-src.amin(dim=2), src.amax(dim=2)], dim=1)  # [N, 4]: left, top, right, bottom
         reach = torch.where(identity[:, None], torch.zeros_like(reach), reach)
-        reach = reach - torch.tensor([w / 2, h / 2, w / 2, h / 2], device=dev) + (taps // 4 + 1)
-        limit = torch.tensor([w - 1, h - 1, w - 1, h - 1], device=dev)
+        reach = reach - _constant((w / 2, h / 2, w / 2, h / 2), dev) + (taps // 4 + 1)
+        limit = _constant((w - 1, h - 1, w - 1, h - 1), dev)
         reach = torch.minimum(torch.ceil(reach).clamp(min=0), limit).amax(dim=0)
         *pads, any_moved = torch.cat([reach, (~identity).any().float()[None]]).tolist()  # one sync
         if not any_moved:
@@ -381,7 +402,7 @@ class AugmentPipe(torch.nn.Module):
             theta = self._draw((torch.rand([n], device=dev) * 2 - 1) * (math.pi * self.hue_max), 0, self.hue * p)
             cos, sin = torch.cos(theta)[:, None, None], torch.sin(theta)[:, None, None]
             a = 1 / math.sqrt(3)
-            cross = torch.tensor([[0, -a, a], [a, 0, -a], [-a, a, 0]], device=dev)  # [v]_x
+            cross = _constant(((0, -a, a), (a, 0, -a), (-a, a, 0)), dev)  # [v]_x
             rot = eye3 * cos + cross * sin + vvt * (1 - cos)  # Rodrigues: rotation about the luma axis
             c_mat = _embed3d(rot) @ c_mat
         if num_channels == 3 and self.saturation > 0:
@@ -484,13 +505,12 @@ class AdaController:
 
     @property
     def p(self) -> float:
-        return float(self.pipe.p)
+        return self.pipe.p_value()
 
     def accumulate(self, real_logits: torch.Tensor) -> None:
         """Add sign(D(real)) of a batch of real logits (any shape) to the running statistics."""
         signs = real_logits.detach().sign().to(torch.float64).flatten()
-        batch = torch.stack([signs.sum(), torch.tensor(float(signs.numel()), dtype=torch.float64,
-                                                       device=signs.device)])
+        batch = torch.stack([signs.sum(), signs.new_full([], signs.numel())])  # a fill: no host-to-device copy
         self._stats = batch if self._stats is None else self._stats + batch.to(self._stats.device)
 
     def step(self) -> bool:

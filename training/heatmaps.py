@@ -190,6 +190,7 @@ class HeatmapSpec:
             indices = torch.as_tensor(indices, dtype=torch.int64)
             if indices.numel() and (indices.min() < -self.batch_size or indices.max() >= self.batch_size):
                 raise ValueError(f"indices={indices.tolist()} out of range for batch_size={self.batch_size}")
+            indices = indices.to(self.device)  # one copy (a host sync on a GPU), not one per tensor
             return self._map(lambda t: t[indices.to(t.device)])
         return self._map(lambda t: t[indices])
 

@@ -118,7 +118,7 @@ class StyleGAN2Loss:
         return self.D(img, c, return_features=return_features)
 
     def _augmenting(self) -> bool:
-        return self.augment_pipe is not None and float(self.augment_pipe.p) > 0
+        return self.augment_pipe is not None and self.augment_pipe.p_value() > 0
 
     # -- the alignment loss ---------------------------------------------------------------------------
     def alignment_loss(self, gen_img, gen_c, spec, logits, feats) -> torch.Tensor:
@@ -190,7 +190,7 @@ class StyleGAN2Loss:
     def _g_pl(self, gen_z, gen_c, spec, gain) -> None:
         with torch.autograd.profiler.record_function("Gpl_forward"):
             n = max(gen_z.shape[0] // self.pl_batch_shrink, 1)
-            sub_spec = spec.select(list(range(n))) if spec is not None else None
+            sub_spec = spec.select(slice(0, n)) if spec is not None else None  # a slice: no index tensor
             gen_img, ws = self.run_G(gen_z[:n], gen_c[:n], sub_spec)
             noise = torch.randn_like(gen_img) / np.sqrt(gen_img.shape[2] * gen_img.shape[3])
             with no_weight_gradients():  # only d/dws here; G's weight gradients come in the backward

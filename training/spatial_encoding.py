@@ -396,7 +396,9 @@ class StyleMap:
 
     def scaled(self, factor) -> StyleMap:
         """s * factor (a number or a per-sample tensor [N])."""
-        factor = torch.as_tensor(factor, dtype=self.codes.dtype, device=self.codes.device)
+        if not isinstance(factor, torch.Tensor):  # a number: no tensor copied from the host (a GPU sync)
+            return StyleMap(self.codes * factor, self.maps)
+        factor = factor.to(self.codes.dtype)
         return StyleMap(self.codes * factor.reshape(-1, 1, 1) if factor.ndim else self.codes * factor, self.maps)
 
 

@@ -247,17 +247,17 @@ def _run_phase(run: Run, phase: Phase, real_img, real_c, gen) -> None:
     phase.opt.zero_grad(set_to_none=True)
     phase.module.requires_grad_(True)
     for r in range(rounds):
-        rows = list(range(r * bg, (r + 1) * bg))
-        sub_spec = spec.select(rows) if spec is not None else None
+        # A slice is basic indexing: a list would become an index tensor copied to the GPU (a host sync).
+        sub_spec = spec.select(slice(r * bg, (r + 1) * bg)) if spec is not None else None
         real_logits = run.loss.accumulate_gradients(
             phase.name, real_img[r * bg:(r + 1) * bg], real_c[r * bg:(r + 1) * bg], gen_z[r * bg:(r + 1) * bg],
             gen_c[r * bg:(r + 1) * bg], sub_spec, gain=phase.interval)
         if real_logits is not None and run.ada is not None:
             run.ada.accumulate(real_logits)  # every round's reals: ADA's signal is over the whole batch
     phase.module.requires_grad_(False)
-    params = [p for p in phase.module.parameters()]
-    distributed.average_gradients(params, divisor=rounds * run.world_size)
-    nan_to_num_(p.grad for p in params)
+    flat = distributed.average_gradients(list(phase.module.parameters()), divisor=rounds * run.world_size)
+    if flat is not None:
+        nan_to_num_([flat])  # every gradient is a view of `flat`: one kernel instead of one per parameter
     phase.opt.step()
 
 
@@ -424,7 +424,7 @@ def _status_line(run: Run, tick_time: float, total_time: float, maint: float, ti
     if run.device.type == "cuda":
         fields.append(f"gpumem {torch.cuda.max_memory_allocated(run.device) / 2**30:<6.2f}")
         torch.cuda.reset_peak_memory_stats(run.device)
-    p = float(run.augment_pipe.p) if run.augment_pipe is not None else 0.0
+    p = run.augment_pipe.p_value() if run.augment_pipe is not None else 0.0
     fields.append(f"augment {p:.3f}")
     training_stats.report0("Progress/tick", prog.cur_tick)
     training_stats.report0("Progress/kimg", prog.cur_nimg / 1000)

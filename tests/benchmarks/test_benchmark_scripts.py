@@ -157,6 +157,10 @@ def test_step_profile_on_cpu(tmp_path):
     assert "## Step profile: tiny @16², batch 2, fp32, SPATIALGAN_OPS=auto" in text
     assert "## Step profile: tiny @16², batch 2, fp32, SPATIALGAN_OPS=ref" in text
     assert text.count("| op / kernel |") == 2 and text.count("| convolutions |") == 2
+    # One row per phase: unprofiled wall time next to the phase's own profiled time.
+    phase_rows = re.findall(r"^\| (Gmain|Greg|Dmain|Dreg) \| ([\d.e+-]+) \| ([\d.e+-]+) \|", text, re.MULTILINE)
+    assert [r[0] for r in phase_rows] == ["Gmain", "Greg", "Dmain", "Dreg"] * 2
+    assert all(float(wall) > 0 and float(prof) > 0 for _, wall, prof in phase_rows)
 
 
 def test_step_profile_families_name_every_custom_kernel():
@@ -182,11 +186,11 @@ def test_step_profile_counts_each_gpu_microsecond_once():
         return SimpleNamespace(name=name, device_type=device, is_user_annotation=annotation,
                                time_range=SimpleNamespace(elapsed_us=lambda: us))
 
-    prof = SimpleNamespace(events=lambda: [
+    events = [
         event("aten::cudnn_convolution", 50.0, DeviceType.CPU), event("sm90_xmma_fprop", 30.0),
         event("sm90_xmma_fprop", 20.0), event("Gmain_forward", 60.0, annotation=True),
-        event("bias_act_kernel<float>", 5.0), event("idle", 0.0)])
-    rows = sorted(step_profile._device_kernel_rows(prof))
+        event("bias_act_kernel<float>", 5.0), event("idle", 0.0)]
+    rows = sorted(step_profile._device_kernel_rows(events))
     assert rows == [(5.0, "bias_act_kernel<float>", 1), (50.0, "sm90_xmma_fprop", 2)]
 
 
@@ -203,8 +207,7 @@ def test_step_profile_traces_kernels_to_the_op_that_launched_them():
     launch = cpu("cudaLaunchKernel", parent=conv, kernels=[("slow_fprop", 20.0)])
     again = cpu("cudaLaunchKernel", parent=conv, kernels=[("slow_fprop", 10.0), ("other", 1.0)])
     orphan = cpu("cudaMemsetAsync", kernels=[("slow_fprop", 2.0)])
-    prof = SimpleNamespace(events=lambda: [conv, launch, again, orphan])
-    out = step_profile._kernel_launchers(prof, {"slow_fprop"})
+    out = step_profile._kernel_launchers([conv, launch, again, orphan], {"slow_fprop"})
     assert out == {"slow_fprop": {
         ("aten::cudnn_convolution", "[[32, 64, 257, 257], [128, 64, 3, 3]] [[2, 2], 1]"): [30.0, 2],
         ("(no aten op)", ""): [2.0, 1]}}

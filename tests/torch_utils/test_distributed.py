@@ -58,6 +58,17 @@ def test_average_gradients_divides_and_keeps_missing_gradients_missing():
     assert b.grad is None  # the optimiser must skip it, as without the helper
 
 
+def test_average_gradients_leaves_every_gradient_a_view_of_the_returned_buffer():
+    """One in-place op on the returned buffer (the training loop's NaN sanitising) reaches every gradient."""
+    a, b, c = (torch.nn.Parameter(torch.zeros(s)) for s in ([2, 3], [4], [5]))
+    a.grad, c.grad = torch.full([2, 3], 4.0), torch.arange(5.0)
+    flat = distributed.average_gradients([a, b, c], divisor=2)
+    assert flat.shape == (11,) and b.grad is None
+    flat.neg_()
+    assert torch.equal(a.grad, torch.full([2, 3], -2.0)) and torch.equal(c.grad, -torch.arange(5.0) / 2)
+    assert distributed.average_gradients([b], divisor=1) is None  # no gradient at all: nothing to return
+
+
 def test_is_comm_error_recognises_collective_failures():
     assert distributed.is_comm_error(RuntimeError("[../gloo/transport/tcp/pair.cc] Connection closed by peer"))
     assert distributed.is_comm_error(RuntimeError("NCCL error: unhandled system error"))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.utils._python_dispatch
 
 from training import augment
 from training.augment import AdaController, AugmentPipe, augpipe_specs, build_augment_pipe, make_augment
@@ -84,6 +85,36 @@ def test_p0_is_bitwise_identity(name):
     y = pipe(x)
     assert y is x
     assert torch.equal(torch.get_rng_state(), state)  # nothing drawn: resume-safe
+
+
+class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.ops[name] = self.ops.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_pipe_syncs_with_the_device_only_when_p_changed():
+    """On a GPU, reading p and copying host numbers to the device both wait for the GPU to catch up (a
+    host sync). A call with an unchanged p does neither (reading p: `_local_scalar_dense`; host data
+    made a tensor: `lift_fresh`), and every in-place change of p is still seen."""
+    pipe = build_augment_pipe("bgcfnc")
+    x = _smooth_images()
+    assert pipe(x) is x
+    pipe.p.fill_(0.5)
+    assert not torch.equal(pipe(x), x)
+    with _OpCounter() as counter:
+        pipe(x)
+        AdaController(pipe, batch_size=4).accumulate(torch.randn(4, 1))
+    assert counter.ops.get("_local_scalar_dense", 0) == 0 and counter.ops.get("lift_fresh", 0) == 0
+    pipe.load_state_dict({"p": torch.tensor(0.0)})
+    assert pipe(x) is x
+    pipe.p.add_(0.25)
+    assert pipe.p_value() == 0.25 and not torch.equal(pipe(x), x)
 
 
 def test_untouched_samples_are_bitwise_unchanged():

@@ -85,6 +85,31 @@ def test_training_changes_parameters_and_keeps_them_finite():
     assert run.progress.cur_nimg == 8 and run.progress.batch_idx == 2
 
 
+def test_phase_steps_on_the_round_mean_of_sanitised_gradients(monkeypatch):
+    """Two rounds of batch_gpu 2: the optimiser sees the mean over the rounds, NaN -> 0 and +-inf ->
+    +-1e5 (StyleGAN2-ADA's sanitising), in every parameter."""
+    from training.training_loop import _run_phase, _sample_batch
+
+    run = build_run(tiny_options(batch=4, batch_gpu=2), torch.device("cpu"))
+    phase = run.phases[0]
+    params = list(phase.module.parameters())
+
+    def accumulate(*args, **kwargs):
+        for i, p in enumerate(params):
+            g = torch.full_like(p, 2.0 + i)
+            g.view(-1)[0] = (float("nan"), float("inf"), -float("inf"), 2.0 + i)[min(i, 3)]
+            p.grad = g if p.grad is None else p.grad + g
+
+    seen = []
+    monkeypatch.setattr(run.loss, "accumulate_gradients", accumulate)
+    monkeypatch.setattr(phase.opt, "step", lambda: seen.extend(p.grad.clone() for p in params))
+    _run_phase(run, phase, torch.zeros(4, 3, 16, 16), torch.zeros(4, 0), _sample_batch(run)[0])
+    assert len(seen) == len(params) > 3
+    for i, g in enumerate(seen):
+        first = (0.0, 1e5, -1e5, 2.0 + i)[min(i, 3)]
+        assert g.view(-1)[0].item() == first and torch.all(g.view(-1)[1:] == 2.0 + i), i
+
+
 def test_zero_weight_regulariser_phase_is_left_out_but_its_correction_kept():
     from training.training_loop import build_phases
 

@@ -433,6 +433,12 @@ def _axis_phases(length, u, k, p0, p1):
     return out_len, q_len, phases
 
 
+def _reversed_slice(taps: list[int], k: int) -> slice:
+    """Indices `taps` (falling by a constant step) of a k-long axis, as a slice of that axis reversed."""
+    step = taps[0] - taps[1] if len(taps) > 1 else 1
+    return slice(k - 1 - taps[0], k - taps[-1], step)
+
+
 def _pass(x, f, num_channels, up, down, pad, flip_filter):
     """One depthwise upfirdn of `x [N, C, H, W]` with a 2-D kernel `f [kh, kw]` (either may be 1).
 
@@ -448,7 +454,10 @@ def _pass(x, f, num_channels, up, down, pad, flip_filter):
         g = f if flip_filter else f.flip([0, 1])  # conv2d correlates
         return _fir_valid(x, g, num_channels, (dy, dx), pad)
 
-    w = f.flip([0, 1]) if flip_filter else f  # conv_transpose order, see _axis_phases
+    # A phase's taps index the conv_transpose-ordered filter w = f.flip([0, 1]) if flip_filter else f
+    # (see _axis_phases) in steps of -u: a strided slice of w reversed, which is basic indexing, where
+    # a list of indices would be an index tensor copied from the host (a host sync on a GPU).
+    w_rev = f if flip_filter else f.flip([0, 1])
     n, h, wd = x.shape[0], x.shape[2], x.shape[3]
     oh, qh, phases_y = _axis_phases(h, uy, kh, py0, py1)
     ow, qw, phases_x = _axis_phases(wd, ux, kw, px0, px1)
@@ -460,7 +469,7 @@ def _pass(x, f, num_channels, up, down, pad, flip_filter):
                 phases[:, :, :, ry, :, rx] = 0
                 continue
             (ty, ly), (tx, lx) = phy, phx
-            g = w[ty][:, tx]
+            g = w_rev[_reversed_slice(ty, kh), _reversed_slice(tx, kw)]
             gpad = (ly, qh + len(ty) - 1 - ly - h, lx, qw + len(tx) - 1 - lx - wd)
             phases[:, :, :, ry, :, rx] = _fir_valid(x, g, num_channels, (1, 1), gpad)
     if qh * uy != oh or qw * ux != ow:
