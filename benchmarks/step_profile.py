@@ -8,9 +8,9 @@ Builds `cfg` at `res` (noaug, synthetic data), runs one untimed step (allocator,
 then profiles one step of every phase (Gmain, Greg, Dmain, Dreg) with torch.profiler and prints
 the `top` GPU kernels by time (CPU ops by self CPU time on the CPU) as a Markdown table, plus the
 shares of kernel families (the custom ops, convolutions, cuDNN layout transposes, PyTorch's own
-elementwise kernels) and each phase's wall time next to its GPU kernel time (a phase whose wall time
-is well above its kernel time waits on the CPU: Python and kernel launches). The test suite runs it
-on the CPU only.
+elementwise kernels) and each phase's wall time next to its GPU kernel time and kernel count (a
+phase whose wall time is well above its kernel time waits on the CPU: Python and kernel launches).
+The test suite runs it on the CPU only.
 """
 
 from __future__ import annotations
@@ -69,13 +69,13 @@ def profile_step(run, dev: torch.device, what_run: str, fp32: bool, impl: str, t
     wall = ts.time_phases(run, reps=1, warmup=False)  # before profiling: the profiler slows the CPU side
     on_gpu = dev.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    events, phase_us = [], {}
+    events, phase_totals = [], {}
     for phase in ts.PHASES:  # one profile per phase, so that each phase's kernel time is known
         with profile(activities=activities, record_shapes=on_gpu) as prof:
             ts.time_phases(run, reps=1, warmup=False, phases=(phase,))
         events.extend(prof.events())
         phase_rows = _device_kernel_rows(prof.events()) if on_gpu else _cpu_self_rows(prof.events())
-        phase_us[phase] = sum(r[0] for r in phase_rows)
+        phase_totals[phase] = (sum(r[0] for r in phase_rows), sum(r[2] for r in phase_rows))
     rows = _device_kernel_rows(events) if on_gpu else _cpu_self_rows(events)
     rows.sort(reverse=True)
     total = sum(r[0] for r in rows)
@@ -93,9 +93,10 @@ def profile_step(run, dev: torch.device, what_run: str, fp32: bool, impl: str, t
     ts.table(["family", f"{what} ms", "share"], shares)
     # Wall time well above kernel time: the GPU waits on Python and kernel launches (or on syncs).
     # (On the CPU the profiled self times carry the profiler's own overhead: no busy share there.)
-    ts.table(["phase", "wall ms (unprofiled)", f"{what} ms", "GPU busy"],
-             [[p, wall[p] * 1e3, phase_us[p] / 1e3,
-               f"{100 * phase_us[p] / 1e6 / max(wall[p], 1e-9):.0f} %" if on_gpu else "—"] for p in ts.PHASES])
+    ts.table(["phase", "wall ms (unprofiled)", f"{what} ms", "GPU busy", "kernels" if on_gpu else "CPU ops"],
+             [[p, wall[p] * 1e3, phase_totals[p][0] / 1e3,
+               f"{100 * phase_totals[p][0] / 1e6 / max(wall[p], 1e-9):.0f} %" if on_gpu else "—", phase_totals[p][1]]
+              for p in ts.PHASES])
     if on_gpu:
         # Which layer a slow kernel belongs to: the op that launched it, with its arguments.
         slow = [name for _, name, _ in rows[:LAUNCHER_KERNELS]]

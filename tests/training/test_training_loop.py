@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import traceback
+
 import pytest
 import torch
 
@@ -108,6 +111,35 @@ def test_phase_steps_on_the_round_mean_of_sanitised_gradients(monkeypatch):
     for i, g in enumerate(seen):
         first = (0.0, 1e5, -1e5, 2.0 + i)[min(i, 3)]
         assert g.view(-1)[0].item() == first and torch.all(g.view(-1)[1:] == 2.0 + i), i
+
+
+@pytest.mark.parametrize("cfg", ["tiny", "tiny-spatial"])
+def test_training_phases_copy_no_host_data_to_the_device(cfg):
+    """Host data made a tensor inside a phase (`lift_fresh`: an index list, a number as a tensor) is a
+    host-to-device copy on a GPU, which waits for the GPU to drain its queue: none in any phase, with
+    augmentation on, gradient accumulation and (tiny-spatial) heatmaps and the alignment loss."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from training.training_loop import _run_phase, _sample_batch
+
+    class Lifts(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            # Adam's step counters live on the CPU even for GPU parameters: its lifts stay on the host.
+            if func.overloadpacket.__name__ == "lift_fresh" and not any(
+                    f"torch{os.sep}optim" in frame.filename for frame in traceback.extract_stack()):
+                Lifts.count += 1
+            return func(*args, **(kwargs or {}))
+
+    run = build_run(tiny_options(cfg, batch=4, batch_gpu=2, aug="fixed", p=0.5, gamma=0.5), torch.device("cpu"))
+    assert [ph.name for ph in run.phases] == ["Gmain", "Greg", "Dmain", "Dreg"]
+    real = torch.rand(4, 3, 16, 16) * 2 - 1
+    for phase, gen in zip(run.phases, _sample_batch(run)):
+        _run_phase(run, phase, real, torch.zeros(4, 0), gen)  # first call: caches and lazy set-up
+        with Lifts():
+            _run_phase(run, phase, real, torch.zeros(4, 0), gen)
+        assert Lifts.count == 0, phase.name
 
 
 def test_zero_weight_regulariser_phase_is_left_out_but_its_correction_kept():
