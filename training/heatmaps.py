@@ -63,7 +63,8 @@ class HeatmapSpec:
     centers:     list of L tensors [N, K_l, 2], (x, y) normalised (may lie outside [0, 1]).
     sigmas:      list of L tensors [N, K_l], Gaussian std as a fraction of the image side, > 0.
     alive:       list of L tensors [N, K_l], float 0/1; a dead sub-map renders as zero.
-    style_seeds: int64 [N, K_0] per-object appearance seeds (multi-object specs) or None.
+    style_seeds: int64 [N, K_0] per-object appearance seeds (multi-object specs) or None; kept on the
+                 CPU by `to()` (they seed host-side generators).
     noise:       list of L tensors [N, K_l, h_l, w_l] in [0, 1] (noise ablation) or None; when set,
                  `render` returns these maps resized instead of Gaussians.
     kind:        name of the sampler that made it (free text for hand-made specs).
@@ -174,7 +175,9 @@ class HeatmapSpec:
             kind=self.kind, hierarchical=self.hierarchical)
 
     def to(self, device: torch.device | str) -> HeatmapSpec:
-        return self._map(lambda t: t.to(device))
+        """The maps' tensors on `device`. `style_seeds` stay where they are: they only seed host-side
+        random generators, and reading them back from a GPU would cost a sync per generator pass."""
+        return self._map(lambda t: t.to(device), seeds_fn=lambda seeds: seeds)
 
     def clone(self) -> HeatmapSpec:
         return self._map(torch.clone)

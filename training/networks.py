@@ -624,7 +624,10 @@ class Generator(nn.Module):
         n, k = seeds.shape
         z = se.seeds_to_z(seeds, self.z_dim)
         device = spec.device
-        z = torch.from_numpy(z).to(device=device, dtype=torch.float32)
+        z = torch.from_numpy(z).to(torch.float32)
+        if device.type == "cuda":  # pinned memory: the copy is queued with the kernels, not waited for
+            z = z.pin_memory()
+        z = z.to(device, non_blocking=True)
         c_rep = c.to(device).repeat_interleave(k, dim=0) if (c is not None and self.c_dim > 0) else None
         ws = self.mapping(z, c_rep, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
         return ws.reshape(n, k, self.num_ws, self.w_dim)

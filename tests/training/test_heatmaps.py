@@ -375,3 +375,13 @@ def test_integral_scalars_as_level_and_index():
     for index in (np.int64(2), torch.tensor(2)):
         one = spec.select(index)
         assert one.batch_size == 1 and torch.equal(one.centers[2][0], spec.centers[2][2])
+
+
+def test_to_moves_the_maps_and_keeps_style_seeds_on_the_host():
+    """Seeds only seed host-side generators (Generator.object_ws): on a GPU they would be read back
+    once per generator pass, a sync each time."""
+    spec = HeatmapSpec(centers=[torch.rand(2, 3, 2)], sigmas=[torch.full([2, 3], 0.1)],
+                       style_seeds=torch.arange(6).view(2, 3))
+    moved = spec.to("meta")
+    assert moved.device.type == "meta" and moved.sigmas[0].device.type == "meta"
+    assert moved.style_seeds.device.type == "cpu" and torch.equal(moved.style_seeds, spec.style_seeds)

@@ -117,7 +117,8 @@ def test_phase_steps_on_the_round_mean_of_sanitised_gradients(monkeypatch):
 def test_training_phases_copy_no_host_data_to_the_device(cfg):
     """Host data made a tensor inside a phase (`lift_fresh`: an index list, a number as a tensor) is a
     host-to-device copy on a GPU, which waits for the GPU to drain its queue: none in any phase, with
-    augmentation on, gradient accumulation and (tiny-spatial) heatmaps and the alignment loss."""
+    augmentation on, gradient accumulation and (tiny-spatial) heatmaps and the alignment loss.
+    (SEL_indoor's per-object z are drawn on the host by design and sent through pinned memory.)"""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from training.training_loop import _run_phase, _sample_batch
