@@ -390,7 +390,7 @@ class SynthesisBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
                  is_last: bool, architecture: str = "skip", resample_filter: Sequence[int] = RESAMPLE_FILTER,
-                 conv_clamp: float | None = 256, use_fp16: bool = False, fp16_channels_last: bool = False,
+                 conv_clamp: float | None = None, use_fp16: bool = False, fp16_channels_last: bool = False,
                  spatial: se.SpatialConfig | None = None, **layer_kwargs):
         super().__init__()
         misc.check_choice("architecture", architecture, G_ARCHITECTURES)
@@ -485,7 +485,7 @@ class SynthesisNetwork(nn.Module):
     """
 
     def __init__(self, w_dim: int, img_resolution: int, img_channels: int, channel_base: int = 32768,
-                 channel_max: int = 512, num_fp16_res: int = 4, conv_clamp: float | None = 256,
+                 channel_max: int = 512, num_fp16_res: int = 0, conv_clamp: float | None = None,
                  architecture: str = "skip", spatial: dict | None = None, **layer_kwargs):
         super().__init__()
         _store_init_kwargs(self, w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
@@ -786,8 +786,8 @@ class Discriminator(nn.Module):
     """
 
     def __init__(self, c_dim: int, img_resolution: int, img_channels: int, architecture: str = "resnet",
-                 channel_base: int = 32768, channel_max: int = 512, num_fp16_res: int = 4,
-                 conv_clamp: float | None = 256, cmap_dim: int | None = None, block_kwargs: dict | None = None,
+                 channel_base: int = 32768, channel_max: int = 512, num_fp16_res: int = 0,
+                 conv_clamp: float | None = None, cmap_dim: int | None = None, block_kwargs: dict | None = None,
                  mapping_kwargs: dict | None = None, epilogue_kwargs: dict | None = None, freeze_layers: int = 0):
         super().__init__()
         block_kwargs, mapping_kwargs = dict(block_kwargs or {}), dict(mapping_kwargs or {})
