@@ -61,8 +61,7 @@ def default_gather(num_gpus: int) -> Callable[[torch.Tensor], torch.Tensor]:
 @dataclass
 class MetricOptions:
     """Everything a metric needs. `G` follows the Generator contract; `dataset` (optional) overrides
-    opening `dataset_kwargs` with `training.dataset.open_dataset` (tests, callers holding a dataset);
-    a `_full` metric reopens it from its `kwargs` with xflip=False, max_size=None where those differ."""
+    opening `dataset_kwargs` with `training.dataset.open_dataset` (tests, callers holding a dataset)."""
 
     G: Any = None
     dataset_kwargs: dict = field(default_factory=dict)
@@ -234,24 +233,12 @@ def load_stats(path: str | os.PathLike) -> FeatureStats:
 
 
 def get_dataset(opts: MetricOptions, **overrides):
-    """The real dataset: `open_dataset(**{**dataset_kwargs, **overrides})`, or `opts.dataset` when given.
-
-    `overrides` (a `_full` metric's xflip=False, max_size=None) apply to `opts.dataset` too: it is
-    reopened from its `kwargs` with them when they differ (they are part of the feature cache's key,
-    so ignoring them would also cache the wrong statistics under the right name)."""
-    from training.dataset import DatasetError, open_dataset  # Lazy: only real-data metrics need it.
-
-    if opts.dataset is None:
-        return open_dataset(**{**opts.dataset_kwargs, **overrides})
-    own = getattr(opts.dataset, "kwargs", None) or {}
-    if all(own.get(k) == v for k, v in overrides.items()):
+    """The real dataset: `opts.dataset` if given, else `open_dataset(**{**dataset_kwargs, **overrides})`."""
+    if opts.dataset is not None:
         return opts.dataset
-    try:
-        return open_dataset(**{**own, **overrides})
-    except (TypeError, DatasetError) as err:
-        raise ValueError(f"this metric reads the real images with {overrides} (a _full metric), but the dataset "
-                         f"object given has kwargs={own} and cannot be reopened with them ({err}): pass "
-                         f"dataset_kwargs instead") from None
+    from training.dataset import open_dataset  # Lazy: only real-data metrics need it.
+
+    return open_dataset(**{**opts.dataset_kwargs, **overrides})
 
 
 def progress_bar(opts: MetricOptions, total: int, desc: str):

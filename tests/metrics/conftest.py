@@ -47,7 +47,7 @@ class ListDataset(torch.utils.data.Dataset):
 
     def __init__(self, images: np.ndarray, name: str = "toy"):
         self.images, self.name = images, name
-        self.kwargs = dict(data=f"toy:{name}", num=len(images), xflip=False, max_size=None)
+        self.kwargs = dict(data=f"toy:{name}", num=len(images))
 
     def __len__(self):
         return len(self.images)

@@ -158,19 +158,3 @@ def test_options_validate():
 def test_to_uint8_conversion():
     x = torch.tensor([-2.0, -1.0, 0.0, 1.0])
     assert metric_utils.to_uint8(x).tolist() == [0, 0, 128, 255]
-
-
-def test_full_metric_overrides_reach_a_given_dataset(stub_G, toy_dataset):
-    """A `_full` metric's xflip=False / max_size=None also apply to a dataset object passed in: reopened
-    from its kwargs when they differ, refused with a clear error when it cannot be reopened."""
-    from training.dataset import open_dataset
-
-    capped = open_dataset("synthetic:shapes:16", max_size=6)
-    opts = _opts(stub_G, capped)
-    assert metric_utils.get_dataset(opts) is capped
-    full = metric_utils.get_dataset(opts, xflip=False, max_size=None)
-    assert full is not capped and len(full) > len(capped) == 6
-    assert metric_utils.get_dataset(_opts(stub_G, toy_dataset), xflip=False, max_size=None) is toy_dataset
-    toy_dataset.kwargs["max_size"] = 2  # not reopenable: a toy:... "path"
-    with pytest.raises(ValueError, match=r"kwargs=.*cannot be reopened.*pass dataset_kwargs"):
-        metric_utils.get_dataset(_opts(stub_G, toy_dataset), xflip=False, max_size=None)
