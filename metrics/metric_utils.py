@@ -61,7 +61,10 @@ def default_gather(num_gpus: int) -> Callable[[torch.Tensor], torch.Tensor]:
 @dataclass
 class MetricOptions:
     """Everything a metric needs. `G` follows the Generator contract; `dataset` (optional) overrides
-    opening `dataset_kwargs` with `training.dataset.open_dataset` (tests, callers holding a dataset)."""
+    opening `dataset_kwargs` with `training.dataset.open_dataset` (tests, callers holding a dataset).
+    A dataset given is the real set as it is: a `_full` metric's xflip=False / max_size=None do not
+    reopen it (a deliberately small real set stays small), and the feature cache is keyed by its
+    `kwargs`, so it never shares an entry with the uncapped set."""
 
     G: Any = None
     dataset_kwargs: dict = field(default_factory=dict)

@@ -193,8 +193,12 @@ class HeatmapSpec:
             indices = torch.as_tensor(indices, dtype=torch.int64)
             if indices.numel() and (indices.min() < -self.batch_size or indices.max() >= self.batch_size):
                 raise ValueError(f"indices={indices.tolist()} out of range for batch_size={self.batch_size}")
-            indices = indices.to(self.device)  # one copy (a host sync on a GPU), not one per tensor
-            return self._map(lambda t: t[indices.to(t.device)])
+            on_device = indices.to(self.device)  # one copy (a host sync on a GPU), not one per tensor
+
+            def pick(t: torch.Tensor) -> torch.Tensor:  # the seeds stay on the CPU (see `to`)
+                return t[on_device if t.device == on_device.device else indices.to(t.device)]
+
+            return self._map(pick)
         return self._map(lambda t: t[indices])
 
     def repeat(self, n: int) -> HeatmapSpec:
