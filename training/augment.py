@@ -240,6 +240,8 @@ class AugmentPipe(torch.nn.Module):
         bump a tensor's version counter; `.to()` makes a new tensor): reading a GPU value is a host
         sync, and the pipe runs on every D pass, while ADA moves p once every few minibatches."""
         p, read = self.p, self._p_read
+        if p.is_inference():  # made under torch.inference_mode(): no version counter to watch
+            return float(p)
         if read is None or read[0] is not p or read[1] != p._version:
             read = self._p_read = (p, p._version, float(p))
         return read[2]

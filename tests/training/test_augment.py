@@ -117,6 +117,16 @@ def test_pipe_syncs_with_the_device_only_when_p_changed():
     assert pipe.p_value() == 0.25 and not torch.equal(pipe(x), x)
 
 
+def test_pipe_made_under_inference_mode_still_runs():
+    """Its p is then an inference tensor, which has no version counter to cache p's value by."""
+    with torch.inference_mode():
+        pipe = build_augment_pipe("bgc")
+        x = _smooth_images()
+        assert pipe(x) is x
+        pipe.p.fill_(0.5)
+        assert pipe.p_value() == 0.5 and not torch.equal(pipe(x), x)
+
+
 def test_untouched_samples_are_bitwise_unchanged():
     # p so small that no op fires: every stage runs, yet each sample must come out bit for bit.
     pipe = build_augment_pipe("bgcfnc")
