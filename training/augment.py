@@ -80,7 +80,7 @@ def build_augment_pipe(name: str) -> AugmentPipe:
 
 def _matrix(rows: list[list], n: int, device: torch.device) -> torch.Tensor:
     entries = [v.to(torch.float32).expand(n) if isinstance(v, torch.Tensor)
-               else torch.full([n], float(v), device=device) for row in rows for v in row]
+               else torch.full([n], float(v), dtype=torch.float32, device=device) for row in rows for v in row]
     return torch.stack(entries, dim=1).reshape(n, len(rows), len(rows[0]))
 
 
