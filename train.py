@@ -191,7 +191,7 @@ def build_options(args: dict, world_size: int, transfer: bool = False) -> dict:
         gamma=args["gamma"], seed=args["seed"], snap=args["snap"], tick=args["tick"],
         workers=args["workers"] if args["workers"] is not None else min(3, usable_cpus()),
         aug=args["aug"], p=args["p"], target=args["target"], augpipe=args["augpipe"], fp32=args["fp32"],
-        channels_last=args["channels_last"], freezed=args["freezed"],
+        channels_last=args["channels_last"], cuda_graphs=args["cuda_graphs"], freezed=args["freezed"],
         metrics=parse_metrics(args["metrics"]), pl_weight=args["pl_weight"], style_mixing=args["style_mixing"],
         allow_tf32=args["allow_tf32"], cudnn_benchmark=not args["nobench"], transfer=transfer, spatial=spatial,
         align=align, metric_kwargs=dict(segmenter=args["segmenter"], segmenter_weights=args["segmenter_weights"]))
@@ -247,6 +247,8 @@ def check_run(args: dict, options: dict, resume: str | None, resume_data: dict |
 @click.option("--fp32", type=bool, default=False, metavar="BOOL", help="Disable mixed precision")
 @click.option("--channels-last", "--nhwc", "channels_last", type=bool, default=False, metavar="BOOL",
               help="Channels-last (NHWC) memory format in the fp16 layers (faster on tensor-core GPUs)")
+@click.option("--cuda-graphs", type=bool, default=False, metavar="BOOL",
+              help="Replay each training phase as a CUDA graph (one GPU; see README, Performance)")
 @click.option("--allow-tf32", type=bool, default=False, metavar="BOOL", help="Allow TF32 matmul/convolutions")
 @click.option("--nobench", type=bool, default=False, metavar="BOOL", help="Disable cuDNN benchmarking")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)

@@ -12,8 +12,9 @@ Sections
   B  SpatialGAN: sec/kimg and peak memory of lsun-cat256 / lsun-bedroom256 vs baseline256 (interleaved
      rounds; the overhead is the median per-round ratio).
   C  distributed (CPU, gloo): N ranks vs 1 rank at the same per-rank batch -> scaling efficiency.
-  D  GPU: reference vs CUDA ops, fp32 vs mixed precision (also with channels-last fp16 blocks), batch 32,
-     FLOPs/img and fraction of peak (--cfg picks configs; default baseline256, lsun-cat256, lsun-bedroom256).
+  D  GPU: reference vs CUDA ops, fp32 vs mixed precision (also with channels-last fp16 blocks, and with
+     the phases replayed as CUDA graphs), batch 32, FLOPs/img and fraction of peak (--cfg picks configs;
+     default baseline256, lsun-cat256, lsun-bedroom256).
 
 Machine noise: the machines are shared, so every row that matters is also measured with a *naive ops*
 mode written here from the maths (zero-insertion upsampling materialised, padding, full 2-D FIR
@@ -46,6 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from torch_utils import distributed, misc  # noqa: E402
 from torch_utils.ops import bias_act, conv2d_resample, fma, upfirdn2d  # noqa: E402
+from training import phase_graphs  # noqa: E402
 from training import training_loop as tl  # noqa: E402
 from training.config import resolve_options  # noqa: E402
 from training.dataset import open_dataset  # noqa: E402
@@ -522,17 +524,25 @@ def section_d(device: torch.device, quick: bool, reps: int, batch: int,
     res = 64 if quick else 256
     # Rows stream out as measured, most wanted first: the baseline's four (ops x precision) rows give
     # both targets (CUDA ops vs reference, mixed vs fp32); channels-last and the SpatialGAN configs follow.
-    variants = [(True, "ref", False), (True, "auto", False), (False, "ref", False), (False, "auto", False),
-                (False, "ref", True), (False, "auto", True)]  # (fp32, ops, channels-last fp16 blocks)
+    # (fp32, ops, channels-last fp16 blocks, CUDA graphs); graphs last: they are the newest rows.
+    variants = [(True, "ref", False, False), (True, "auto", False, False), (False, "ref", False, False),
+                (False, "auto", False, False), (False, "ref", True, False), (False, "auto", True, False),
+                (False, "ref", False, True), (False, "auto", False, True), (False, "auto", True, True)]
     table_header(["config", "precision", "ops (used)", "s/kimg", "img/s", "peak mem GiB", "GFLOP/img (amortised)",
                   "fraction of peak"])
     for cfg in configs:
         flops = None
-        for fp32, ops, channels_last in variants:
+        for fp32, ops, channels_last, graphs in variants:
             os.environ["SPATIALGAN_OPS"] = ops
             run = build(make_options(cfg, res, batch=batch, fp32=fp32, channels_last=channels_last), device)
+            if graphs and phase_graphs.unsupported(run) is not None:
+                continue  # (SEL_indoor) the same as the eager row
             if flops is None:
                 flops = count_flops(run)
+            if graphs:
+                run.graphs = phase_graphs.PhaseGraphs(log=emit)
+                for _ in range(phase_graphs.WARMUP_RUNS + 1):  # eager warm-ups, then the capturing pass
+                    time_phases(run, reps=0)
             t = time_phases(run, reps)
             sec = amortised(t)
             peak = (peaks or {}).get("fp32" if fp32 else "fp16")
@@ -540,6 +550,7 @@ def section_d(device: torch.device, quick: bool, reps: int, batch: int,
             used = "cuda" if ops == "auto" and not any(_cuda._status.get(o) for o in ("bias_act", "upfirdn2d")) \
                 and _cuda._status else "ref"
             precision = "fp32" if fp32 else ("mixed, channels-last" if channels_last else "mixed")
+            precision += ", CUDA graphs" if graphs and run.graphs.off is None else ""
             table_row([f"{cfg} @{res}²", precision, f"{ops} ({used})", sec * 1000 / batch, batch / sec, t["_mem"],
                        flops / 1e9, frac])
             del run

@@ -246,6 +246,12 @@ class AugmentPipe(torch.nn.Module):
             read = self._p_read = (p, p._version, float(p))
         return read[2]
 
+    @property
+    def reads_from_device(self) -> bool:
+        """Whether a pass reads values back from the tensors' device: the geometric ops' padding, one host
+        sync per pass (so such a pass cannot be captured in a CUDA graph)."""
+        return any(getattr(self, name) > 0 for name in ("scale", "rotate", "aniso", "xfrac"))
+
     def extra_repr(self) -> str:
         active = [f"{n}={getattr(self, n):g}" for n in _MULTIPLIERS if getattr(self, n) > 0]
         return ", ".join(active) or "no ops"

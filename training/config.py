@@ -202,8 +202,8 @@ def resolve_options(cfg: str, dataset: dict[str, Any], world_size: int = 1, **ov
         dataset: `{'kwargs': open_dataset kwargs, 'name', 'resolution', 'num_channels', 'label_dim'}`.
         world_size: number of training processes.
         overrides: CLI options (None = keep the preset's value). Keys: kimg, batch, batch_gpu, gamma, seed,
-            snap, tick, workers, aug, p, target, augpipe, fp32, channels_last, freezed, metrics, pl_weight,
-            style_mixing, ema_kimg, transfer (starting from a network-only file), metric_kwargs (segmenter,
+            snap, tick, workers, aug, p, target, augpipe, fp32, channels_last, cuda_graphs, freezed, metrics,
+            pl_weight, style_mixing, ema_kimg, transfer (starting from a network-only file), metric_kwargs (segmenter,
             segmenter_weights for Co-move during training), plus `spatial={...}`
             (SPATIAL_OVERRIDES) and `align={..., 'enabled': bool}`.
     """
@@ -266,6 +266,7 @@ def resolve_options(cfg: str, dataset: dict[str, Any], world_size: int = 1, **ov
         ema_kimg=preset["ema_kimg"], ema_rampup=None if transfer else preset["ema_rampup"], seed=get("seed", 0),
         workers=get("workers", 3), metrics=list(get("metrics", preset.get("metrics", []))), fp32=bool(get("fp32", False)),
         allow_tf32=bool(get("allow_tf32", False)), cudnn_benchmark=bool(get("cudnn_benchmark", True)),
+        cuda_graphs=bool(get("cuda_graphs", False)),
         resolution=resolution, transfer=transfer,
         metric_kwargs={k: v for k, v in dict(get("metric_kwargs", {})).items() if v is not None},
     )

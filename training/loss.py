@@ -95,7 +95,8 @@ class StyleGAN2Loss:
         return {"pl_mean": self.pl_mean.detach().cpu().clone()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.pl_mean = state["pl_mean"].clone()
+        # In place: a captured training phase (training.phase_graphs) keeps reading this very tensor.
+        self.pl_mean.copy_(state["pl_mean"])
 
     # -- forward helpers ------------------------------------------------------------------------------
     def run_G(self, z, c, spec):
@@ -196,9 +197,12 @@ class StyleGAN2Loss:
             with no_weight_gradients():  # only d/dws here; G's weight gradients come in the backward
                 (grads,) = torch.autograd.grad((gen_img * noise).sum(), ws, create_graph=True)
             lengths = grads.square().sum(2).mean(1).sqrt()
+            if self.pl_mean.device != lengths.device:
+                self.pl_mean = self.pl_mean.to(lengths.device)
             # The penalty uses the updated mean with its (small, pl_decay-weighted) gradient, as upstream.
-            pl_mean = self.pl_mean.to(lengths.device).lerp(lengths.mean(), self.pl_decay)
-            self.pl_mean = pl_mean.detach()
+            # The running mean is updated in place (a captured phase replays this update on this tensor).
+            pl_mean = self.pl_mean.lerp(lengths.mean(), self.pl_decay)
+            self.pl_mean.copy_(pl_mean.detach())
             penalty = (lengths - pl_mean).square()
             training_stats.report("Loss/pl_penalty", penalty)
             loss = penalty * self.pl_weight

@@ -67,6 +67,7 @@ class Run:
     batch_gen: torch.Generator
     progress: Progress = field(default_factory=Progress)
     data_iter: Any = None
+    graphs: Any = None  # training.phase_graphs.PhaseGraphs when the phases run as CUDA graphs
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -193,8 +194,13 @@ def build_run(options: dict[str, Any], device: torch.device, rank: int = 0, worl
     batch_gen = torch.Generator().manual_seed(seed)
     if world_size > 1:
         _seed_rank_streams(seed, rank)
-    return Run(options, device, rank, world_size, dataset, G, D, G_ema, loss, build_phases(options, G, D),
-               augment_pipe, ada, batch_gen)
+    run = Run(options, device, rank, world_size, dataset, G, D, G_ema, loss, build_phases(options, G, D),
+              augment_pipe, ada, batch_gen)
+    if options.get("cuda_graphs"):
+        from training.phase_graphs import PhaseGraphs
+
+        run.graphs = PhaseGraphs(log=print if rank == 0 else None)
+    return run
 
 
 def start_data(run: Run) -> None:
@@ -240,24 +246,46 @@ def _sample_batch(run: Run):
 
 
 def _run_phase(run: Run, phase: Phase, real_img, real_c, gen) -> None:
+    """One phase, eagerly or by replaying its CUDA graph (`run.graphs`, see training.phase_graphs)."""
+    if run.graphs is not None and run.graphs.run_phase(run, phase, real_img, real_c, gen):
+        return
+    phase.opt.zero_grad(set_to_none=True)
+    real_logits = phase_body(run, phase, real_img, real_c, gen)
+    finish_phase(run, phase, real_logits)
+
+
+def phase_body(run: Run, phase: Phase, real_img, real_c, gen) -> list[torch.Tensor]:
+    """Every round's forward and backward, then the gradients averaged over rounds and ranks and
+    sanitised; returns each round's detached real logits (for ADA). Gradients must be None on entry.
+
+    Everything here is GPU work with static shapes and no host reads: it is what a CUDA graph captures.
+    """
     opts = run.options
     bg = opts["batch_gpu"]
     rounds = (opts["batch"] // run.world_size) // bg
     gen_z, gen_c, spec = gen
-    phase.opt.zero_grad(set_to_none=True)
     phase.module.requires_grad_(True)
+    real_logits = []
     for r in range(rounds):
         # A slice is basic indexing: a list would become an index tensor copied to the GPU (a host sync).
         sub_spec = spec.select(slice(r * bg, (r + 1) * bg)) if spec is not None else None
-        real_logits = run.loss.accumulate_gradients(
+        logits = run.loss.accumulate_gradients(
             phase.name, real_img[r * bg:(r + 1) * bg], real_c[r * bg:(r + 1) * bg], gen_z[r * bg:(r + 1) * bg],
             gen_c[r * bg:(r + 1) * bg], sub_spec, gain=phase.interval)
-        if real_logits is not None and run.ada is not None:
-            run.ada.accumulate(real_logits)  # every round's reals: ADA's signal is over the whole batch
+        if logits is not None:
+            real_logits.append(logits)
     phase.module.requires_grad_(False)
     flat = distributed.average_gradients(list(phase.module.parameters()), divisor=rounds * run.world_size)
     if flat is not None:
         nan_to_num_([flat])  # every gradient is a view of `flat`: one kernel instead of one per parameter
+    return real_logits
+
+
+def finish_phase(run: Run, phase: Phase, real_logits: list[torch.Tensor]) -> None:
+    """After `phase_body`: ADA's signal (every round's reals: it is over the whole batch), optimiser step."""
+    if run.ada is not None:
+        for logits in real_logits:
+            run.ada.accumulate(logits)
     phase.opt.step()
 
 
@@ -303,10 +331,10 @@ def update_ema(run: Run) -> None:
     if opts["ema_rampup"] is not None:
         ema_nimg = min(ema_nimg, run.progress.cur_nimg * opts["ema_rampup"])
     beta = 0.5 ** (opts["batch"] / max(ema_nimg, 1e-8))
-    for p_ema, p in zip(run.G_ema.parameters(), run.G.parameters()):
-        p_ema.copy_(p.detach().lerp(p_ema, beta))
-    for b_ema, b in zip(run.G_ema.buffers(), run.G.buffers()):
-        b_ema.copy_(b)
+    # Multi-tensor ops: a handful of kernel launches instead of two per parameter and one per buffer.
+    ema_params, params = list(run.G_ema.parameters()), [p.detach() for p in run.G.parameters()]
+    torch._foreach_copy_(ema_params, torch._foreach_lerp(params, ema_params, beta))
+    torch._foreach_copy_(list(run.G_ema.buffers()), list(run.G.buffers()))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -521,8 +549,8 @@ def _sync_rank_state(run: Run) -> None:
         return
     for module in (run.G, run.G_ema):
         distributed.average_buffers(module, "w_avg")
-    pl_mean = run.loss.pl_mean.to(run.device, torch.float32)
-    run.loss.pl_mean = distributed.all_reduce_sum(pl_mean) / run.world_size
+    pl_mean = run.loss.pl_mean
+    pl_mean.copy_(distributed.all_reduce_sum(pl_mean.to(run.device, torch.float32)) / run.world_size)
     if run.ada is not None:
         run.ada.gather_pending(keep=run.rank == 0)
 

@@ -9,6 +9,7 @@ Built from differentiable torch ops, so gradients of every order work (the activ
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -149,9 +150,7 @@ class _BiasActPiecewiseLinear(torch.autograd.Function):
         dim, act, alpha, gain, clamp = ctx.args
         g = dy
         if clamp is not None:
-            # Compare with the clamp as stored in y's dtype: fp16 cannot hold e.g. 0.9 exactly, and a
-            # saturated output equals the rounded value, not the Python float.
-            c = float(torch.tensor(clamp, dtype=y.dtype))
+            c = _rounded(clamp, y.dtype)
             g = torch.ops.aten.hardtanh_backward(g, y, -c, c)  # zero where |y| == clamp
         if act == "relu":
             g = torch.ops.aten.threshold_backward(g, y, 0)
@@ -164,6 +163,13 @@ class _BiasActPiecewiseLinear(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             db = g.sum([i for i in range(g.ndim) if i != dim])
         return dx, db, None, None, None, None, None
+
+
+@functools.lru_cache(maxsize=None)
+def _rounded(value: float, dtype: torch.dtype) -> float:
+    """`value` as stored in `dtype`: fp16 cannot hold e.g. 0.9 exactly, and a saturated output equals the
+    rounded clamp, not the Python float. Cached: no host tensor per backward call (nor in a CUDA graph)."""
+    return float(torch.tensor(value, dtype=dtype))
 
 
 def _reference_for_cuda(x, b, dim, act, alpha, gain, clamp):

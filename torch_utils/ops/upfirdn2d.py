@@ -288,11 +288,11 @@ class _UpFirDn2d(torch.autograd.Function):
 def _upfirdn2d_torch(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain):
     """Pick the cheapest route: elementwise polyphase, one 2-D pass, or two 1-D passes."""
     num_channels = x.shape[1]
-    factors = None
+    factors = raw = None
     if f.ndim == 1:
-        factors = (f, f)
+        factors = raw = (f, f)
     elif f.shape[0] > 1 and f.shape[1] > 1:
-        factors = _separable_factors(f)
+        factors = raw = _separable_factors(f)
         if factors is not None:
             factors = _cast_factors(f, factors, x)
     if factors is None:  # non-separable 2-D filter (or a single row/column)
@@ -305,7 +305,9 @@ def _upfirdn2d_torch(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filt
     axes = ((upx, kw, px0, px1), (upy, kh, py0, py1))
     if downx == downy == 1 and max(upx, upy) > 1 and all(_ew_eligible(*a) for a in axes) and not (
             torch.is_grad_enabled() and (x.requires_grad or f.requires_grad)):
-        return _upsample_ew(x, fx, fy, upx, upy, px0, px1, py0, py1, flip_filter, gain)
+        # The taps as Python numbers, read once per filter (reading a GPU filter is a host sync).
+        wx, wy = cached_on(f, "taps", lambda: tuple([float(v) for v in t.detach().cpu().tolist()] for t in raw))
+        return _upsample_ew(x, wx, wy, upx, upy, px0, px1, py0, py1, flip_filter, gain)
 
     fx = fx.to(x.dtype) * gain if gain != 1 else fx.to(x.dtype)
     fy = fy.to(x.dtype)
@@ -335,9 +337,7 @@ def _ew_eligible(u, k, p0, p1):
     return (u >= 2 and -(-k // u) <= 2) or (u == 1 and k == 1 and p0 == 0 and p1 == 0)
 
 
-def _upsample_ew(x, fx, fy, upx, upy, px0, px1, py0, py1, flip_filter, gain):
-    wx = [float(v) for v in fx.tolist()]
-    wy = [float(v) for v in fy.tolist()]
+def _upsample_ew(x, wx: list[float], wy: list[float], upx, upy, px0, px1, py0, py1, flip_filter, gain):
     if flip_filter:  # the phases below index the conv_transpose-ordered (= unflipped) filter
         wx, wy = wx[::-1], wy[::-1]
     stages = []

@@ -1,0 +1,240 @@
+"""Training phases replayed as graphs (training/phase_graphs.py).
+
+On the CPU the graphs are emulated (graph_emulation.py: the ops recorded at capture are run again on the
+same tensors), so everything but the CUDA calls is checked here, bit for bit against eager training; the
+`gpu` tests run the same checks with real CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from graph_emulation import CaptureError, TraceBackend, TraceGraph
+
+from torch_utils import training_stats
+from training import heatmaps, phase_graphs
+from training import training_loop as tl
+from training.config import resolve_options
+from training.dataset import open_dataset
+
+needs_cuda = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+@pytest.fixture(autouse=True)
+def values_checked_as_on_a_gpu(monkeypatch):
+    """HeatmapSpec reads its values back (a host read) only for CPU tensors, which the emulated capture
+    would refuse; on a GPU that check is skipped, so here too."""
+    monkeypatch.setattr(heatmaps.HeatmapSpec, "check_values", lambda self: self)
+
+
+def options(cfg: str = "tiny", clamp: float | None = None, **overrides) -> dict:
+    ds = open_dataset("synthetic:shapes:16")
+    info = dict(kwargs=ds.kwargs, name=ds.name, resolution=ds.resolution, num_channels=ds.num_channels, label_dim=0)
+    base = dict(batch=4, batch_gpu=2, kimg=1, tick=1, snap=1, workers=0, metrics=[], seed=3, gamma=0.5)
+    opts = resolve_options(cfg, info, 1, **dict(base, **overrides))
+    if clamp is not None:  # conv_clamp (fp16 presets) also in fp32: the clamp masks in the backward
+        opts["G_kwargs"]["synthesis_kwargs"]["conv_clamp"] = opts["D_kwargs"]["conv_clamp"] = clamp
+    return opts
+
+
+def train(opts: dict, steps: int, graphs: phase_graphs.PhaseGraphs | None, device: str = "cpu") -> tl.Run:
+    training_stats.reset()
+    run = tl.build_run(opts, torch.device(device))
+    run.graphs = graphs
+    tl.start_data(run)
+    for _ in range(steps):
+        tl.train_step(run)
+    return run
+
+
+def loss_stats() -> dict[str, torch.Tensor]:
+    return {name: training_stats._total(name) for name in training_stats._counters if not name.startswith("Timing/")}
+
+
+def assert_same_state(a: tl.Run, b: tl.Run, exact: bool = True) -> None:
+    for net in ("G", "D", "G_ema"):
+        sa, sb = getattr(a, net).state_dict(), getattr(b, net).state_dict()
+        for key in sa:
+            if exact:
+                assert torch.equal(sa[key], sb[key]), f"{net}.{key} differs"
+            else:
+                torch.testing.assert_close(sb[key], sa[key], rtol=1e-3, atol=1e-4, msg=f"{net}.{key} differs")
+    for pa, pb in zip(a.phases, b.phases):
+        for (ka, va), (kb, vb) in zip(pa.opt.state.items(), pb.opt.state.items()):
+            for name in va:
+                close = torch.equal if exact else (lambda x, y: torch.allclose(x, y, rtol=1e-3, atol=1e-6))
+                assert close(va[name].cpu(), vb[name].cpu()), f"{pa.name} optimiser {name} differs"
+    assert torch.equal(a.loss.pl_mean.cpu(), b.loss.pl_mean.cpu()) or not exact
+
+
+@pytest.mark.parametrize("cfg, clamp, extra", [
+    ("tiny", None, {}),
+    pytest.param("tiny-spatial", 0.5, {}, marks=pytest.mark.slow),                  # heatmaps, GradCAM, clamps
+    pytest.param("tiny", None, dict(aug="fixed", p=0.5, augpipe="color"), marks=pytest.mark.slow),
+])
+def test_replayed_phases_train_exactly_like_eager_ones(cfg, clamp, extra):
+    """20 steps (2 rounds each): every phase is captured after its warm-up and replayed from then on
+    (Greg twice), and the networks, optimisers, path-length mean and loss statistics equal an eager run's
+    bit for bit."""
+    opts = options(cfg, clamp, **extra)
+    eager = train(opts, 20, None)
+    eager_stats = loss_stats()
+    graphs = phase_graphs.PhaseGraphs(backend=TraceBackend())
+    replayed = train(opts, 20, graphs)
+    assert graphs.off is None
+    assert {name for name, _ in graphs.captured} == {"Gmain", "Dmain", "Greg"}  # Dreg runs twice in 20 steps
+    assert sorted(g.replays for g in graphs.backend.graphs) == [2, 17, 17]
+    assert_same_state(eager, replayed)
+    stats = loss_stats()
+    assert stats.keys() == eager_stats.keys() and "Loss/G/reg" in stats
+    for name in stats:
+        assert torch.equal(stats[name], eager_stats[name]), name
+
+
+@pytest.mark.slow
+def test_ada_switching_the_pipe_on_captures_each_branch():
+    """A pipe without geometric ops: p = 0 skips it in Python, so each phase gets a graph for p = 0 and
+    another once ADA has raised p (a low target raises it at the first update)."""
+    opts = options("tiny", aug="ada", augpipe="color", target=0.01)
+    eager = train(opts, 24, None)
+    graphs = phase_graphs.PhaseGraphs(backend=TraceBackend())
+    replayed = train(opts, 24, graphs)
+    assert eager.augment_pipe.p_value() > 0
+    assert {("Gmain", False), ("Gmain", True), ("Dmain", True)} <= set(graphs.captured)
+    assert_same_state(eager, replayed)
+
+
+@pytest.mark.parametrize("cfg, extra, reason", [
+    ("tiny", dict(aug="fixed", p=0.5, augpipe="bgc"), "geometric ops"),
+    ("tiny-spatial-indoor", {}, "SEL_indoor"),
+])
+def test_runs_that_cannot_be_captured_fall_back_to_eager_once(cfg, extra, reason):
+    """Geometric augmentations (once p > 0) and SEL_indoor read data on the host: the run goes on eagerly,
+    with one message, and still trains exactly as without graphs."""
+    opts = options(cfg, **extra)
+    steps = 8
+    eager = train(opts, steps, None)
+    said = []
+    graphs = phase_graphs.PhaseGraphs(backend=TraceBackend(), log=said.append)
+    replayed = train(opts, steps, graphs)
+    assert len(said) == 1 and reason in said[0] and graphs.off is not None and not graphs.captured
+    assert_same_state(eager, replayed)
+
+
+def test_a_capture_that_fails_leaves_the_run_eager(monkeypatch):
+    """A host read inside a phase fails its capture: graphs go off with the reason, the step that
+    captured is complete, and training goes on as without graphs."""
+    opts = options("tiny")
+    original = tl.phase_body
+
+    def body_with_host_read(*args):
+        torch.ones(1).tolist()
+        return original(*args)
+
+    monkeypatch.setattr(tl, "phase_body", body_with_host_read)
+    eager = train(opts, 6, None)
+    said = []
+    graphs = phase_graphs.PhaseGraphs(backend=TraceBackend(), log=said.append)
+    replayed = train(opts, 6, graphs)
+    assert len(said) == 1 and "capturing Gmain failed (CaptureError: Tensor.tolist()" in said[0], said
+    assert not graphs.captured
+    assert_same_state(eager, replayed)
+
+
+def test_a_cpu_run_says_graphs_are_off(capsys):
+    run = tl.build_run(options("tiny", cuda_graphs=True), torch.device("cpu"))
+    assert isinstance(run.graphs, phase_graphs.PhaseGraphs)
+    tl.start_data(run)
+    tl.train_step(run)
+    assert "CUDA graphs off, the phases run eagerly: the run is on cpu" in capsys.readouterr().out
+
+
+def test_changed_input_shapes_are_refused():
+    static = (torch.zeros(2, 3), torch.zeros(2, 0), (torch.zeros(2, 4), torch.zeros(2, 0), None))
+    new = (torch.ones(2, 3), torch.zeros(2, 0), (torch.ones(3, 4), torch.zeros(3, 0), None))
+    with pytest.raises(RuntimeError, match=r"shape \[3, 4\] instead of \[2, 4\]"):
+        phase_graphs._copy_inputs(static, new)
+    phase_graphs._copy_inputs(static, (torch.ones(2, 3), torch.zeros(2, 0), (torch.ones(2, 4), torch.zeros(2, 0), None)))
+    assert static[0].eq(1).all() and static[2][0].eq(1).all()
+
+
+# -- the emulator itself: it must show the hazards the tests above rely on it to show --------------------
+
+
+def test_emulated_graph_replays_on_the_captured_tensors_without_capture_side_effects():
+    x, state = torch.ones(3), torch.zeros(3)
+    graph = TraceGraph()
+    rng = torch.get_rng_state()
+    with graph.capture():
+        y = x * 2 + torch.randn(3)
+        state.add_(y)                       # an in-place update of a tensor from before the capture
+    assert torch.equal(state, torch.zeros(3)) and torch.equal(torch.get_rng_state(), rng)  # nothing happened
+    x.fill_(5)
+    graph.replay()                          # the ops run again on the same tensors: x is read anew
+    first = y.clone()
+    assert torch.equal(state, first) and (first - 10).abs().max() < 6
+    graph.replay()                          # a fresh random draw, and the update accumulates
+    assert not torch.equal(y, first) and torch.equal(state, first + y)
+
+
+def test_emulated_capture_refuses_host_reads_and_freezes_python_state():
+    t = torch.ones(2)
+    with pytest.raises(CaptureError, match="_local_scalar_dense"):
+        with TraceGraph().capture():
+            float(t.sum())
+    with pytest.raises(CaptureError, match="tolist"):
+        with TraceGraph().capture():
+            t.tolist()
+    assert t.tolist() == [1.0, 1.0]  # restored after the capture
+    with pytest.raises(CaptureError, match="explicit generator"):
+        with TraceGraph().capture():
+            torch.randn(2, generator=torch.Generator().manual_seed(0))
+
+    class Holder:
+        value = torch.zeros(1)
+
+    graph = TraceGraph()
+    with graph.capture():
+        Holder.value = Holder.value + t[:1]  # replaced, not updated in place: the graph keeps the old one
+    graph.replay()
+    graph.replay()
+    assert Holder.value.item() == 1  # a replay does not re-run Python: the eager result would be 2
+
+
+# -- every phase, one step from identical states: real CUDA graphs (and the same check emulated) ------------
+
+
+@pytest.mark.parametrize("cfg, clamp", [("tiny", None), ("tiny-spatial", 256.0)])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_each_captured_phase_matches_its_eager_step(cfg, clamp, device):
+    """Every phase captured (Dreg too) after its warm-up, then one more run of every phase from identical
+    networks, optimiser states, inputs and RNG state, replayed in one run and eager in a copy of it: the
+    same updates (bit for bit when emulated; up to float reordering with CUDA graphs)."""
+    on_gpu = device == "cuda"
+    opts = options(cfg, clamp, batch=8, batch_gpu=4)
+    graphs = phase_graphs.PhaseGraphs(backend=None if on_gpu else TraceBackend(), log=None)
+    run = tl.build_run(opts, torch.device(device))
+    run.graphs = graphs
+    gens = tl._sample_batch(run)
+    real = torch.rand(8, 3, 16, 16, device=device) * 2 - 1
+    c = torch.zeros(8, 0, device=device)
+    for _ in range(phase_graphs.WARMUP_RUNS + 1):
+        for phase, gen in zip(run.phases, gens):
+            tl._run_phase(run, phase, real, c, gen)
+    assert graphs.off is None and {name for name, _ in graphs.captured} == {"Gmain", "Greg", "Dmain", "Dreg"}
+    run.graphs = None
+    eager = copy.deepcopy(run)  # the same state, without graphs
+    run.graphs = graphs
+    get_rng, set_rng = (torch.cuda.get_rng_state, torch.cuda.set_rng_state) if on_gpu else \
+        (torch.get_rng_state, torch.set_rng_state)
+    for phase, eager_phase, gen in zip(run.phases, eager.phases, tl._sample_batch(run)):
+        rng = get_rng()
+        tl._run_phase(run, phase, real, c, gen)
+        set_rng(rng)
+        tl._run_phase(eager, eager_phase, real, c, gen)
+    if on_gpu:
+        torch.cuda.synchronize()
+    assert_same_state(eager, run, exact=not on_gpu)
+    assert all(torch.isfinite(p).all() for p in run.G.parameters())
