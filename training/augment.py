@@ -230,6 +230,9 @@ class AugmentPipe(torch.nn.Module):
 
         self.register_buffer("p", torch.zeros([]))
         self._p_read: tuple | None = None  # (p tensor, its version, value): see p_value()
+        # Geometric ops pad to the largest reach any transform can have instead of this batch's reach:
+        # more memory traffic, but no host read of the reach, so a pass can be captured as a CUDA graph.
+        self.static_padding = False
         # Constant filters are non-persistent: the state dict holds only `p`.
         self.register_buffer("hz_geom", upfirdn2d.setup_filter(SYM6_LO, separable=True), persistent=False)
         bank = torch.as_tensor(_filter_bank(SYM2_LO), dtype=torch.float32)
@@ -247,9 +250,9 @@ class AugmentPipe(torch.nn.Module):
         return read[2]
 
     @property
-    def reads_from_device(self) -> bool:
-        """Whether a pass reads values back from the tensors' device: the geometric ops' padding, one host
-        sync per pass (so such a pass cannot be captured in a CUDA graph)."""
+    def has_geometric_ops(self) -> bool:
+        """Whether a pass resamples through general matrices (`_geometric`): unless `static_padding`
+        is set, it reads the batch's padding back from the tensors' device (one host sync per pass)."""
         return any(getattr(self, name) > 0 for name in ("scale", "rotate", "aniso", "xfrac"))
 
     def extra_repr(self) -> str:
@@ -358,19 +361,25 @@ class AugmentPipe(torch.nn.Module):
         taps = self.hz_geom.shape[0]
         ext = taps // 2  # extra 2x-grid pixels on every side: support of the final downsampling
 
-        # Padding: how far outside the image the sampled region reaches (+ upsampling filter support).
-        cx, cy = w / 2 + ext / 2, h / 2 + ext / 2
-        corners = _constant(((-cx, cx, -cx, cx), (-cy, -cy, cy, cy), (1, 1, 1, 1)), dev)
-        src = (g_inv @ corners)[:, :2]  # [N, 2, 4]
-        reach = torch.cat([-src.amin(dim=2), src.amax(dim=2)], dim=1)  # [N, 4]: left, top, right, bottom
-        reach = torch.where(identity[:, None], torch.zeros_like(reach), reach)
-        reach = reach - _constant((w / 2, h / 2, w / 2, h / 2), dev) + (taps // 4 + 1)
-        limit = _constant((w - 1, h - 1, w - 1, h - 1), dev)
-        reach = torch.minimum(torch.ceil(reach).clamp(min=0), limit).amax(dim=0)
-        *pads, any_moved = torch.cat([reach, (~identity).any().float()[None]]).tolist()  # one sync
-        if not any_moved:
-            return x
-        px0, py0, px1, py1 = (int(v) for v in pads)
+        if self.static_padding:
+            # The most the padding below can be (reflection reaches at most size - 1 pixels); the samples
+            # that no transform moved come from x at the end.
+            px0 = px1 = w - 1
+            py0 = py1 = h - 1
+        else:
+            # How far outside the image the sampled region reaches (+ upsampling filter support).
+            cx, cy = w / 2 + ext / 2, h / 2 + ext / 2
+            corners = _constant(((-cx, cx, -cx, cx), (-cy, -cy, cy, cy), (1, 1, 1, 1)), dev)
+            src = (g_inv @ corners)[:, :2]  # [N, 2, 4]
+            reach = torch.cat([-src.amin(dim=2), src.amax(dim=2)], dim=1)  # [N, 4]: left, top, right, bottom
+            reach = torch.where(identity[:, None], torch.zeros_like(reach), reach)
+            reach = reach - _constant((w / 2, h / 2, w / 2, h / 2), dev) + (taps // 4 + 1)
+            limit = _constant((w - 1, h - 1, w - 1, h - 1), dev)
+            reach = torch.minimum(torch.ceil(reach).clamp(min=0), limit).amax(dim=0)
+            *pads, any_moved = torch.cat([reach, (~identity).any().float()[None]]).tolist()  # one sync
+            if not any_moved:
+                return x
+            px0, py0, px1, py1 = (int(v) for v in pads)
 
         y = _reflect_pad(x, px0, px1, py0, py1)
         y = upfirdn2d.upsample2d(y, self.hz_geom.to(x.dtype), up=2)

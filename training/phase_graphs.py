@@ -20,11 +20,14 @@ and self-check, the stats accumulators and filter caches appear), then once more
 stream, and is captured right after; every later run of it is a replay. All phases share one memory
 pool (each replay's outputs are consumed before the next phase runs).
 
+Augmentation: p = 0 skips the pipe in Python, so each phase gets one graph for p = 0 and another once
+ADA raises p (p itself is read by the kernels, so its later changes need no new capture). Geometric
+augmentations switch to `static_padding` (padding to the largest possible reach instead of reading this
+batch's reach back from the GPU: more memory traffic in the pipe, no host sync).
+
 When a run cannot use graphs, its phases run eagerly and the reason is printed once: not a CUDA device,
 several processes (the gradient all-reduce reads which ranks sent gradients), SEL_indoor (per-object
-latents are drawn on the host from style seeds), or, once ADA's p leaves 0, geometric augmentations
-(they read their padding back from the GPU). A pipe without geometric ops gets a second graph per phase
-for p > 0 (p = 0 skips the pipe in Python).
+latents are drawn on the host from style seeds), or a capture that failed (its message is printed).
 
 `PhaseGraphs(backend=...)` takes another graph backend: the tests replay the recorded ops of a capture
 on the CPU (tests/training/graph_emulation.py), which checks everything above except the CUDA calls.
@@ -118,10 +121,9 @@ class PhaseGraphs:
             if reason is not None:
                 return self._turn_off(reason)
             self.backend = self.backend or CudaGraphBackend(run.device)
+            if run.augment_pipe is not None:
+                run.augment_pipe.static_padding = True  # no host read of the geometric ops' reach
         active = _augmenting(run)
-        if active and run.augment_pipe.reads_from_device:
-            return self._turn_off("the augmentation pipe is on (p > 0) and has geometric ops, which read their "
-                                  "padding back from the GPU")
         key = (phase.name, active)  # p = 0 skips the pipe in Python: a graph per side of that branch
         entry = self.captured.get(key)
         if entry is None:

@@ -227,6 +227,35 @@ def test_geometric_resampling_is_aligned():
     assert torch.allclose(pipe(x), x, atol=1e-4)
 
 
+def test_static_padding_samples_the_same_images_without_reading_the_device(monkeypatch):
+    """static_padding (for CUDA graphs) pads to the largest possible reach: the same augmented images and
+    gradients up to rounding, untransformed samples bit for bit, and no host read (the dynamic padding
+    reads the batch's reach back with one `tolist()`)."""
+    reads = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(1) or tolist(t))
+    x = _smooth_images(n=8, size=16).requires_grad_(True)
+    results = []
+    for static in (False, True):
+        pipe = build_augment_pipe("geom")
+        pipe.p.fill_(0.2)
+        pipe.static_padding = static
+        pipe.p_value()  # p read once (its value is then cached until p changes)
+        torch.manual_seed(1)
+        reads.clear()
+        with _OpCounter() as counter:
+            y = pipe(x)
+        (grad,) = torch.autograd.grad(y.square().sum(), x)
+        results.append((y.detach(), grad, len(reads) + counter.ops.get("_local_scalar_dense", 0)))
+    (y0, g0, reads0), (y1, g1, reads1) = results
+    assert (reads0, reads1) == (1, 0)
+    moved = (y0 - x).detach().flatten(1).abs().amax(dim=1) > 1e-3
+    assert 0 < moved.sum() < 8
+    torch.testing.assert_close(y1, y0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g1, g0, atol=1e-4, rtol=1e-4)
+    assert torch.equal(y1[~moved], y0[~moved])
+
+
 def test_geom_changes_images_but_keeps_mean():
     x = _smooth_images(n=8, size=32) + 0.2
     torch.manual_seed(0)
