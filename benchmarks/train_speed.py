@@ -535,8 +535,6 @@ def section_d(device: torch.device, quick: bool, reps: int, batch: int,
         for fp32, ops, channels_last, graphs in variants:
             os.environ["SPATIALGAN_OPS"] = ops
             run = build(make_options(cfg, res, batch=batch, fp32=fp32, channels_last=channels_last), device)
-            if graphs and phase_graphs.unsupported(run) is not None:
-                continue  # (SEL_indoor) the same as the eager row
             if flops is None:
                 flops = count_flops(run)
             if graphs:

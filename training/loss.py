@@ -99,8 +99,9 @@ class StyleGAN2Loss:
         self.pl_mean.copy_(state["pl_mean"])
 
     # -- forward helpers ------------------------------------------------------------------------------
-    def run_G(self, z, c, spec):
-        """Returns (img [N,C,H,W], ws [N,num_ws,w_dim]).
+    def run_G(self, z, c, spec, style_z=None):
+        """Returns (img [N,C,H,W], ws [N,num_ws,w_dim]). style_z: SEL_indoor's per-object z [N, K, z_dim]
+        (`G.style_z(spec)`, drawn before the phase; None: drawn here).
 
         Every call moves G's `w_avg` towards this batch's mean w (as StyleGAN2-ADA does in each phase
         that runs G); the second latent of style mixing does not.
@@ -109,7 +110,7 @@ class StyleGAN2Loss:
         heatmap_vec = self.G.heatmap_vec(spec) if spec is not None else None
         ws = self.G.mapping(z, c, update_emas=True, heatmap_vec=heatmap_vec)
         ws = mix_styles(self.G, ws, z, c, self.style_mixing_prob, heatmap_vec)
-        object_ws = self.G.object_ws(spec, c) if spec is not None else None
+        object_ws = self.G.object_ws(spec, c, style_z=style_z) if spec is not None else None
         img = self.G.synthesis(ws, heatmaps=spec, object_ws=object_ws)
         return img, ws
 
@@ -156,8 +157,8 @@ class StyleGAN2Loss:
 
     # -- phases ----------------------------------------------------------------------------------------
     def accumulate_gradients(self, phase: str, real_img, real_c, gen_z, gen_c, gen_spec,
-                             gain: float) -> torch.Tensor | None:
-        """Back-propagate the loss of `phase` for one round, scaled by `gain`.
+                             gain: float, gen_style_z: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Back-propagate the loss of `phase` for one round, scaled by `gain` (`gen_style_z`: see run_G).
 
         Returns D's detached logits [N, 1] for `real_img` when the phase ran D on them, else None.
         """
@@ -167,17 +168,17 @@ class StyleGAN2Loss:
         do_Gpl = phase in ("Greg", "Gboth") and self.pl_weight != 0
         do_Dr1 = phase in ("Dreg", "Dboth") and self.r1_gamma != 0
         if do_Gmain:
-            self._g_main(gen_z, gen_c, gen_spec, gain)
+            self._g_main(gen_z, gen_c, gen_spec, gain, gen_style_z)
         if do_Gpl:
-            self._g_pl(gen_z, gen_c, gen_spec, gain)
-        loss_fake = self._d_fake(gen_z, gen_c, gen_spec, gain) if do_Dmain else None
+            self._g_pl(gen_z, gen_c, gen_spec, gain, gen_style_z)
+        loss_fake = self._d_fake(gen_z, gen_c, gen_spec, gain, gen_style_z) if do_Dmain else None
         if do_Dmain or do_Dr1:
             return self._d_real(real_img, real_c, gain, loss_fake, do_Dr1)
         return None
 
-    def _g_main(self, gen_z, gen_c, spec, gain) -> None:
+    def _g_main(self, gen_z, gen_c, spec, gain, style_z=None) -> None:
         with torch.autograd.profiler.record_function("Gmain_forward"):
-            gen_img, _ = self.run_G(gen_z, gen_c, spec)
+            gen_img, _ = self.run_G(gen_z, gen_c, spec, style_z)
             logits, feats = self.run_D(gen_img, gen_c, return_features=True)
             training_stats.report("Loss/scores/fake", logits)
             training_stats.report("Loss/signs/fake", logits.sign())
@@ -188,11 +189,11 @@ class StyleGAN2Loss:
         with torch.autograd.profiler.record_function("Gmain_backward"):
             loss_G.mul(gain).backward()
 
-    def _g_pl(self, gen_z, gen_c, spec, gain) -> None:
+    def _g_pl(self, gen_z, gen_c, spec, gain, style_z=None) -> None:
         with torch.autograd.profiler.record_function("Gpl_forward"):
             n = max(gen_z.shape[0] // self.pl_batch_shrink, 1)
             sub_spec = spec.select(slice(0, n)) if spec is not None else None  # a slice: no index tensor
-            gen_img, ws = self.run_G(gen_z[:n], gen_c[:n], sub_spec)
+            gen_img, ws = self.run_G(gen_z[:n], gen_c[:n], sub_spec, style_z[:n] if style_z is not None else None)
             noise = torch.randn_like(gen_img) / np.sqrt(gen_img.shape[2] * gen_img.shape[3])
             with no_weight_gradients():  # only d/dws here; G's weight gradients come in the backward
                 (grads,) = torch.autograd.grad((gen_img * noise).sum(), ws, create_graph=True)
@@ -211,11 +212,11 @@ class StyleGAN2Loss:
             # `gen_img[:, 0, 0, 0] * 0` keeps every synthesis output in the graph (DDP-friendly, no-op).
             (gen_img[:, 0, 0, 0] * 0 + loss).mean().mul(gain).backward()
 
-    def _d_fake(self, gen_z, gen_c, spec, gain) -> torch.Tensor:
+    def _d_fake(self, gen_z, gen_c, spec, gain, style_z=None) -> torch.Tensor:
         """D's loss on generated images; returns the per-sample loss [N, 1] (detached) for logging."""
         with torch.autograd.profiler.record_function("Dgen_forward"):
             with torch.no_grad():
-                gen_img, _ = self.run_G(gen_z, gen_c, spec)
+                gen_img, _ = self.run_G(gen_z, gen_c, spec, style_z)
             logits = self.run_D(gen_img, gen_c)
             training_stats.report("Loss/scores/fake", logits)
             training_stats.report("Loss/signs/fake", logits.sign())

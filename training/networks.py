@@ -610,26 +610,34 @@ class Generator(nn.Module):
         """Flattened heatmap levels [N, heatmap_dim] for encoding='flatten' (else None)."""
         return se.flatten_heatmaps(spec, self.spatial) if self.encoding == "flatten" else None
 
-    def object_ws(self, spec, c: torch.Tensor | None = None, truncation_psi: float = 1,
-                  truncation_cutoff: int | None = None) -> torch.Tensor | None:
-        """Per-object latents [N, K, num_ws, w_dim] from `spec.style_seeds` (None unless sel_indoor).
+    def style_z(self, spec) -> torch.Tensor | None:
+        """Per-object z [N, K, z_dim] on the spec's device from `spec.style_seeds` (None unless sel_indoor).
 
         z_i = np.random.RandomState(seed).randn(z_dim), the generate.py convention, so an object's
-        appearance is reproducible from its seed; mapped with the sample's label c."""
+        appearance is reproducible from its seed. Drawn on the host: the training loop does it before a
+        phase (which then holds GPU work only)."""
         if self.encoding != "sel_indoor":
             return None
         if spec.style_seeds is None:
             raise ValueError("spec.style_seeds is None, but encoding='sel_indoor' needs one seed per object")
         seeds = spec.style_seeds.detach().cpu().numpy()
-        n, k = seeds.shape
-        z = se.seeds_to_z(seeds, self.z_dim)
+        z = torch.from_numpy(se.seeds_to_z(seeds, self.z_dim)).to(torch.float32).reshape(*seeds.shape, self.z_dim)
         device = spec.device
-        z = torch.from_numpy(z).to(torch.float32)
         if device.type == "cuda":  # pinned memory: the copy is queued with the kernels, not waited for
             z = z.pin_memory()
-        z = z.to(device, non_blocking=True)
-        c_rep = c.to(device).repeat_interleave(k, dim=0) if (c is not None and self.c_dim > 0) else None
-        ws = self.mapping(z, c_rep, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+        return z.to(device, non_blocking=True)
+
+    def object_ws(self, spec, c: torch.Tensor | None = None, truncation_psi: float = 1,
+                  truncation_cutoff: int | None = None, style_z: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Per-object latents [N, K, num_ws, w_dim] (None unless sel_indoor): `style_z` [N, K, z_dim]
+        (default: `self.style_z(spec)`) mapped with each sample's label c."""
+        if self.encoding != "sel_indoor":
+            return None
+        z = self.style_z(spec) if style_z is None else style_z
+        n, k = z.shape[:2]
+        c_rep = c.to(z.device).repeat_interleave(k, dim=0) if (c is not None and self.c_dim > 0) else None
+        ws = self.mapping(z.reshape(n * k, self.z_dim), c_rep, truncation_psi=truncation_psi,
+                          truncation_cutoff=truncation_cutoff)
         return ws.reshape(n, k, self.num_ws, self.w_dim)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None, heatmaps=None, truncation_psi: float = 1,

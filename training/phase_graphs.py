@@ -26,8 +26,9 @@ augmentations switch to `static_padding` (padding to the largest possible reach 
 batch's reach back from the GPU: more memory traffic in the pipe, no host sync).
 
 When a run cannot use graphs, its phases run eagerly and the reason is printed once: not a CUDA device,
-several processes (the gradient all-reduce reads which ranks sent gradients), SEL_indoor (per-object
-latents are drawn on the host from style seeds), or a capture that failed (its message is printed).
+several processes (the gradient all-reduce reads which ranks sent gradients), or a capture that failed
+(its message is printed). SEL_indoor's per-object z, drawn on the host from the heatmaps' style seeds,
+are an input like the latents (`training_loop._sample_batch` draws them before the phase).
 
 `PhaseGraphs(backend=...)` takes another graph backend: the tests replay the recorded ops of a capture
 on the CPU (tests/training/graph_emulation.py), which checks everything above except the CUDA calls.
@@ -94,8 +95,6 @@ def unsupported(run: tl.Run, need_cuda: bool = True) -> str | None:
         return f"the run is on {run.device.type}, not a CUDA device"
     if run.world_size > 1:
         return "several processes (the gradient all-reduce reads which ranks sent gradients: a host sync)"
-    if getattr(run.G, "encoding", None) == "sel_indoor":
-        return "SEL_indoor draws its per-object latents on the host (from the heatmaps' style seeds)"
     return None
 
 
@@ -171,9 +170,9 @@ def _augmenting(run: tl.Run) -> bool:
 
 
 def _tensors(inputs) -> list[torch.Tensor]:
-    """Every tensor of (real_img, real_c, (z, c, spec)) in a fixed order."""
-    real_img, real_c, (z, c, spec) = inputs
-    out = [real_img, real_c, z, c]
+    """Every tensor of (real_img, real_c, (z, c, spec, style_z)) in a fixed order."""
+    real_img, real_c, (z, c, spec, style_z) = inputs
+    out = [real_img, real_c, z, c] + ([style_z] if style_z is not None else [])
     if spec is not None:
         out += [*spec.centers, *spec.sigmas, *spec.alive, *(spec.noise or [])]
         if spec.style_seeds is not None:
@@ -182,8 +181,9 @@ def _tensors(inputs) -> list[torch.Tensor]:
 
 
 def _clone_inputs(inputs) -> tuple:
-    real_img, real_c, (z, c, spec) = inputs
-    return real_img.clone(), real_c.clone(), (z.clone(), c.clone(), spec.clone() if spec is not None else None)
+    real_img, real_c, (z, c, spec, style_z) = inputs
+    return real_img.clone(), real_c.clone(), (z.clone(), c.clone(), spec.clone() if spec is not None else None,
+                                              style_z.clone() if style_z is not None else None)
 
 
 def _copy_inputs(static, inputs) -> None:

@@ -224,7 +224,7 @@ def start_data(run: Run) -> None:
 
 
 def _sample_batch(run: Run):
-    """Latents, labels and heatmaps for every phase, drawn for the GLOBAL batch from the shared
+    """(z, c, heatmap spec, SEL_indoor's per-object z | None) for every phase, drawn for the GLOBAL batch from the shared
     `batch_gen` and sliced for this rank — the same samples whatever the world size."""
     opts, n_phases = run.options, len(run.phases)
     total = opts["batch"] * n_phases
@@ -241,7 +241,9 @@ def _sample_batch(run: Run):
         start = p * opts["batch"] + run.rank * per_rank
         rows = list(range(start, start + per_rank))
         sub_spec = spec.select(rows).to(run.device) if spec is not None else None
-        out.append((z[rows].to(run.device), c[rows].to(run.device), sub_spec))
+        # SEL_indoor's per-object z come from seeds on the host: drawn here, so that a phase is GPU work only.
+        style_z = run.G.style_z(sub_spec) if sub_spec is not None else None
+        out.append((z[rows].to(run.device), c[rows].to(run.device), sub_spec, style_z))
     return out
 
 
@@ -263,7 +265,7 @@ def phase_body(run: Run, phase: Phase, real_img, real_c, gen) -> list[torch.Tens
     opts = run.options
     bg = opts["batch_gpu"]
     rounds = (opts["batch"] // run.world_size) // bg
-    gen_z, gen_c, spec = gen
+    gen_z, gen_c, spec, style_z = gen
     phase.module.requires_grad_(True)
     real_logits = []
     for r in range(rounds):
@@ -271,7 +273,8 @@ def phase_body(run: Run, phase: Phase, real_img, real_c, gen) -> list[torch.Tens
         sub_spec = spec.select(slice(r * bg, (r + 1) * bg)) if spec is not None else None
         logits = run.loss.accumulate_gradients(
             phase.name, real_img[r * bg:(r + 1) * bg], real_c[r * bg:(r + 1) * bg], gen_z[r * bg:(r + 1) * bg],
-            gen_c[r * bg:(r + 1) * bg], sub_spec, gain=phase.interval)
+            gen_c[r * bg:(r + 1) * bg], sub_spec, gain=phase.interval,
+            gen_style_z=style_z[r * bg:(r + 1) * bg] if style_z is not None else None)
         if logits is not None:
             real_logits.append(logits)
     phase.module.requires_grad_(False)

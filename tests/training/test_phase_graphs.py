@@ -109,16 +109,15 @@ def test_ada_switching_the_pipe_on_captures_each_branch():
     assert_same_state(eager, replayed)
 
 
-def test_sel_indoor_falls_back_to_eager_once():
-    """SEL_indoor draws per-object latents on the host: the run goes on eagerly, with one message, and
-    still trains exactly as without graphs."""
-    opts, reason = options("tiny-spatial-indoor"), "SEL_indoor"
-    steps = 8
-    eager = train(opts, steps, None)
-    said = []
-    graphs = phase_graphs.PhaseGraphs(backend=TraceBackend(), log=said.append)
-    replayed = train(opts, steps, graphs)
-    assert len(said) == 1 and reason in said[0] and graphs.off is not None and not graphs.captured
+@pytest.mark.slow
+def test_sel_indoor_phases_are_replayed_too():
+    """SEL_indoor's per-object z are drawn from seeds on the host before each phase (`G.style_z`) and
+    reach the graph as an input like the latents: replayed training equals eager training."""
+    opts = options("tiny-spatial-indoor")
+    eager = train(opts, 10, None)
+    graphs = phase_graphs.PhaseGraphs(backend=TraceBackend())
+    replayed = train(opts, 10, graphs)
+    assert graphs.off is None and {name for name, _ in graphs.captured} == {"Gmain", "Dmain", "Greg"}
     assert_same_state(eager, replayed)
 
 
@@ -151,11 +150,12 @@ def test_a_cpu_run_says_graphs_are_off(capsys):
 
 
 def test_changed_input_shapes_are_refused():
-    static = (torch.zeros(2, 3), torch.zeros(2, 0), (torch.zeros(2, 4), torch.zeros(2, 0), None))
-    new = (torch.ones(2, 3), torch.zeros(2, 0), (torch.ones(3, 4), torch.zeros(3, 0), None))
+    static = (torch.zeros(2, 3), torch.zeros(2, 0), (torch.zeros(2, 4), torch.zeros(2, 0), None, None))
+    new = (torch.ones(2, 3), torch.zeros(2, 0), (torch.ones(3, 4), torch.zeros(3, 0), None, None))
     with pytest.raises(RuntimeError, match=r"shape \[3, 4\] instead of \[2, 4\]"):
         phase_graphs._copy_inputs(static, new)
-    phase_graphs._copy_inputs(static, (torch.ones(2, 3), torch.zeros(2, 0), (torch.ones(2, 4), torch.zeros(2, 0), None)))
+    phase_graphs._copy_inputs(static, (torch.ones(2, 3), torch.zeros(2, 0), (torch.ones(2, 4), torch.zeros(2, 0), None,
+                                                                            None)))
     assert static[0].eq(1).all() and static[2][0].eq(1).all()
 
 
@@ -206,13 +206,14 @@ def test_emulated_capture_refuses_host_reads_and_freezes_python_state():
 
 
 @pytest.mark.parametrize("cfg, clamp, aug", [("tiny", None, {}),
-                                             ("tiny-spatial", 256.0, dict(aug="fixed", p=0.5, augpipe="bgc"))])
+                                             ("tiny-spatial", 256.0, dict(aug="fixed", p=0.5, augpipe="bgc")),
+                                             pytest.param("tiny-spatial-indoor", None, {}, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
 def test_each_captured_phase_matches_its_eager_step(cfg, clamp, aug, device):
     """Every phase captured (Dreg too) after its warm-up, then one more run of every phase from identical
     networks, optimiser states, inputs and RNG state, replayed in one run and eager in a copy of it: the
     same updates (bit for bit when emulated; up to float reordering with CUDA graphs). The second case
-    has heatmaps, GradCAM, clamps and the geometric augmentations."""
+    has heatmaps, GradCAM, clamps and the geometric augmentations, the third SEL_indoor."""
     on_gpu = device == "cuda"
     opts = options(cfg, clamp, batch=8, batch_gpu=4, **aug)
     graphs = phase_graphs.PhaseGraphs(backend=None if on_gpu else TraceBackend(), log=None)

@@ -113,12 +113,12 @@ def test_phase_steps_on_the_round_mean_of_sanitised_gradients(monkeypatch):
         assert g.view(-1)[0].item() == first and torch.all(g.view(-1)[1:] == 2.0 + i), i
 
 
-@pytest.mark.parametrize("cfg", ["tiny", "tiny-spatial"])
+@pytest.mark.parametrize("cfg", ["tiny", "tiny-spatial", "tiny-spatial-indoor"])
 def test_training_phases_copy_no_host_data_to_the_device(cfg):
     """Host data made a tensor inside a phase (`lift_fresh`: an index list, a number as a tensor) is a
     host-to-device copy on a GPU, which waits for the GPU to drain its queue: none in any phase, with
     augmentation on, gradient accumulation and (tiny-spatial) heatmaps and the alignment loss.
-    (SEL_indoor's per-object z are drawn on the host by design and sent through pinned memory.)"""
+    (SEL_indoor's per-object z are drawn on the host before the phase, by `_sample_batch`.)"""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from training.training_loop import _run_phase, _sample_batch
