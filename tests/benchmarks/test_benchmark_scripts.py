@@ -234,22 +234,35 @@ def test_ops_speed_times_every_kernel(kernel_device, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_gpu_section_runs_every_row(monkeypatch, tmp_path):
-    """Section D's loop (3 configs x 6 precision/ops/layout variants, FLOP count, fraction of peak) on the
-    CPU at 64² with tiny widths: the GPU session must not be the first to run it."""
+    """Section D's loop (3 configs x 9 precision/ops/layout/graph variants, FLOP count, fraction of peak) on
+    the CPU at 64² with tiny widths, the CUDA graphs emulated: the GPU session must not be the first to
+    run it."""
+    monkeypatch.syspath_prepend(str(ROOT / "tests" / "training"))
+    from graph_emulation import TraceBackend
+
+    from training import heatmaps, phase_graphs
+
+    monkeypatch.setattr(phase_graphs, "unsupported", lambda run, need_cuda=True: None)
+    monkeypatch.setattr(phase_graphs, "CudaGraphBackend", lambda device: TraceBackend())
+    monkeypatch.setattr(heatmaps.HeatmapSpec, "check_values", lambda self: self)  # skipped on a GPU
     make_options = ts.make_options
     monkeypatch.setattr(ts, "make_options", lambda *a, **k: make_options(*a, channel_base=256, channel_max=8, **k))
     monkeypatch.setattr(ts, "peak_tflops", lambda device: ("stand-in", {"fp32": 1.0, "fp16": 2.0}))
     monkeypatch.setenv("SPATIALGAN_OPS", "auto")  # restored afterwards; section D sets it per row
     monkeypatch.setattr(ts, "OUT_FILE", [str(tmp_path / "d.md")])
     ts.section_d(torch.device("cpu"), quick=True, reps=1, batch=2)
-    rows = [line.split(" | ") for line in (tmp_path / "d.md").read_text().splitlines() if "@64²" in line]
+    text = (tmp_path / "d.md").read_text()
+    rows = [line.split(" | ") for line in text.splitlines() if "@64²" in line]
     assert [r[0].removeprefix("| ") for r in rows] == [f"{cfg} @64²" for cfg in
-                                                       ("baseline256", "lsun-cat256", "lsun-bedroom256") for _ in range(6)]
+                                                       ("baseline256", "lsun-cat256", "lsun-bedroom256") for _ in range(9)]
     for r in rows:
         s_per_kimg, img_s, mem, gflop, frac = (float(v) for v in (r[3], r[4], r[5], r[6], r[7].rstrip(" |")))
         assert s_per_kimg > 0 and img_s > 0 and mem >= 0 and gflop > 0 and frac > 0
-    # Each config: fp32 ref, fp32 auto, mixed ref, mixed auto, mixed channels-last ref and auto; no kernels on
-    # the CPU.
+    # Each config: fp32 ref, fp32 auto, mixed ref, mixed auto, mixed channels-last ref and auto, then with CUDA
+    # graphs mixed ref and auto, mixed channels-last auto; no kernels on the CPU.
     assert [(r[1], r[2]) for r in rows] == 3 * [("fp32", "ref (ref)"), ("fp32", "auto (ref)"), ("mixed", "ref (ref)"),
                                                 ("mixed", "auto (ref)"), ("mixed, channels-last", "ref (ref)"),
-                                                ("mixed, channels-last", "auto (ref)")]
+                                                ("mixed, channels-last", "auto (ref)"),
+                                                ("mixed, CUDA graphs", "ref (ref)"), ("mixed, CUDA graphs", "auto (ref)"),
+                                                ("mixed, channels-last, CUDA graphs", "auto (ref)")]
+    assert "CUDA graphs off" not in text
