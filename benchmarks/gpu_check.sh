@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot GPU check: versions, CUDA-op build, GPU tests, ref-vs-cuda training losses, op-level kernel
 # timings, the GPU speed benchmark (section D of train_speed.py, with and without CUDA graphs) and
-# profiles of one mixed-precision step (baseline256 with CUDA then reference ops). Every step has its
+# profiles of one mixed-precision baseline256 step (CUDA ops, eager then CUDA graphs). Every step has its
 # own time limit (585 s in all; about 7 minutes expected) so that one hung step cannot eat a timed GPU
 # session; a failed step is recorded and the script goes on. The benchmarks write each row
 # (and each profile) as it is measured, so a step killed at its limit keeps what it measured.
@@ -76,7 +76,7 @@ profiles() {
   set -o pipefail
   local args rc=0
   : > "$OUTDIR/step_profile.md"
-  for args in "--ops=auto --ops=ref"; do
+  for args in "--ops=auto" "--cuda-graphs --ops=auto"; do
     # shellcheck disable=SC2086  # $args is a list of options
     "$PY" benchmarks/step_profile.py --device=cuda $args | tee -a "$OUTDIR/step_profile.md" || rc=1
   done

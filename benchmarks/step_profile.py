@@ -1,8 +1,8 @@
 """Where one training step spends its time: the top GPU kernels (CPU ops by self time on the CPU).
 
     python benchmarks/step_profile.py --device=cuda [--cfg=baseline256] [--res=256] [--batch=32]
-                                      [--fp32 | --channels-last] [--ops=auto [--ops=ref ...]] [--top=25]
-                                      [--out=FILE]
+                                      [--fp32 | --channels-last] [--cuda-graphs] [--ops=auto [--ops=ref ...]]
+                                      [--top=25] [--out=FILE]
 
 Builds `cfg` at `res` (noaug, synthetic data), runs one untimed step (allocator, cudnn autotuning),
 then profiles one step of every phase (Gmain, Greg, Dmain, Dreg) with torch.profiler and prints
@@ -27,6 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import train_speed as ts  # noqa: E402
 
+from training import phase_graphs  # noqa: E402
+
 # Name fragments that identify a kernel or op family in the profile.
 FAMILIES = {"bias_act (CUDA kernel)": ("bias_act_kernel",),
             "upfirdn2d (CUDA kernels)": ("upfirdn2d_",),
@@ -42,11 +44,12 @@ FAMILIES = {"bias_act (CUDA kernel)": ("bias_act_kernel",),
 @click.option("--batch", type=int, default=32, show_default=True)
 @click.option("--fp32", is_flag=True, help="disable mixed precision")
 @click.option("--channels-last", is_flag=True, help="channels-last fp16 blocks (train.py --channels-last=1)")
+@click.option("--cuda-graphs", is_flag=True, help="profile the phases' CUDA-graph replays (train.py --cuda-graphs=1)")
 @click.option("--ops", type=click.Choice(["ref", "cuda", "auto"]), multiple=True, default=["auto"], show_default=True,
               help="SPATIALGAN_OPS to profile; repeat to profile several in turn on the same networks")
 @click.option("--top", type=int, default=25, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="also write the tables here")
-def main(device, cfg, res, batch, fp32, channels_last, ops, top, out):
+def main(device, cfg, res, batch, fp32, channels_last, cuda_graphs, ops, top, out):
     """Profile one step of every phase (see the module docstring)."""
     if fp32 and channels_last:
         raise click.UsageError("--channels-last applies to the fp16 blocks: drop --fp32 or --channels-last")
@@ -56,8 +59,11 @@ def main(device, cfg, res, batch, fp32, channels_last, ops, top, out):
     dev = torch.device(device)
     torch.backends.cudnn.benchmark = True
     run = ts.build(ts.make_options(cfg, res, batch=batch, fp32=fp32, channels_last=channels_last), dev)
-    what_run = f"{cfg} @{res}², batch {batch}" + (", channels-last" if channels_last else "")
+    what_run = (f"{cfg} @{res}², batch {batch}" + (", channels-last" if channels_last else "")
+                + (", CUDA graphs" if cuda_graphs else ""))
     for impl in ops:
+        if cuda_graphs:  # a graph holds the kernels of the op path it was captured with: capture anew
+            run.graphs = phase_graphs.PhaseGraphs(log=ts.emit)
         profile_step(run, dev, what_run, fp32, impl, top)
 
 
@@ -65,7 +71,8 @@ def profile_step(run, dev: torch.device, what_run: str, fp32: bool, impl: str, t
     """Warm up with SPATIALGAN_OPS=`impl` (autotuning, allocator, kernel builds and self-checks), time
     one unprofiled step of every phase, then profile one step of every phase and print the tables."""
     os.environ["SPATIALGAN_OPS"] = impl  # read at every op call, so it switches the built networks too
-    ts.time_phases(run, reps=0)
+    for _ in range(1 + (phase_graphs.WARMUP_RUNS if run.graphs is not None else 0)):  # graphs: until captured
+        ts.time_phases(run, reps=0)
     wall = ts.time_phases(run, reps=1, warmup=False)  # before profiling: the profiler slows the CPU side
     on_gpu = dev.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])

@@ -112,8 +112,8 @@ def test_gpu_check_records_every_step_and_goes_on_after_a_failure(tmp_path):
     assert "failed or timed out: tests" in summary
     # The tables are copied into the summary (the profile too); every step's output lands in the one log,
     # in order.
-    assert summary.count("| stub row |") == 2 and summary.count("stub python: benchmarks/step_profile.py") == 1
-    assert "--ops=auto --ops=ref" in summary
+    assert summary.count("| stub row |") == 2 and summary.count("stub python: benchmarks/step_profile.py") == 2
+    assert "--cuda-graphs --ops=auto" in summary
     log = (out / "steps.log").read_text()
     order = [log.index(f"== {name} ") for name in ("versions", "build", "tests", "training", "ops", "speed", "profile")]
     assert order == sorted(order)
@@ -163,6 +163,13 @@ def test_step_profile_on_cpu(tmp_path):
     phase_rows = re.findall(r"^\| (Gmain|Greg|Dmain|Dreg) \| ([\d.e+-]+) \| ([\d.e+-]+) \|", text, re.MULTILINE)
     assert [r[0] for r in phase_rows] == ["Gmain", "Greg", "Dmain", "Dreg"] * 2
     assert all(float(wall) > 0 and float(prof) > 0 for _, wall, prof in phase_rows)
+    # --cuda-graphs on a CPU: said to be off, and the eager step is profiled.
+    proc = _run(str(BENCH / "step_profile.py"), "--device=cpu", "--cfg=tiny", "--res=16", "--batch=2", "--top=5",
+                "--cuda-graphs", f"--out={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    assert "CUDA graphs off, the phases run eagerly: the run is on cpu" in text
+    assert "## Step profile: tiny @16², batch 2, CUDA graphs, fp32, SPATIALGAN_OPS=auto" in text
 
 
 def test_step_profile_families_name_every_custom_kernel():
