@@ -223,9 +223,10 @@ def start_data(run: Run) -> None:
 # One training iteration.
 
 
-def _sample_batch(run: Run):
-    """(z, c, heatmap spec, SEL_indoor's per-object z | None) for every phase, drawn for the GLOBAL batch from the shared
-    `batch_gen` and sliced for this rank — the same samples whatever the world size."""
+def _sample_batch(run: Run, due: list[bool] | None = None):
+    """(z, c, heatmap spec, SEL_indoor's per-object z | None) for every phase, drawn for the GLOBAL batch
+    from the shared `batch_gen` and sliced for this rank — the same samples whatever the world size.
+    Phases not `due` (lazy regularisers between their steps) get None: same draws, nothing moved."""
     opts, n_phases = run.options, len(run.phases)
     total = opts["batch"] * n_phases
     z = torch.randn([total, run.G.z_dim], generator=run.batch_gen)
@@ -238,6 +239,9 @@ def _sample_batch(run: Run):
     per_rank = opts["batch"] // run.world_size
     out = []
     for p in range(n_phases):
+        if due is not None and not due[p]:
+            out.append(None)
+            continue
         start = p * opts["batch"] + run.rank * per_rank
         rows = list(range(start, start + per_rank))
         sub_spec = spec.select(rows).to(run.device) if spec is not None else None
@@ -312,9 +316,9 @@ def train_step(run: Run) -> None:
     real_img, real_c = _next_batch(run)
     real_img = real_img.to(run.device).to(torch.float32) / 127.5 - 1
     real_c = real_c.to(run.device)
-    gens = _sample_batch(run)
-    for phase, gen in zip(run.phases, gens):
-        if prog.batch_idx % phase.interval != 0:
+    due = [prog.batch_idx % phase.interval == 0 for phase in run.phases]
+    for phase, gen, now in zip(run.phases, _sample_batch(run, due), due):
+        if not now:
             continue
         t0 = time.perf_counter()
         _run_phase(run, phase, real_img, real_c, gen)
