@@ -2,7 +2,7 @@
 # One-shot GPU check: versions, CUDA-op build, GPU tests, ref-vs-cuda training losses, op-level kernel
 # timings, the GPU speed benchmark (section D of train_speed.py, with and without CUDA graphs) and
 # profiles of one mixed-precision baseline256 step (CUDA ops, eager then CUDA graphs). Every step has its
-# own time limit (585 s in all; about 7 minutes expected) so that one hung step cannot eat a timed GPU
+# own time limit (590 s in all; about 7 minutes expected) so that one hung step cannot eat a timed GPU
 # session; a failed step is recorded and the script goes on. The benchmarks write each row
 # (and each profile) as it is measured, so a step killed at its limit keeps what it measured.
 #
@@ -62,14 +62,15 @@ build_ops() {
 }
 export -f build_ops
 export PY
-step build 75 bash -c build_ops
+step build 60 bash -c build_ops
 # -m gpu over tests/: the kernel tests, the op benchmark's smoke test, train.py -> resume -> generate.py with
 # mixed precision (tests/cli/test_train.py), and the training phases captured as CUDA graphs
 # (tests/training/test_phase_graphs.py, train.py --cuda-graphs=1).
-wanted tests && step tests 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
+wanted tests && step tests 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
 wanted training && step training 45 "$PY" benchmarks/gpu_ops_training_check.py --steps=4
 wanted ops && step ops 30 "$PY" benchmarks/ops_speed.py --device=cuda --out "$OUTDIR/ops_speed.md"
-wanted speed && step speed 240 "$PY" benchmarks/train_speed.py --device=cuda --sections=D --reps=2 \
+wanted speed && step speed 230 "$PY" benchmarks/train_speed.py --device=cuda --sections=D --reps=2 \
+  --cfg=baseline256 --cfg=lsun-cat256 \
   --out "$OUTDIR/train_speed.md"
 # The profiles are appended to one file as each finishes (the step's log gets them too).
 profiles() {

@@ -427,12 +427,12 @@ def test_train_with_cuda_graphs(tmp_path):
     cfg_file.write_text(json.dumps(cfg))
     proc = subprocess.run([sys.executable, str(REPO / "train.py"), f"--outdir={tmp_path / 'runs'}", f"--cfg={cfg_file}",
                            "--data=synthetic:shapes:32", "--device=cuda", "--cuda-graphs=1", "--aug=noaug",
-                           "--kimg=0.4", "--tick=0.2", "--snap=1", "--metrics=none", "--batch=8", "--workers=1"],
+                           "--kimg=0.2", "--tick=0.1", "--snap=1", "--metrics=none", "--batch=8", "--workers=1"],
                           cwd=REPO, env=dict(env(), SPATIALGAN_OPS="cuda"), capture_output=True, text=True, timeout=300)
     assert_ok(proc)
     assert "CUDA graphs off" not in proc.stdout + proc.stderr
     (run_dir,) = run_dirs(tmp_path / "runs")
-    assert final_progress(run_dir)["cur_nimg"] == 400
+    assert final_progress(run_dir)["cur_nimg"] == 200
     stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
     losses = {k: s[k]["mean"] for s in stats for k in s if k.startswith("Loss/")}
     assert {"Loss/G/loss", "Loss/G/align", "Loss/D/loss", "Loss/G/reg", "Loss/D/reg"} <= set(losses), sorted(losses)
