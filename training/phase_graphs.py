@@ -31,7 +31,7 @@ several processes (the gradient all-reduce reads which ranks sent gradients), or
 are an input like the latents (`training_loop._sample_batch` draws them before the phase).
 
 `PhaseGraphs(backend=...)` takes another graph backend: the tests replay the recorded ops of a capture
-on the CPU (tests/training/graph_emulation.py), which checks everything above except the CUDA calls.
+on the CPU (`torch_utils.graph_emulation`), which checks everything above except the CUDA calls.
 """
 
 from __future__ import annotations

@@ -38,6 +38,21 @@ def test_help(script):
     assert "--device" in proc.stdout
 
 
+@pytest.mark.slow
+def test_launch_count_on_cpu(tmp_path):
+    """Every phase of the tiny config, eagerly and with emulated CUDA graphs: one graph launch per phase
+    and far fewer host-side ops around it."""
+    out = tmp_path / "launches.md"
+    proc = _run(str(BENCH / "launch_count.py"), "--cfg=tiny", "--cfg=tiny-spatial", "--res=16", f"--out={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = re.findall(r"^\| (tiny\S*) \| (\w+) \| (\d+) \| (\d+) \| (\d+) \|$", out.read_text(), re.MULTILINE)
+    assert [(r[0], r[1]) for r in rows] == [(cfg, phase) for cfg in ("tiny", "tiny-spatial")
+                                            for phase in ("Gmain", "Greg", "Dmain", "Dreg")]
+    for _, phase, eager, around, launches in rows:
+        assert int(launches) == 1 and 0 < int(around) < int(eager) / 10, (phase, eager, around)
+    assert "CUDA graphs off" not in out.read_text()
+
+
 def test_ops_training_check_compares_every_statistic_against_its_scale():
     ref = {"Loss/G/loss": [2.0, 1.0], "Loss/scores/fake": [0.001, -0.5], "Loss/signs/fake": [1.0, -1.0],
            "G_param_sum": [10.0]}
@@ -244,9 +259,7 @@ def test_gpu_section_runs_every_row(monkeypatch, tmp_path):
     """Section D's loop (3 configs x 9 precision/ops/layout/graph variants, FLOP count, fraction of peak) on
     the CPU at 64² with tiny widths, the CUDA graphs emulated: the GPU session must not be the first to
     run it."""
-    monkeypatch.syspath_prepend(str(ROOT / "tests" / "training"))
-    from graph_emulation import TraceBackend
-
+    from torch_utils.graph_emulation import TraceBackend
     from training import heatmaps, phase_graphs
 
     monkeypatch.setattr(phase_graphs, "unsupported", lambda run, need_cuda=True: None)

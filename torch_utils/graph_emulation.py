@@ -1,20 +1,22 @@
-"""A CPU stand-in for CUDA graphs, for testing `training.phase_graphs` without a GPU.
+"""CUDA graphs emulated on the CPU: check that code can be captured, without a GPU.
 
-`TraceBackend` has the interface of `phase_graphs.CudaGraphBackend`. Its graphs record every aten op
-dispatched under `capture()` (forward, autograd's backward, in-place updates) with the tensors it read
-and wrote, and `replay()` runs the same ops again on the same tensors, copying each result into the
-tensor the op produced at capture. That is what a CUDA graph does with its kernels, so the hazards of
+`TraceBackend` has the interface of `training.phase_graphs.CudaGraphBackend`. Its graphs record every
+aten op dispatched under `capture()` (forward, autograd's backward, in-place updates) with the tensors
+it read and wrote, and `replay()` runs the same ops again on the same tensors, copying each result into
+the tensor the op produced at capture. That is what a CUDA graph does with its kernels, so the hazards of
 graph capture show up on the CPU as well:
 
 * Python state read once at capture (a tensor replaced instead of updated in place, a branch on a
   value) is frozen: a replayed run then differs from an eager one;
 * reading a tensor's value on the host (`.item()`, `.tolist()`, `.numpy()`, `bool(t)`) or making a tensor
-  from host data, which fails during a CUDA capture, raises here too, as does a random draw from an
-  explicit (host) generator;
+  from host data, which fails during a CUDA capture, raises `CaptureError` here too, as does a random
+  draw from an explicit (host) generator;
 * like a CUDA capture, `capture()` has no effect on the tensors that existed before it: what it wrote
   into them is undone at its end, and the global random generator is restored.
 
-What it cannot check: that the ops really are CUDA kernels (host-side tensors look the same here).
+What it cannot check: that the ops really are CUDA kernels (host-side tensors look the same here), and
+anything about streams, memory pools or the kernels themselves. Used by the tests
+(tests/training/test_phase_graphs.py) and by benchmarks/launch_count.py.
 """
 
 from __future__ import annotations
