@@ -118,7 +118,7 @@ class PhaseGraphs:
             self.checked = True
             reason = unsupported(run, need_cuda=self.backend is None)
             if reason is not None:
-                return self._turn_off(reason)
+                return self._turn_off(run, reason)
             self.backend = self.backend or CudaGraphBackend(run.device)
             if run.augment_pipe is not None:
                 run.augment_pipe.static_padding = True  # no host read of the geometric ops' reach
@@ -140,7 +140,7 @@ class PhaseGraphs:
                 self.captured[key] = self._capture(run, phase, inputs)
             except Exception as err:  # only the graph is lost: this step's phase is done
                 first = next((line for line in str(err).splitlines() if line.strip()), "")
-                self._turn_off(f"capturing {phase.name} failed ({type(err).__name__}: {first[:200]})")
+                self._turn_off(run, f"capturing {phase.name} failed ({type(err).__name__}: {first[:200]})")
             return True
         _copy_inputs(entry.inputs, (real_img, real_c, gen))
         entry.graph.replay()
@@ -157,9 +157,11 @@ class PhaseGraphs:
         grads = [p.grad for p in phase.module.parameters()]
         return _Captured(graph, inputs, grads, real_logits)
 
-    def _turn_off(self, reason: str) -> bool:
+    def _turn_off(self, run: tl.Run, reason: str) -> bool:
         self.off = reason
         self.captured.clear()
+        if run.augment_pipe is not None:
+            run.augment_pipe.static_padding = False  # eager runs read the reach: less padding
         if self.log is not None:
             self.log(f"CUDA graphs off, the phases run eagerly: {reason}")
         return False
