@@ -84,7 +84,7 @@ class _CudaGraph:
 @dataclass
 class _Captured:
     graph: Any
-    inputs: tuple                          # static (real_img, real_c, (z, c, spec)) the graph reads
+    inputs: tuple                          # static (real_img, real_c, (z, c, spec, style_z)) the graph reads
     grads: list[torch.Tensor | None]       # the graph's gradient of every parameter of the phase's module
     real_logits: list[torch.Tensor]        # each round's real logits (ADA's signal), written by the graph
 
