@@ -24,7 +24,7 @@ test: install
 test-fast: install
 	$(VPY) -m pytest -q -n 2 --dist=loadfile -m "not slow"
 
-# On a CUDA machine: only the GPU tests (kernels vs reference).
+# On a CUDA machine: only the GPU tests (kernels vs reference, CUDA graphs, the CLIs on the GPU).
 test-gpu: install
 	$(VPY) -m pytest -q -m gpu
 

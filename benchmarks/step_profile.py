@@ -151,25 +151,24 @@ def _device_kernel_rows(events) -> list[tuple[float, str, int]]:
     Only the device events themselves: the CPU ops that launched them also carry that time as their
     "self device time", and record_function ranges have a GPU twin spanning their kernels, so summing
     key_averages() counts the same microseconds two or three times."""
-    totals: dict[str, list[float]] = {}
-    for e in events:
-        if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False):
-            t = totals.setdefault(e.name, [0.0, 0])
-            t[0] += e.time_range.elapsed_us()
-            t[1] += 1
-    return [(us, name, int(n)) for name, (us, n) in totals.items() if us > 0]
-
+    return _totals((e.name, e.time_range.elapsed_us()) for e in events
+                   if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False))
 
 
 def _cpu_self_rows(events) -> list[tuple[float, str, int]]:
     """(self CPU µs, op name, calls) of every CPU op among a profile's `events()`."""
+    return _totals((e.name, e.self_cpu_time_total) for e in events
+                   if e.device_type == DeviceType.CPU and e.self_cpu_time_total > 0)
+
+
+def _totals(named_us) -> list[tuple[float, str, int]]:
+    """(total µs, name, count) per name of (name, µs) pairs; names with no time are left out."""
     totals: dict[str, list[float]] = {}
-    for e in events:
-        if e.device_type == DeviceType.CPU and e.self_cpu_time_total > 0:
-            t = totals.setdefault(e.name, [0.0, 0])
-            t[0] += e.self_cpu_time_total
-            t[1] += 1
-    return [(us, name, int(n)) for name, (us, n) in totals.items()]
+    for name, us in named_us:
+        t = totals.setdefault(name, [0.0, 0])
+        t[0] += us
+        t[1] += 1
+    return [(us, name, int(n)) for name, (us, n) in totals.items() if us > 0]
 
 
 if __name__ == "__main__":

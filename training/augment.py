@@ -249,12 +249,6 @@ class AugmentPipe(torch.nn.Module):
             read = self._p_read = (p, p._version, float(p))
         return read[2]
 
-    @property
-    def has_geometric_ops(self) -> bool:
-        """Whether a pass resamples through general matrices (`_geometric`): unless `static_padding`
-        is set, it reads the batch's padding back from the tensors' device (one host sync per pass)."""
-        return any(getattr(self, name) > 0 for name in ("scale", "rotate", "aniso", "xfrac"))
-
     def extra_repr(self) -> str:
         active = [f"{n}={getattr(self, n):g}" for n in _MULTIPLIERS if getattr(self, n) > 0]
         return ", ".join(active) or "no ops"
