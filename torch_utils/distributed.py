@@ -79,34 +79,49 @@ def _comm_device(tensor: torch.Tensor) -> torch.device:
     return tensor.device
 
 
-def average_gradients(params: list[torch.nn.Parameter], divisor: float) -> torch.Tensor | None:
+def average_gradients(params: list[torch.nn.Parameter], divisor: float,
+                      presence: list[bool] | None = None) -> torch.Tensor | None:
     """Sum gradients over ranks with ONE flattened all-reduce, then divide by `divisor`.
 
     Afterwards every gradient is a view of one flat buffer, which is returned (None when no parameter
     has a gradient), so that a caller can sanitise all of them with one kernel instead of one per
-    parameter. With a process group every rank sends the same layout: all of `params`, zeros where a
-    rank has no gradient, plus one presence flag per parameter. A parameter that no rank gave a
-    gradient keeps `grad = None`, so the optimiser skips it exactly as in a single process. A single
-    process has nothing to agree on: no flags, and no host sync.
+    parameter. A parameter that no rank gave a gradient keeps `grad = None`, so the optimiser skips it
+    exactly as in a single process. With a process group every rank sends the same layout: zeros where
+    a rank has no gradient, and, to learn which parameters any rank gave one, a presence flag per
+    parameter, read back on the host (a sync). `presence` (one bool per parameter, as a previous call
+    left `grad is not None`) replaces the flags: no host read, which a CUDA graph capture needs. A
+    single process has nothing to agree on: no flags, no host read.
     """
     active = is_active()
-    params = [p for p in params if active or p.grad is not None]
+    if presence is None and not active:
+        presence = [p.grad is not None for p in params]
+    if presence is not None:
+        if len(presence) != len(params):
+            raise ValueError(f"average_gradients: {len(presence)} presence flags for {len(params)} parameters")
+        for i, (p, has_grad) in enumerate(zip(params, presence)):
+            if p.grad is not None and not has_grad:
+                raise RuntimeError(f"average_gradients: parameter {i} {list(p.shape)} has a gradient that the "
+                                   "given presence says no rank produces")
+        params = [p for p, has_grad in zip(params, presence) if has_grad]
     if not params:
         return None
-    ref = params[0]
-    grads = [p.grad.detach().flatten() if p.grad is not None else torch.zeros(p.numel(), device=ref.device,
+    grads = [p.grad.detach().flatten() if p.grad is not None else torch.zeros(p.numel(), device=p.device,
                                                                                dtype=p.dtype) for p in params]
-    if active:
+    if presence is None:  # several ranks, presence unknown: one flag per parameter travels with the sums
         flags = torch.tensor([float(p.grad is not None) for p in params], dtype=grads[0].dtype)
-        flat = torch.cat(grads + [flags.to(ref.device)])
+        flat = torch.cat(grads + [flags.to(grads[0].device)])
+    else:
+        flat = torch.cat(grads)
+    if active:
         dev = flat.device
-        flat = flat.to(_comm_device(flat))
-        dist.all_reduce(flat)
-        flat = flat.to(dev)
+        comm = flat.to(_comm_device(flat))
+        dist.all_reduce(comm)
+        flat = comm.to(dev)
+    if presence is None:
         present = (flat[-len(params):] > 0).tolist()
         flat = flat[:-len(params)]
     else:
-        flat, present = torch.cat(grads), [True] * len(params)
+        present = [True] * len(params)
     if divisor != 1:
         flat.div_(divisor)
     offset = 0

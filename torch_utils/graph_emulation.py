@@ -12,7 +12,11 @@ graph capture show up on the CPU as well:
   from host data, which fails during a CUDA capture, raises `CaptureError` here too, as does a random
   draw from an explicit (host) generator;
 * like a CUDA capture, `capture()` has no effect on the tensors that existed before it: what it wrote
-  into them is undone at its end, and the global random generator is restored.
+  into them is undone at its end (also when it fails), and the global random generator is restored.
+
+Collectives (`torch.distributed` with gloo) are dispatched ops too: they are recorded and replayed like
+the others, so several processes can check captured all-reduces. Unlike a CUDA capture, the emulated
+one runs them, so every rank must reach the same collectives during the capture.
 
 What it cannot check: that the ops really are CUDA kernels (host-side tensors look the same here), and
 anything about streams, memory pools or the kernels themselves. Used by the tests
@@ -56,12 +60,14 @@ class TraceGraph:
     def capture(self):
         recorder = _Recorder(self.ops)
         rng = torch.get_rng_state()
-        with recorder, _no_host_copies():
-            yield
-        with torch.no_grad():
-            for tensor, before in reversed(recorder.saved):
-                tensor.copy_(before)
-        torch.set_rng_state(rng)
+        try:
+            with recorder, _no_host_copies():
+                yield
+        finally:  # a failed capture has run nothing either
+            with torch.no_grad():
+                for tensor, before in reversed(recorder.saved):
+                    tensor.copy_(before)
+            torch.set_rng_state(rng)
 
     def replay(self) -> None:
         with torch.no_grad():
@@ -70,6 +76,8 @@ class TraceGraph:
                 for out, new in zip(outs, result):
                     if isinstance(out, torch.Tensor) and not _same_memory(out, new):
                         out.copy_(new)
+                    elif _is_work(new):  # a collective (c10d op) runs asynchronously: done before what reads it
+                        new.wait()
         self.replays += 1
 
 
@@ -90,6 +98,10 @@ def _no_host_copies():
     finally:
         for name, method in saved.items():
             setattr(torch.Tensor, name, method)
+
+
+def _is_work(obj) -> bool:
+    return isinstance(obj, torch.ScriptObject) and obj._type().qualified_name().endswith("c10d.Work")
 
 
 def _same_memory(a: torch.Tensor, b) -> bool:

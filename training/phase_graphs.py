@@ -25,9 +25,18 @@ ADA raises p (p itself is read by the kernels, so its later changes need no new 
 augmentations switch to `static_padding` (padding to the largest possible reach instead of reading this
 batch's reach back from the GPU: more memory traffic in the pipe, no host sync).
 
+Several processes (torchrun, NCCL): the gradient all-reduce is captured with the phase. Eagerly it
+sends a presence flag per parameter and reads back which ones any rank gave a gradient (a host sync);
+in the graph that set is the one the eager run before the capture found (it follows from the phase's
+code, the same on every rank and at every step). NCCL requires a captured collective to be replayed
+by every rank or by none, so after each capture the ranks exchange whether theirs succeeded, and a
+failure on one rank turns graphs off on all of them (the step itself is already done: the capture
+runs nothing). Every rank takes the same decisions in the same order (warm-up counts, ADA's p, which
+is agreed across ranks), so their captures line up.
+
 When a run cannot use graphs, its phases run eagerly and the reason is printed once: not a CUDA device,
-several processes (the gradient all-reduce reads which ranks sent gradients), or a capture that failed
-(its message is printed). SEL_indoor's per-object z, drawn on the host from the heatmaps' style seeds,
+several processes on a backend other than NCCL, or a capture that failed (its message is printed, with
+the rank). SEL_indoor's per-object z, drawn on the host from the heatmaps' style seeds,
 are an input like the latents (`training_loop._sample_batch` draws them before the phase).
 
 `PhaseGraphs(backend=...)` takes another graph backend: the tests replay the recorded ops of a capture
@@ -42,7 +51,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
+from torch_utils import distributed
 from training import training_loop as tl
 
 WARMUP_RUNS = 2  # eager runs of a phase before the run that captures it
@@ -93,8 +104,8 @@ def unsupported(run: tl.Run, need_cuda: bool = True) -> str | None:
     """Why `run` cannot replay its phases as graphs, or None."""
     if need_cuda and run.device.type != "cuda":
         return f"the run is on {run.device.type}, not a CUDA device"
-    if run.world_size > 1:
-        return "several processes (the gradient all-reduce reads which ranks sent gradients: a host sync)"
+    if need_cuda and run.world_size > 1 and dist.get_backend() != "nccl":
+        return f"the {dist.get_backend()} backend (collectives in a CUDA graph need NCCL)"
     return None
 
 
@@ -135,12 +146,21 @@ class PhaseGraphs:
             with self.backend.warmup():
                 phase.opt.zero_grad(set_to_none=True)
                 real_logits = tl.phase_body(run, phase, *inputs)
+            presence = [p.grad is not None for p in phase.module.parameters()]  # agreed by every rank
             tl.finish_phase(run, phase, real_logits)
+            error = None
             try:
-                self.captured[key] = self._capture(run, phase, inputs)
+                self.captured[key] = self._capture(run, phase, inputs, presence)
             except Exception as err:  # only the graph is lost: this step's phase is done
                 first = next((line for line in str(err).splitlines() if line.strip()), "")
-                self._turn_off(run, f"capturing {phase.name} failed ({type(err).__name__}: {first[:200]})")
+                error = f"{type(err).__name__}: {first[:200]}"
+            # Replaying a captured collective is collective too: every rank replays its graph, or none does.
+            errors = distributed.all_gather_object(error) if run.world_size > 1 else [error]
+            failed = [(rank, e) for rank, e in enumerate(errors) if e is not None]
+            if failed:
+                rank, e = failed[0]
+                where = f" on rank {rank}" if run.world_size > 1 else ""
+                self._turn_off(run, f"capturing {phase.name} failed{where} ({e})")
             return True
         _copy_inputs(entry.inputs, (real_img, real_c, gen))
         entry.graph.replay()
@@ -149,11 +169,11 @@ class PhaseGraphs:
         tl.finish_phase(run, phase, entry.real_logits)
         return True
 
-    def _capture(self, run: tl.Run, phase: tl.Phase, inputs: tuple) -> _Captured:
+    def _capture(self, run: tl.Run, phase: tl.Phase, inputs: tuple, presence: list[bool]) -> _Captured:
         phase.opt.zero_grad(set_to_none=True)  # the graph's backward creates the gradients it then writes
         graph = self.backend.new_graph()
         with graph.capture():
-            real_logits = tl.phase_body(run, phase, *inputs)
+            real_logits = tl.phase_body(run, phase, *inputs, grad_presence=presence)
         grads = [p.grad for p in phase.module.parameters()]
         return _Captured(graph, inputs, grads, real_logits)
 

@@ -260,11 +260,14 @@ def _run_phase(run: Run, phase: Phase, real_img, real_c, gen) -> None:
     finish_phase(run, phase, real_logits)
 
 
-def phase_body(run: Run, phase: Phase, real_img, real_c, gen) -> list[torch.Tensor]:
+def phase_body(run: Run, phase: Phase, real_img, real_c, gen,
+               grad_presence: list[bool] | None = None) -> list[torch.Tensor]:
     """Every round's forward and backward, then the gradients averaged over rounds and ranks and
     sanitised; returns each round's detached real logits (for ADA). Gradients must be None on entry.
 
     Everything here is GPU work with static shapes and no host reads: it is what a CUDA graph captures.
+    With several processes that needs `grad_presence` (which of the module's parameters get a
+    gradient, as an earlier run of the phase found): see `distributed.average_gradients`.
     """
     opts = run.options
     bg = opts["batch_gpu"]
@@ -282,7 +285,8 @@ def phase_body(run: Run, phase: Phase, real_img, real_c, gen) -> list[torch.Tens
         if logits is not None:
             real_logits.append(logits)
     phase.module.requires_grad_(False)
-    flat = distributed.average_gradients(list(phase.module.parameters()), divisor=rounds * run.world_size)
+    flat = distributed.average_gradients(list(phase.module.parameters()), divisor=rounds * run.world_size,
+                                         presence=grad_presence)
     if flat is not None:
         nan_to_num_([flat])  # every gradient is a view of `flat`: one kernel instead of one per parameter
     return real_logits

@@ -69,6 +69,22 @@ def test_average_gradients_leaves_every_gradient_a_view_of_the_returned_buffer()
     assert distributed.average_gradients([b], divisor=1) is None  # no gradient at all: nothing to return
 
 
+def test_average_gradients_with_a_given_presence():
+    """`presence` (what a CUDA graph capture passes instead of reading flags back): a parameter some rank
+    gives a gradient gets one here too (zeros if this rank has none); one that none does stays None;
+    a gradient the presence denies, or a presence of the wrong length, is an error, not a silent drop."""
+    a, b, c = (torch.nn.Parameter(torch.zeros(s)) for s in ([2], [3], [1]))
+    a.grad = torch.full([2], 4.0)
+    flat = distributed.average_gradients([a, b, c], divisor=2, presence=[True, True, False])
+    assert torch.equal(flat, torch.tensor([2.0, 2.0, 0.0, 0.0, 0.0]))
+    assert torch.equal(b.grad, torch.zeros(3)) and c.grad is None and b.grad.data_ptr() == flat[2:].data_ptr()
+    c.grad = torch.ones(1)
+    with pytest.raises(RuntimeError, match=r"parameter 2 \[1\] has a gradient"):
+        distributed.average_gradients([a, b, c], divisor=1, presence=[True, True, False])
+    with pytest.raises(ValueError, match="2 presence flags for 3 parameters"):
+        distributed.average_gradients([a, b, c], divisor=1, presence=[True, True])
+
+
 def test_is_comm_error_recognises_collective_failures():
     assert distributed.is_comm_error(RuntimeError("[../gloo/transport/tcp/pair.cc] Connection closed by peer"))
     assert distributed.is_comm_error(RuntimeError("NCCL error: unhandled system error"))

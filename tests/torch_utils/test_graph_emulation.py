@@ -25,6 +25,18 @@ def test_emulated_graph_replays_on_the_captured_tensors_without_capture_side_eff
     assert not torch.equal(y, first) and torch.equal(state, first + y)
 
 
+def test_a_failed_capture_has_no_effect_either():
+    """A capture that fails halfway (here: a host read after an update) leaves no trace, as on a GPU
+    where nothing runs during capture."""
+    state = torch.zeros(3)
+    rng = torch.get_rng_state()
+    with pytest.raises(CaptureError):
+        with TraceGraph().capture():
+            state.add_(torch.randn(3))
+            state.sum().item()
+    assert torch.equal(state, torch.zeros(3)) and torch.equal(torch.get_rng_state(), rng)
+
+
 def test_emulated_capture_refuses_host_reads_and_freezes_python_state():
     t = torch.ones(2)
     with pytest.raises(CaptureError, match="_local_scalar_dense"):

@@ -8,15 +8,25 @@ again on the same tensors), so everything but the CUDA calls is checked here, bi
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from torch_utils import training_stats
-from torch_utils.graph_emulation import TraceBackend
-from training import heatmaps, phase_graphs
-from training import training_loop as tl
-from training.config import resolve_options
-from training.dataset import open_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # the multi-process worker runs this file as a plain script
+    sys.path.insert(0, str(REPO))
+
+from torch_utils import distributed, training_stats  # noqa: E402
+from torch_utils.graph_emulation import TraceBackend  # noqa: E402
+from training import heatmaps, phase_graphs  # noqa: E402
+from training import training_loop as tl  # noqa: E402
+from training.config import resolve_options  # noqa: E402
+from training.dataset import open_dataset  # noqa: E402
 
 needs_cuda = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -38,10 +48,11 @@ def options(cfg: str = "tiny", clamp: float | None = None, **overrides) -> dict:
     return opts
 
 
-def train(opts: dict, steps: int, graphs: phase_graphs.PhaseGraphs | None, device: str = "cpu") -> tl.Run:
+def train(opts: dict, steps: int, graphs: phase_graphs.PhaseGraphs | None, device: str = "cpu",
+          rank: int = 0, world_size: int = 1) -> tl.Run:
     """`steps` training steps; an eager run (graphs=None) pads like a graphed one (`static_padding`)."""
     training_stats.reset()
-    run = tl.build_run(opts, torch.device(device))
+    run = tl.build_run(opts, torch.device(device), rank, world_size)
     run.graphs = graphs
     if run.augment_pipe is not None:
         run.augment_pipe.static_padding = True
@@ -127,9 +138,9 @@ def test_a_capture_that_fails_leaves_the_run_eager(monkeypatch):
     opts = options("tiny")
     original = tl.phase_body
 
-    def body_with_host_read(*args):
+    def body_with_host_read(*args, **kwargs):
         torch.ones(1).tolist()
-        return original(*args)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(tl, "phase_body", body_with_host_read)
     eager = train(opts, 6, None)
@@ -197,3 +208,75 @@ def test_each_captured_phase_matches_its_eager_step(cfg, clamp, aug, device):
         torch.cuda.synchronize()
     assert_same_state(eager, run, exact=not on_gpu)
     assert all(torch.isfinite(p).all() for p in run.G.parameters())
+
+
+# -- several processes: the gradient all-reduce captured with each phase (2 gloo ranks, emulated) -------------
+
+
+def _worker(cfg_path: str) -> None:
+    """In every rank: the same training eagerly and with emulated graphs, compared bit for bit."""
+    torch.set_num_threads(1)
+    cfg = json.loads(Path(cfg_path).read_text())
+    env = distributed.detect()
+    distributed.init(env, torch.device("cpu"), timeout_s=60)
+    heatmaps.HeatmapSpec.check_values = lambda self: self  # as in the fixture above
+    record: dict = dict(rank=env.rank)
+    eager = train(cfg["options"], cfg["steps"], None, rank=env.rank, world_size=env.world_size)
+    if cfg["fail_rank"] == env.rank:  # a host read after the all-reduce: this rank's captures fail, late
+        sanitise = tl.nan_to_num_
+        tl.nan_to_num_ = lambda tensors: (torch.ones(1).tolist(), sanitise(tensors))
+    said: list[str] = []
+    graphs = phase_graphs.PhaseGraphs(backend=TraceBackend(), log=said.append)
+    replayed = train(cfg["options"], cfg["steps"], graphs, rank=env.rank, world_size=env.world_size)
+    try:
+        assert_same_state(eager, replayed)
+        record["same"] = True
+    except AssertionError as err:
+        record["same"] = str(err)
+    distributed.params_agree(replayed.G, "G")
+    distributed.params_agree(replayed.D, "D")
+    record.update(said=said, off=graphs.off, captured=sorted(name for name, _ in graphs.captured),
+                  replays=sorted(g.replays for g in graphs.backend.graphs),
+                  trained=max(float((a - b).abs().max()) for a, b in
+                              zip(replayed.G.parameters(), tl.build_run(cfg["options"], torch.device("cpu")).G.parameters())))
+    Path(cfg["out"], f"rank{env.rank}.json").write_text(json.dumps(record))
+    distributed.exit_after_success()
+
+
+def _two_ranks(tmp_path: Path, fail_rank: int | None) -> list[dict]:
+    opts = options("tiny-spatial", batch=8, batch_gpu=2, aug="ada", augpipe="bgc", target=0.01)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(dict(options=opts, steps=20, fail_rank=fail_rank, out=str(tmp_path))))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__, str(cfg)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.mark.slow
+def test_two_ranks_replay_the_all_reduce_with_their_phases(tmp_path):
+    """2 ranks, 2 rounds each, ADA switching the pipe on: every rank's phases are captured with the
+    all-reduce inside (no presence flags, no host read), replayed, and train exactly like eager ranks."""
+    records = _two_ranks(tmp_path, fail_rank=None)
+    for rec in records:
+        assert rec["same"] is True, rec
+        assert rec["off"] is None and not rec["said"]
+        assert {"Gmain", "Dmain", "Greg"} <= set(rec["captured"]) and max(rec["replays"]) >= 5, rec
+        assert rec["trained"] > 1e-3  # the comparison is not between two untouched networks
+    assert records[0]["captured"] == records[1]["captured"]
+
+
+@pytest.mark.slow
+def test_a_capture_failing_on_one_rank_turns_graphs_off_on_every_rank(tmp_path):
+    """Rank 1's first capture fails after the all-reduce; the ranks agree, both go on eagerly (no
+    rank replays a collective the other runs eagerly) and still train exactly like eager ranks."""
+    records = _two_ranks(tmp_path, fail_rank=1)
+    for rec in records:
+        assert rec["same"] is True, rec
+        assert rec["off"] is not None and rec["off"].startswith("capturing Gmain failed on rank 1 (CaptureError:")
+        assert rec["captured"] == [] and rec["said"] == [f"CUDA graphs off, the phases run eagerly: {rec['off']}"]
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1])
