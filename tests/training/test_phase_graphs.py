@@ -12,6 +12,8 @@ import json
 import os
 import subprocess
 import sys
+import types
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -21,8 +23,9 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # the multi-process worker runs this file as a plain script
     sys.path.insert(0, str(REPO))
 
-from torch_utils import distributed, training_stats  # noqa: E402
+from torch_utils import distributed, ops, training_stats  # noqa: E402
 from torch_utils.graph_emulation import TraceBackend  # noqa: E402
+from torch_utils.ops import _cuda  # noqa: E402
 from training import heatmaps, phase_graphs  # noqa: E402
 from training import training_loop as tl  # noqa: E402
 from training.config import resolve_options  # noqa: E402
@@ -130,6 +133,55 @@ def test_sel_indoor_phases_are_replayed_too():
     replayed = train(opts, 10, graphs)
     assert graphs.off is None and {name for name, _ in graphs.captured} == {"Gmain", "Dmain", "Greg"}
     assert_same_state(eager, replayed)
+
+
+@pytest.fixture
+def dispatched_kernels(emulated_ops, monkeypatch):
+    """The CUDA path of the ops on CPU tensors: the kernels compiled for the CPU (tests/conftest.py), each
+    wrapped as a dispatched custom op so that the emulated capture records it like an aten op (a real
+    capture records the kernels an extension launches). Returns the count of kernel calls per op."""
+    calls = Counter()
+
+    @torch.library.custom_op("spatialgan_graph_test::bias_act", mutates_args=())
+    def bias_act(x: torch.Tensor, b: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, dim: int, act: int,
+                 mode: int, alpha: float, gain: float, clamp: float) -> torch.Tensor:
+        calls["bias_act"] += 1
+        return emulated_ops.bias_act(x, b, g1, g2, dim, act, mode, alpha, gain, clamp)
+
+    @torch.library.custom_op("spatialgan_graph_test::upfirdn2d", mutates_args=())
+    def upfirdn2d(x: torch.Tensor, g: torch.Tensor, upx: int, upy: int, downx: int, downy: int, padx0: int,
+                  padx1: int, pady0: int, pady1: int, path: int) -> torch.Tensor:
+        calls["upfirdn2d"] += 1
+        return emulated_ops.upfirdn2d(x, g, upx, upy, downx, downy, padx0, padx1, pady0, pady1, path)
+
+    plugin = types.SimpleNamespace(bias_act=bias_act, upfirdn2d=upfirdn2d)
+    monkeypatch.delenv("SPATIALGAN_OPS", raising=False)
+    monkeypatch.setattr(ops, "KERNEL_DEVICE_TYPES", ("cuda", "cpu"))
+    monkeypatch.setattr(_cuda, "_load_plugin", lambda op: plugin)
+    _cuda._reset()
+    yield calls
+    _cuda._reset()
+
+
+@pytest.mark.slow
+def test_the_cuda_ops_glue_is_replayed_exactly_too(dispatched_kernels):
+    """What the emulation alone cannot see: on a GPU the custom kernels run instead of the reference ops,
+    through their own Python glue (kernel selection and self-check, cached filters, autograd Functions
+    of every order). With the kernels on CPU tensors, replayed training equals eager training bit for
+    bit, and the replays do launch the kernels."""
+    opts = options("tiny-spatial", 0.5, batch=2)
+    eager = train(opts, 9, None)
+    graphs = phase_graphs.PhaseGraphs(backend=TraceBackend())
+    replayed = train(opts, 9, graphs)
+    assert _cuda._status == {"bias_act": None, "upfirdn2d": None}  # built and self-checked: the kernels ran
+    assert graphs.off is None and {name for name, _ in graphs.captured} == {"Gmain", "Dmain", "Greg"}
+    assert_same_state(eager, replayed)
+    graph = graphs.captured[("Gmain", False)].graph
+    recorded = Counter(op[0]._schema.name.split("::")[1] for op in graph.ops
+                       if op[0]._schema.name.startswith("spatialgan_graph_test::"))
+    before = Counter(dispatched_kernels)
+    graph.replay()
+    assert recorded["bias_act"] > 0 and recorded["upfirdn2d"] > 0 and dispatched_kernels - before == recorded
 
 
 def test_a_capture_that_fails_leaves_the_run_eager(monkeypatch):
