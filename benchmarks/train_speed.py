@@ -14,7 +14,8 @@ Sections
   C  distributed (CPU, gloo): N ranks vs 1 rank at the same per-rank batch -> scaling efficiency.
   D  GPU: reference vs CUDA ops, fp32 vs mixed precision (also with channels-last fp16 blocks, and with
      the phases replayed as CUDA graphs), batch 32, FLOPs/img and fraction of peak (--cfg picks configs;
-     default baseline256, lsun-cat256, lsun-bedroom256).
+     default baseline256, lsun-cat256, lsun-bedroom256); then the ratios against the targets (CUDA ops
+     >= 1.5x the reference, each at its best setting; mixed >= 1.3x fp32) and graphs vs eager.
 
 Machine noise: the machines are shared, so every row that matters is also measured with a *naive ops*
 mode written here from the maths (zero-insertion upsampling materialised, padding, full 2-D FIR
@@ -530,6 +531,7 @@ def section_d(device: torch.device, quick: bool, reps: int, batch: int,
                 (False, "ref", False, True), (False, "auto", False, True), (False, "auto", True, True)]
     table_header(["config", "precision", "ops (used)", "s/kimg", "img/s", "peak mem GiB", "GFLOP/img (amortised)",
                   "fraction of peak"])
+    speeds: dict[str, dict[tuple, float]] = {}
     for cfg in configs:
         flops = None
         for fp32, ops, channels_last, graphs in variants:
@@ -551,11 +553,47 @@ def section_d(device: torch.device, quick: bool, reps: int, batch: int,
             precision += ", CUDA graphs" if graphs and run.graphs.off is None else ""
             table_row([f"{cfg} @{res}²", precision, f"{ops} ({used})", sec * 1000 / batch, batch / sec, t["_mem"],
                        flops / 1e9, frac])
+            if used == ("cuda" if ops == "auto" else "ref") and (not graphs or run.graphs.off is None):
+                speeds.setdefault(cfg, {})[(fp32, used, channels_last, graphs)] = batch / sec
             del run
             torch.cuda.empty_cache()
     os.environ.pop("SPATIALGAN_OPS", None)
     emit()
     emit(f"CUDA op status: {dict(_cuda._status)} (None = kernel in use)\n")
+    emit("### D. Against the targets (ratios of img/s above; — where a row is missing: kernels unavailable, a "
+         "capture failed, or the run was cut short)\n")
+    table(TARGET_HEADER, [target_row(f"{cfg} @{res}²", speeds.get(cfg, {})) for cfg in configs])
+
+
+TARGET_HEADER = ["config", "CUDA ops / ref, fp32", "CUDA ops / ref, mixed", "best / best, eager",
+                 "best / best, with CUDA graphs", "CUDA ops ≥ 1.5× ref (best / best)", "mixed / fp32, CUDA ops",
+                 "mixed ≥ 1.3× fp32", "CUDA graphs / eager, mixed CUDA ops"]
+
+
+def target_row(config: str, speeds: dict[tuple, float]) -> list[Any]:
+    """Issue #7's targets from one config's img/s, keyed (fp32, ops used, channels-last, CUDA graphs).
+
+    CUDA ops vs reference: each path at its best setting (precision, layout, graphs) against the other's;
+    mixed precision vs fp32: both with the CUDA ops, eager, NCHW."""
+    def ratio(a, b):
+        return speeds[a] / speeds[b] if a in speeds and b in speeds else None
+
+    def best(ops: str, graphs_too: bool) -> float | None:
+        found = [v for (fp32, used, cl, graphs), v in speeds.items() if used == ops and (graphs_too or not graphs)]
+        return max(found) if found else None
+
+    def verdict(value, target):
+        return None if value is None else ("met" if value >= target else "not met")
+
+    eager = [best("cuda", False), best("ref", False)]
+    overall = [best("cuda", True), best("ref", True)]
+    best_eager = eager[0] / eager[1] if None not in eager else None
+    best_all = overall[0] / overall[1] if None not in overall else None
+    mixed = ratio((False, "cuda", False, False), (True, "cuda", False, False))
+    return [config, ratio((True, "cuda", False, False), (True, "ref", False, False)),
+            ratio((False, "cuda", False, False), (False, "ref", False, False)), best_eager, best_all,
+            verdict(best_all, 1.5), mixed, verdict(mixed, 1.3),
+            ratio((False, "cuda", False, True), (False, "cuda", False, False))]
 
 
 @click.command()

@@ -272,7 +272,8 @@ def test_gpu_section_runs_every_row(monkeypatch, tmp_path):
     monkeypatch.setattr(ts, "OUT_FILE", [str(tmp_path / "d.md")])
     ts.section_d(torch.device("cpu"), quick=True, reps=1, batch=2)
     text = (tmp_path / "d.md").read_text()
-    rows = [line.split(" | ") for line in text.splitlines() if "@64²" in line]
+    measured, targets_table = text.split("### D. Against the targets")
+    rows = [line.split(" | ") for line in measured.splitlines() if "@64²" in line]
     assert [r[0].removeprefix("| ") for r in rows] == [f"{cfg} @64²" for cfg in
                                                        ("baseline256", "lsun-cat256", "lsun-bedroom256") for _ in range(9)]
     for r in rows:
@@ -286,3 +287,23 @@ def test_gpu_section_runs_every_row(monkeypatch, tmp_path):
                                                 ("mixed, CUDA graphs", "ref (ref)"), ("mixed, CUDA graphs", "auto (ref)"),
                                                 ("mixed, channels-last, CUDA graphs", "auto (ref)")]
     assert "CUDA graphs off" not in text
+    # No kernels on the CPU: every target compares against the CUDA ops, so the table says "unknown".
+    targets = [line for line in targets_table.splitlines() if line.startswith("| baseline256 @64²")]
+    assert len(targets) == 1 and targets[0].count("—") == len(ts.TARGET_HEADER) - 1, targets
+
+
+def test_targets_compare_each_path_at_its_best():
+    """img/s keyed (fp32, ops used, channels-last, CUDA graphs) -> issue #7's ratios and verdicts."""
+    speeds = {(True, "ref", False, False): 60.0, (True, "cuda", False, False): 72.0,
+              (False, "ref", False, False): 120.0, (False, "cuda", False, False): 160.0,
+              (False, "ref", True, False): 80.0, (False, "cuda", True, False): 165.0,
+              (False, "ref", False, True): 150.0, (False, "cuda", False, True): 240.0}
+    row = ts.target_row("baseline256", speeds)
+    assert row[0] == "baseline256" and len(row) == len(ts.TARGET_HEADER)
+    assert row[1:5] == pytest.approx([1.2, 160 / 120, 165 / 120, 240 / 150])
+    assert row[5] == "met" and row[6] == pytest.approx(160 / 72) and row[7] == "met"
+    assert row[8] == pytest.approx(1.5)
+    speeds[(False, "cuda", False, True)] = 200.0  # best / best with graphs: 200 / 150 < 1.5
+    assert ts.target_row("c", speeds)[5] == "not met"
+    del speeds[(True, "cuda", False, False)]  # a missing row: its ratios are unknown, not guessed
+    assert ts.target_row("c", speeds)[1] is None and ts.target_row("c", speeds)[6:8] == [None, None]
