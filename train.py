@@ -248,7 +248,8 @@ def check_run(args: dict, options: dict, resume: str | None, resume_data: dict |
 @click.option("--channels-last", "--nhwc", "channels_last", type=bool, default=False, metavar="BOOL",
               help="Channels-last (NHWC) memory format in the fp16 layers (faster on tensor-core GPUs)")
 @click.option("--cuda-graphs", type=bool, default=False, metavar="BOOL",
-              help="Replay each training phase as a CUDA graph (one GPU; see README, Performance)")
+              help="Replay each training phase as a CUDA graph (less CPU time per step; several GPUs "
+                   "need NCCL; see README)")
 @click.option("--allow-tf32", type=bool, default=False, metavar="BOOL", help="Allow TF32 matmul/convolutions")
 @click.option("--nobench", type=bool, default=False, metavar="BOOL", help="Disable cuDNN benchmarking")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
