@@ -212,6 +212,20 @@ def test_a_cpu_run_says_graphs_are_off(capsys):
     assert "CUDA graphs off, the phases run eagerly: the run is on cpu" in capsys.readouterr().out
 
 
+def test_which_runs_can_use_graphs(monkeypatch):
+    """A CUDA run can, with one process or several on NCCL; gloo (CUDA tensors through the host) cannot."""
+    def run(device, world_size):
+        return types.SimpleNamespace(device=torch.device(device), world_size=world_size)
+
+    assert phase_graphs.unsupported(run("cpu", 1)) == "the run is on cpu, not a CUDA device"
+    assert phase_graphs.unsupported(run("cpu", 1), need_cuda=False) is None  # an emulating backend
+    assert phase_graphs.unsupported(run("cuda", 1)) is None
+    monkeypatch.setattr(phase_graphs.dist, "get_backend", lambda: "nccl")
+    assert phase_graphs.unsupported(run("cuda", 8)) is None
+    monkeypatch.setattr(phase_graphs.dist, "get_backend", lambda: "gloo")
+    assert phase_graphs.unsupported(run("cuda", 8)) == "the gloo backend (collectives in a CUDA graph need NCCL)"
+
+
 def test_changed_input_shapes_are_refused():
     static = (torch.zeros(2, 3), torch.zeros(2, 0), (torch.zeros(2, 4), torch.zeros(2, 0), None, None))
     new = (torch.ones(2, 3), torch.zeros(2, 0), (torch.ones(3, 4), torch.zeros(3, 0), None, None))
