@@ -465,6 +465,8 @@ def _status_line(run: Run, tick_time: float, total_time: float, maint: float, ti
         torch.cuda.reset_peak_memory_stats(run.device)
     p = run.augment_pipe.p_value() if run.augment_pipe is not None else 0.0
     fields.append(f"augment {p:.3f}")
+    if run.graphs is not None and run.graphs.off is None:
+        fields.append(f"graphs {len(run.graphs.captured)}")  # captured so far: the phases now replayed
     training_stats.report0("Progress/tick", prog.cur_tick)
     training_stats.report0("Progress/kimg", prog.cur_nimg / 1000)
     training_stats.report0("Progress/augment", p)

@@ -108,6 +108,8 @@ def test_replayed_phases_train_exactly_like_eager_ones(cfg, clamp, extra):
     assert stats.keys() == eager_stats.keys() and "Loss/G/reg" in stats
     for name in stats:
         assert torch.equal(stats[name], eager_stats[name]), name
+    assert tl._status_line(replayed, 1.0, 1.0, 0.0, 4).endswith(" graphs 3")  # the tick line says so
+    assert " graphs" not in tl._status_line(eager, 1.0, 1.0, 0.0, 4)
 
 
 @pytest.mark.slow
