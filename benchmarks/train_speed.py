@@ -571,7 +571,7 @@ TARGET_HEADER = ["config", "CUDA ops / ref, fp32", "CUDA ops / ref, mixed", "bes
 
 
 def target_row(config: str, speeds: dict[tuple, float]) -> list[Any]:
-    """Issue #7's targets from one config's img/s, keyed (fp32, ops used, channels-last, CUDA graphs).
+    """The performance targets from one config's img/s, keyed (fp32, ops used, channels-last, CUDA graphs).
 
     CUDA ops vs reference: each path at its best setting (precision, layout, graphs) against the other's;
     mixed precision vs fp32: both with the CUDA ops, eager, NCHW."""

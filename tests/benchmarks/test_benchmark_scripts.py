@@ -293,7 +293,7 @@ def test_gpu_section_runs_every_row(monkeypatch, tmp_path):
 
 
 def test_targets_compare_each_path_at_its_best():
-    """img/s keyed (fp32, ops used, channels-last, CUDA graphs) -> issue #7's ratios and verdicts."""
+    """img/s keyed (fp32, ops used, channels-last, CUDA graphs) -> the ratios and verdicts against the speed targets."""
     speeds = {(True, "ref", False, False): 60.0, (True, "cuda", False, False): 72.0,
               (False, "ref", False, False): 120.0, (False, "cuda", False, False): 160.0,
               (False, "ref", True, False): 80.0, (False, "cuda", True, False): 165.0,
