@@ -8,8 +8,9 @@ Builds `cfg` at `res` (noaug, synthetic data), runs one untimed step (allocator,
 then profiles one step of every phase (Gmain, Greg, Dmain, Dreg) with torch.profiler and prints
 the `top` GPU kernels by time (CPU ops by self CPU time on the CPU) as a Markdown table, plus the
 shares of kernel families (the custom ops, convolutions, cuDNN layout transposes, PyTorch's own
-elementwise kernels) and each phase's wall time next to its GPU kernel time and kernel count (a
-phase whose wall time is well above its kernel time waits on the CPU: Python and kernel launches).
+elementwise kernels) and each phase's wall time next to its host time (until its Python returned),
+the host's waits in CUDA syncs, its GPU kernel time and kernel count (a phase whose wall time is well
+above its kernel time waits on the CPU: Python and kernel launches, or syncs that drain the queue).
 The test suite runs it on the CPU only.
 """
 
@@ -17,17 +18,19 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import click
 import torch
 from torch.autograd import DeviceType
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import train_speed as ts  # noqa: E402
 
 from training import phase_graphs  # noqa: E402
+from training import training_loop as tl  # noqa: E402
 
 # Name fragments that identify a kernel or op family in the profile.
 FAMILIES = {"bias_act (CUDA kernel)": ("bias_act_kernel",),
@@ -73,16 +76,17 @@ def profile_step(run, dev: torch.device, what_run: str, fp32: bool, impl: str, t
     os.environ["SPATIALGAN_OPS"] = impl  # read at every op call, so it switches the built networks too
     for _ in range(1 + (phase_graphs.WARMUP_RUNS if run.graphs is not None else 0)):  # graphs: until captured
         ts.time_phases(run, reps=0)
-    wall = ts.time_phases(run, reps=1, warmup=False)  # before profiling: the profiler slows the CPU side
+    wall, host = run_phases(run, ts.PHASES)  # before profiling: the profiler slows the CPU side
     on_gpu = dev.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    events, phase_totals = [], {}
+    events, phase_totals, waits = [], {}, {}
     for phase in ts.PHASES:  # one profile per phase, so that each phase's kernel time is known
         with profile(activities=activities, record_shapes=on_gpu) as prof:
-            ts.time_phases(run, reps=1, warmup=False, phases=(phase,))
+            run_phases(run, (phase,))
         events.extend(prof.events())
         phase_rows = _device_kernel_rows(prof.events()) if on_gpu else _cpu_self_rows(prof.events())
         phase_totals[phase] = (sum(r[0] for r in phase_rows), sum(r[2] for r in phase_rows))
+        waits[phase] = _host_wait_us(prof.events())
     rows = _device_kernel_rows(events) if on_gpu else _cpu_self_rows(events)
     rows.sort(reverse=True)
     total = sum(r[0] for r in rows)
@@ -98,10 +102,13 @@ def profile_step(run, dev: torch.device, what_run: str, fp32: bool, impl: str, t
         us = sum(r[0] for r in rows if any(f in r[1].lower() for f in fragments))
         shares.append([family, us / 1e3, f"{100 * us / max(total, 1e-9):.1f} %"])
     ts.table(["family", f"{what} ms", "share"], shares)
-    # Wall time well above kernel time: the GPU waits on Python and kernel launches (or on syncs).
-    # (On the CPU the profiled self times carry the profiler's own overhead: no busy share there.)
-    ts.table(["phase", "wall ms (unprofiled)", f"{what} ms", "GPU busy", "kernels" if on_gpu else "CPU ops"],
-             [[p, wall[p] * 1e3, phase_totals[p][0] / 1e3,
+    # Wall time well above kernel time: the GPU waits on the host. Host time close to the wall time says
+    # the host set the pace; its waits in syncs say how much of that was draining the queue rather than
+    # Python and launches. (On the CPU the profiled self times carry the profiler's own overhead, and
+    # nothing is queued: no busy share and no waits there.)
+    ts.table(["phase", "wall ms (unprofiled)", "host ms (unprofiled)", "host waiting in syncs ms",
+              f"{what} ms", "GPU busy", "kernels" if on_gpu else "CPU ops"],
+             [[p, wall[p] * 1e3, host[p] * 1e3, waits[p] / 1e3 if on_gpu else "—", phase_totals[p][0] / 1e3,
                f"{100 * phase_totals[p][0] / 1e6 / max(wall[p], 1e-9):.0f} %" if on_gpu else "—", phase_totals[p][1]]
               for p in ts.PHASES])
     if on_gpu:
@@ -111,6 +118,41 @@ def profile_step(run, dev: torch.device, what_run: str, fp32: bool, impl: str, t
         ts.table(["kernel", "launched by (op, input shapes, scalar arguments)", "GPU kernel ms", "launches"],
                  [[name[:60], f"{op} {args}", us / 1e3, n] for name in slow
                   for (op, args), (us, n) in sorted(launchers.get(name, {}).items(), key=lambda kv: -kv[1][0])])
+
+
+END_SYNC = "phase-end sync"  # the profiler range around the wait for a phase's last kernels
+# CUDA runtime calls in which the host waits for the GPU (an `.item()` is a copy, then a stream sync).
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+
+
+def run_phases(run, phases) -> tuple[dict[str, float], dict[str, float]]:
+    """Run each phase once: phase -> (wall seconds, until the GPU finished), and phase -> (host seconds,
+    until the phase's Python returned with its kernels queued)."""
+    by_name = {ph.name: ph for ph in run.phases}
+    gens = dict(zip(by_name, tl._sample_batch(run)))
+    wall, host = {}, {}
+    for name in phases:
+        ts.sync(run.device)
+        t0 = time.perf_counter()
+        tl._run_phase(run, by_name[name], run.bench_real, run.bench_c, gens[name])
+        t1 = time.perf_counter()
+        with record_function(END_SYNC):
+            ts.sync(run.device)
+        wall[name], host[name] = time.perf_counter() - t0, t1 - t0
+    return wall, host
+
+
+def _host_wait_us(events) -> float:
+    """µs the host spent in CUDA syncs inside the profiled phases (not in the wait for their end)."""
+    total = 0.0
+    for e in events:
+        if e.device_type == DeviceType.CPU and e.name.startswith(SYNC_CALLS):
+            parent = e.cpu_parent
+            while parent is not None and parent.name != END_SYNC:
+                parent = parent.cpu_parent
+            if parent is None:
+                total += e.time_range.elapsed_us()
+    return total
 
 
 LAUNCHER_KERNELS = 8  # the slowest kernels traced back to their ops

@@ -174,10 +174,12 @@ def test_step_profile_on_cpu(tmp_path):
     assert "## Step profile: tiny @16², batch 2, fp32, SPATIALGAN_OPS=auto" in text
     assert "## Step profile: tiny @16², batch 2, fp32, SPATIALGAN_OPS=ref" in text
     assert text.count("| op / kernel |") == 2 and text.count("| convolutions |") == 2
-    # One row per phase: unprofiled wall time next to the phase's own profiled time.
-    phase_rows = re.findall(r"^\| (Gmain|Greg|Dmain|Dreg) \| ([\d.e+-]+) \| ([\d.e+-]+) \|", text, re.MULTILINE)
+    # One row per phase: unprofiled wall and host times next to the phase's own profiled time (on the
+    # CPU nothing is queued: no syncs, no busy share).
+    phase_rows = re.findall(r"^\| (Gmain|Greg|Dmain|Dreg) \| ([\d.e+-]+) \| ([\d.e+-]+) \| — \| ([\d.e+-]+) \| — \|",
+                            text, re.MULTILINE)
     assert [r[0] for r in phase_rows] == ["Gmain", "Greg", "Dmain", "Dreg"] * 2
-    assert all(float(wall) > 0 and float(prof) > 0 for _, wall, prof in phase_rows)
+    assert all(0 < float(host) <= float(wall) and float(prof) > 0 for _, wall, host, prof in phase_rows)
     # --cuda-graphs on a CPU: said to be off, and the eager step is profiled.
     proc = _run(str(BENCH / "step_profile.py"), "--device=cpu", "--cfg=tiny", "--res=16", "--batch=2", "--top=5",
                 "--cuda-graphs", f"--out={out}")
@@ -216,6 +218,25 @@ def test_step_profile_counts_each_gpu_microsecond_once():
         event("bias_act_kernel<float>", 5.0), event("idle", 0.0)]
     rows = sorted(step_profile._device_kernel_rows(events))
     assert rows == [(5.0, "bias_act_kernel<float>", 1), (50.0, "sm90_xmma_fprop", 2)]
+
+
+def test_step_profile_host_waits_leave_out_the_wait_for_the_phase_end():
+    """Syncs inside a phase (an `.item()`'s stream sync) count; the wait for its last kernels, inside the
+    end-of-phase range, does not; nor do other runtime calls or GPU events."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def event(name, us, parent=None, device=DeviceType.CPU):
+        return SimpleNamespace(name=name, device_type=device, cpu_parent=parent,
+                               time_range=SimpleNamespace(elapsed_us=lambda: us))
+
+    item = event("aten::_local_scalar_dense", 40.0)
+    end = event(step_profile.END_SYNC, 500.0)
+    events = [item, event("cudaStreamSynchronize", 30.0, parent=item), event("cudaStreamSynchronize", 7.0),
+              end, event("cudaDeviceSynchronize", 480.0, parent=end), event("cudaLaunchKernel", 4.0, parent=item),
+              event("cudaStreamSynchronize", 9.0, device=DeviceType.CUDA)]
+    assert step_profile._host_wait_us(events) == 37.0
 
 
 def test_step_profile_traces_kernels_to_the_op_that_launched_them():
