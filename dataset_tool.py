@@ -22,6 +22,7 @@ import math
 import os
 import pickle
 import shutil
+import signal
 import struct
 import sys
 import tarfile
@@ -30,6 +31,7 @@ import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import IO
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +40,8 @@ import numpy as np
 import PIL.Image
 from tqdm import tqdm
 
-from training import synthetic  # numpy/scipy only: the tool starts without importing torch
+from dnnlib.util import umask
+from training import image_files, synthetic  # PIL / numpy / scipy only: the tool starts without torch
 
 DEFAULT_SYNTHETIC_IMAGES = 10_000
 DEFAULT_SYNTHETIC_RESOLUTION = 64
@@ -64,27 +67,57 @@ class SourceItem:
 
 @dataclass
 class Source:
-    """A sized stream of items and whether the source carries labels."""
+    """A sized stream of items, whether the source carries labels, and whether it holds colour images
+    (None: unknown before reading them; the first image decides)."""
 
     count: int
     items: Iterator[SourceItem]
     has_labels: bool
+    colour: bool | None = None
 
 
 # ---------------------------------------------------------------------------------------------------
 # Sources.
 
 
-def _image_extensions() -> set[str]:
-    """Every extension PIL can read (same rule as training.dataset)."""
-    PIL.Image.init()
-    return {ext.lower() for ext in PIL.Image.registered_extensions()}
+_GREY_MODES = ("1", "L", "LA", "La", "I", "F")  # and I;16*: 1-bit, 8/16/32-bit greyscale (with alpha)
 
 
-def _decode(data: bytes) -> PIL.Image.Image:
-    img = PIL.Image.open(io.BytesIO(data))
-    img.load()  # force full decoding now, so truncated files fail here
-    return img
+def _is_colour(mode: str) -> bool:
+    return mode not in _GREY_MODES and not mode.startswith("I;16")
+
+
+def _any_colour(names: list[str], open_file: Callable[[str], IO[bytes]]) -> bool:
+    """Whether any of the images is in colour, from their headers (≈ 60 µs each; unreadable ones are
+    left to the conversion, which reports them)."""
+    for name in names:
+        try:
+            with open_file(name) as f, PIL.Image.open(f) as img:
+                if _is_colour(img.mode):
+                    return True
+        except Exception:
+            continue
+    return False
+
+
+def _find_labels(names: list[str], json_names: list[str], read: Callable[[str], bytes],
+                 where: Callable[[str], str]) -> list | None:
+    """The labels of `names` from the root dataset.json or, failing that, from the dataset.json of the one
+    folder that holds every image (what `zip -r data.zip data/` makes). Any other dataset.json is named in
+    a warning: its labels are not used."""
+    top = os.path.commonpath(names).replace(os.sep, "/") if names else ""
+    top = top if top and top not in names else os.path.dirname(top)  # one image: its folder
+    used = "dataset.json" if "dataset.json" in json_names else f"{top}/dataset.json" if top else None
+    used = used if used in json_names else None
+    for name in json_names:
+        if name != used:
+            click.echo(f"Warning: ignoring {where(name)}: labels are read from a dataset.json at the top of "
+                       "the source or in the folder that holds every image", err=True)
+    if used is None:
+        return None
+    table = _labels_from_json(read(used), where(used))
+    prefix = "" if used == "dataset.json" else top + "/"
+    return _labels_for(table, [n[len(prefix):] for n in names], where(used))
 
 
 def _labels_from_json(data: bytes | None, where: str) -> dict | None:
@@ -142,26 +175,25 @@ def _labels_for(table: dict | None, names: list[str], where: str) -> list | None
 
 
 def _open_folder(path: str) -> Source:
-    exts = _image_extensions()
-    names = []
-    for root, _dirs, files in os.walk(path):
-        rel = os.path.relpath(root, path)
-        names += [f if rel == "." else os.path.join(rel, f).replace(os.sep, "/") for f in files
-                  if os.path.splitext(f)[1].lower() in exts]
-    names.sort()
-    json_path = os.path.join(path, "dataset.json")
-    table = _labels_from_json(Path(json_path).read_bytes() if os.path.isfile(json_path) else None, json_path)
-    labels = _labels_for(table, names, json_path)
+    exts = image_files.image_extensions()
+    files = list(image_files.walk_files(path))
+    names = sorted(n for n in files if image_files.is_image_name(n, exts))
+    json_names = sorted(n for n in files if os.path.basename(n) == "dataset.json")
+
+    def open_file(name: str) -> IO[bytes]:
+        return open(os.path.join(path, name), "rb")
+
+    labels = _find_labels(names, json_names, lambda n: Path(path, n).read_bytes(), lambda n: os.path.join(path, n))
 
     def load_file(name: str) -> Callable[[], PIL.Image.Image]:
         def load() -> PIL.Image.Image:
-            with open(os.path.join(path, name), "rb") as f:
-                return _decode(f.read())
+            with open_file(name) as f:
+                return image_files.open_image(f.read())
         return load
 
     items = (SourceItem(os.path.join(path, n), load_file(n), lab)
              for n, lab in zip(names, labels or [None] * len(names)))
-    return Source(len(names), items, labels is not None)
+    return Source(len(names), items, labels is not None, _any_colour(names, open_file))
 
 
 def _open_zip(path: str) -> Source:
@@ -169,18 +201,21 @@ def _open_zip(path: str) -> Source:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise click.ClickException(f"cannot open zip {path}: {exc}") from None
-    exts = _image_extensions()
-    members = set(zf.namelist())
-    names = sorted(n for n in members if not n.endswith("/") and os.path.splitext(n)[1].lower() in exts)
-    where = f"{path}:dataset.json"
-    labels = _labels_for(_labels_from_json(zf.read("dataset.json") if "dataset.json" in members else None, where),
-                         names, where)
+    exts = image_files.image_extensions()
+    members = [n for n in zf.namelist() if not n.endswith("/")]
+    dups = image_files.duplicate_names(members)
+    if dups:
+        raise click.ClickException(f"{path}: the zip holds {len(dups)} names more than once (e.g. {dups[0]!r}; an "
+                                   "archive appended to?); only the last copy of each can be read: rebuild the zip")
+    names = sorted(n for n in members if image_files.is_image_name(n, exts))
+    json_names = sorted(n for n in members if os.path.basename(n) == "dataset.json")
+    labels = _find_labels(names, json_names, zf.read, lambda n: f"{path}:{n}")
 
     def load_member(name: str) -> Callable[[], PIL.Image.Image]:
-        return lambda: _decode(zf.read(name))
+        return lambda: image_files.open_image(zf.read(name))
 
     items = (SourceItem(f"{path}:{n}", load_member(n), lab) for n, lab in zip(names, labels or [None] * len(names)))
-    return Source(len(names), items, labels is not None)
+    return Source(len(names), items, labels is not None, _any_colour(names, zf.open))
 
 
 def _open_lmdb(path: str) -> Source:
@@ -198,7 +233,8 @@ def _open_lmdb(path: str) -> Source:
         with env.begin(write=False) as txn:
             for key, value in txn.cursor():
                 data = bytes(value)
-                yield SourceItem(f"{path}:{key.decode('utf-8', 'replace')}", lambda d=data: _decode(d))
+                yield SourceItem(f"{path}:{key.decode('utf-8', 'replace')}",
+                                 lambda d=data: image_files.open_image(d))
 
     return Source(count, items(), False)
 
@@ -398,11 +434,11 @@ def parse_resolution(text: str | None) -> tuple[int, int] | None:
         return None
     parts = text.lower().split("x")
     try:
-        if len(parts) in (1, 2):
+        if len(parts) in (1, 2) and min(int(p) for p in parts) > 0:
             return int(parts[0]), int(parts[-1])
     except ValueError:
         pass
-    raise click.ClickException(f"--resolution={text!r}: expected WxH, e.g. 256x256")
+    raise click.ClickException(f"--resolution={text!r}: expected WxH with positive sides, e.g. 256x256")
 
 
 def output_size(resolution: str | None, width: int | None, height: int | None,
@@ -466,6 +502,10 @@ class UnusableImage(ValueError):
 
 class TransparentImage(UnusableImage):
     kind = "image with transparent pixels"
+
+
+class OtherShapeImage(UnusableImage):
+    kind = "image of another size or colour mode than the first"
 
 
 class WideNumberImage(UnusableImage):
@@ -566,6 +606,9 @@ def check_dest(dest: str, source: str) -> None:
         if not is_zip and os.path.isdir(real_source) and _inside(real_dest, real_source):
             raise click.ClickException(f"--dest folder {dest} is inside the --source folder {source}; the output "
                                        "would mix with its input: choose a folder outside it")
+    if os.path.islink(dest):
+        raise click.ClickException(f"--dest {dest} is a symbolic link; give the path it points to "
+                                   f"({os.path.realpath(dest)}) or a new one")
     if is_zip and os.path.lexists(dest):
         raise click.ClickException(f"--dest {dest} already exists; delete it first or choose another name "
                                    "(an existing zip is never replaced)")
@@ -591,12 +634,16 @@ class _Writer:
         parent = os.path.dirname(self.dest)
         try:
             os.makedirs(parent, exist_ok=True)
+            # mkstemp / mkdtemp make private (0600 / 0700) paths; the dataset gets the usual umask
+            # permissions, so that the group can read it from a shared disk.
             if self.is_zip:
                 fd, self.tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".zip", dir=parent)
+                os.fchmod(fd, 0o666 & ~umask())
                 os.close(fd)
                 self.zip = zipfile.ZipFile(self.tmp, "w", compression=zipfile.ZIP_STORED)
             else:
                 self.tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+                os.chmod(self.tmp, 0o777 & ~umask())
         except OSError as exc:
             raise click.ClickException(f"cannot write --dest {dest}: {exc.strerror or exc}") from None
 
@@ -612,6 +659,8 @@ class _Writer:
     def commit(self) -> None:
         if self.is_zip:
             self.zip.close()
+            with open(self.tmp, "rb") as f:  # on disk before the rename: a crash leaves no empty zip
+                os.fsync(f.fileno())
             os.replace(self.tmp, self.dest)
         else:
             if os.path.isdir(self.dest):
@@ -626,14 +675,23 @@ class _Writer:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _interrupted(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _png_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     PIL.Image.fromarray(arr).save(buf, format="png", compress_level=0, optimize=False)
     return buf.getvalue()
 
 
-def _check_output_shape(arr: np.ndarray, expected: tuple | None, name: str) -> tuple:
-    """The first image fixes the shape; it must be square power-of-two; later ones must match it."""
+def _describe_shape(shape: tuple) -> str:
+    return f"{shape[1]}x{shape[0]} " + ("RGB" if len(shape) == 3 else "greyscale")
+
+
+def _check_output_shape(arr: np.ndarray, expected: tuple | None, name: str, first: str | None) -> tuple:
+    """The first image fixes the shape; it must be square power-of-two; later ones must match it
+    (OtherShapeImage, which --skip-bad skips)."""
     if expected is None:
         h, w = arr.shape[:2]
         if h != w or h < 4 or h & (h - 1):
@@ -641,10 +699,16 @@ def _check_output_shape(arr: np.ndarray, expected: tuple | None, name: str) -> t
                                        "(use --width/--height or --resolution, and --transform)")
         return arr.shape
     if arr.shape != expected:
-        raise click.ClickException(f"{name}: image shape {list(arr.shape)} differs from the first image's "
-                                   f"{list(expected)} (use --width/--height or --resolution to resize all "
-                                   "images)")
+        hint = ("; --resolution (or --width) resizes every image to one size" if arr.shape[:2] != expected[:2]
+                else "")
+        raise OtherShapeImage(f"image is {_describe_shape(arr.shape)} but the first image, {first}, is "
+                              f"{_describe_shape(expected)}{hint}")
     return expected
+
+
+def _as_rgb(arr: np.ndarray) -> np.ndarray:
+    """uint8 [S, S] greyscale -> [S, S, 3] with equal channels (lossless)."""
+    return np.repeat(arr[:, :, None], 3, axis=2)
 
 
 def _count(n: int, phrase: str) -> str:
@@ -661,6 +725,7 @@ class Result:
     written: int
     skipped: Counter  # kind of image ("unreadable image", UnusableImage.kind) -> count; only with --skip-bad
     dropped: int = 0  # too small for center-crop-wide
+    to_rgb: int = 0  # greyscale images written as RGB (the source also holds colour ones)
 
 
 def convert(source: Source, writer: _Writer, size: tuple[int, int] | None, transform: str | None,
@@ -669,7 +734,7 @@ def convert(source: Source, writer: _Writer, size: tuple[int, int] | None, trans
     total = source.count if max_images is None else min(source.count, max_images)
     labels: list | None = [] if source.has_labels else None
     result = Result(0, Counter())
-    shape = None
+    shape, first = None, None
     with tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True) as bar:
         for item in source.items:
             if max_images is not None and result.written >= max_images:
@@ -678,12 +743,17 @@ def convert(source: Source, writer: _Writer, size: tuple[int, int] | None, trans
                 img = item.load()
             except Exception as exc:  # any decoder failure means "unreadable image"
                 if not skip_bad:
-                    raise click.ClickException(f"cannot read image {item.name}: {type(exc).__name__}: {exc} "
+                    raise click.ClickException(f"cannot read image {item.name}: {image_files.decode_error(exc)} "
                                                "(use --skip-bad to skip unreadable images)") from None
                 result.skipped["unreadable image"] += 1
                 continue
             try:
                 arr = transform_image(img, size, transform, resample)
+                if arr is not None and arr.ndim == 2 and (source.colour or (shape is not None and len(shape) == 3)):
+                    arr = _as_rgb(arr)  # one greyscale photo among colour ones
+                    result.to_rgb += 1
+                if arr is not None:
+                    shape = _check_output_shape(arr, shape, item.name, first)
             except UnusableImage as exc:
                 if not skip_bad:
                     raise click.ClickException(f"{item.name}: {exc} (use --skip-bad to skip such "
@@ -695,7 +765,7 @@ def convert(source: Source, writer: _Writer, size: tuple[int, int] | None, trans
             if arr is None:
                 result.dropped += 1
                 continue
-            shape = _check_output_shape(arr, shape, item.name)
+            first = first or item.name
             relpath = f"{result.written // 1000:05d}/img{result.written:08d}.png"
             writer.add(relpath, _png_bytes(arr))
             if labels is not None:
@@ -769,6 +839,7 @@ def main(source: str, dest: str, max_images: int | None, width: int | None, heig
     check_dest(dest, source)
     src = open_source(source, size[0] if size else None, max_images)
     writer = _Writer(dest)
+    previous = signal.signal(signal.SIGTERM, _interrupted)  # `kill`, a job's time limit: clean up like Ctrl-C
     try:
         result = convert(src, writer, size, transform, resample, max_images, skip_bad)
         writer.commit()
@@ -778,11 +849,16 @@ def main(source: str, dest: str, max_images: int | None, width: int | None, heig
     except (OSError, ValueError) as exc:
         writer.abort()
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     for kind, n in result.skipped.items():
         click.echo(f"Skipped {_count(n, kind)}", err=True)
     if result.dropped:
         click.echo(f"Dropped {_count(result.dropped, 'image')} smaller than {size[0]}x{size[1]} after the "
                    "center-crop-wide crop", err=True)
+    if result.to_rgb:
+        click.echo(f"Converted {_count(result.to_rgb, 'greyscale image')} to RGB (the source also holds colour "
+                   "images)", err=True)
     click.echo(f"Wrote {result.written} images to {dest}", err=True)
 
 

@@ -167,8 +167,10 @@ def open_training_set(data: str, cfg: str, args: dict):
     resolution = None
     if data.startswith("synthetic:") and data.count(":") == 1:
         resolution = load_preset(cfg).get("resolution") or 256
-    return open_dataset(data, resolution=resolution, use_labels=bool(args["cond"]), xflip=bool(args["mirror"]),
-                        max_size=args["subset"], random_seed=args["seed"] or 0)
+    dataset = open_dataset(data, resolution=resolution, use_labels=bool(args["cond"]), xflip=bool(args["mirror"]),
+                           max_size=args["subset"], random_seed=args["seed"] or 0)
+    dataset.check_images(progress=distributed.detect().is_main)  # before the run directory exists
+    return dataset
 
 
 def build_options(args: dict, world_size: int, transfer: bool = False) -> dict:

@@ -155,7 +155,8 @@ def parse_int_list(text: str, name: str = "value") -> list[int]:
     return out
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's umask (reading it means setting it: it is set straight back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -172,7 +173,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs):
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, mode, **open_kwargs) as f:
             yield f
             f.flush()

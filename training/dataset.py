@@ -2,31 +2,35 @@
 infinite distributed sampler that feeds the training loop.
 
 Format (unchanged from StyleGAN2-ADA so existing datasets load as they are): a folder or an uncompressed
-zip of images (any PIL-readable extension, found recursively, sorted by relative path), plus an optional
-root `dataset.json` = {"labels": [[relpath, label], ...]} or {"labels": null}. Integer labels become
-one-hot vectors (label_dim = max + 1); list labels become float32 vectors. Images must be square with a
-power-of-two side, 1 or 3 channels, all of the same shape.
+zip of images (any still-image format PIL decodes, found recursively, also in symlinked folders, and
+sorted by relative path), plus an optional root `dataset.json` = {"labels": [[relpath, label], ...]} or
+{"labels": null}. Integer labels become one-hot vectors (label_dim = max + 1); list labels become
+float32 vectors. Images must be square with a power-of-two side, 1 or 3 channels, all of the same shape.
 """
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import os
+import sys
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import torch
+from tqdm import tqdm
 
 import dnnlib
-from training import synthetic
+from training import image_files, synthetic
 
 DEFAULT_SYNTHETIC_SIZE = 100_000
 
 
 MAX_CLASSES = 100_000  # integer labels become one-hot vectors of max + 1 entries
+CHECK_PROGRESS_MIN = 20_000  # images; smaller datasets are checked in about a second, silently
 
 
 class DatasetError(ValueError):
@@ -74,6 +78,10 @@ class Dataset(torch.utils.data.Dataset):
 
     def _load_raw_image(self, raw_idx: int) -> np.ndarray:
         raise NotImplementedError
+
+    def check_images(self, progress: bool = False) -> None:
+        """Check every image the dataset will serve before training starts (DatasetError naming the
+        first bad one); datasets whose images cannot differ have nothing to check."""
 
     def __len__(self) -> int:
         return len(self._raw_idx)
@@ -133,11 +141,6 @@ class Dataset(torch.utils.data.Dataset):
 _CHANNELS_BY_MODE = {"L": 1, "1": 1, "RGB": 3, "P": 3, "CMYK": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}
 
 
-def _image_extensions() -> set[str]:
-    PIL.Image.init()
-    return {ext.lower() for ext in PIL.Image.registered_extensions()}
-
-
 def _channels_of(img: PIL.Image.Image, where: str) -> int:
     """1 or 3 from the PIL mode (palette images count as RGB); DatasetError for alpha or odd modes."""
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
@@ -161,17 +164,17 @@ def _check_image_shape(shape: list[int], where: str) -> None:
 
 
 def decode_image(data: bytes, where: str) -> np.ndarray:
-    """Encoded image bytes -> uint8 [C, H, W]; DatasetError naming `where` for corrupt/alpha images."""
+    """Encoded image bytes -> uint8 [C, H, W] (upright by its EXIF orientation); DatasetError naming
+    `where` for corrupt/alpha images."""
     try:
-        with PIL.Image.open(io.BytesIO(data)) as img:
-            channels = _channels_of(img, where)
-            img.load()
-            target = "L" if channels == 1 else "RGB"
-            arr = np.asarray(img if img.mode == target else img.convert(target))
+        img = image_files.open_image(data)
+        channels = _channels_of(img, where)
+        target = "L" if channels == 1 else "RGB"
+        arr = np.array(img if img.mode == target else img.convert(target))  # a copy: writable
     except DatasetError:
         raise
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError ... for broken files
-        raise DatasetError(f"{where}: cannot decode image ({type(exc).__name__}: {exc})") from None
+        raise DatasetError(f"{where}: cannot decode image ({image_files.decode_error(exc)})") from None
     arr = arr[:, :, None] if arr.ndim == 2 else arr
     return arr.transpose(2, 0, 1)
 
@@ -195,12 +198,14 @@ def _parse_labels(data: bytes | None, fnames: list[str], where: str) -> np.ndarr
         raise DatasetError(f"{where}: no label for image {missing[0]!r} ({len(missing)} images unlabelled)")
     labels = [by_name[f] for f in fnames]
     if all(isinstance(x, int) and not isinstance(x, bool) for x in labels):
-        ints = np.asarray(labels, np.int64)
-        if ints.min() < 0:
-            raise DatasetError(f"{where}: integer labels must be >= 0, got {ints.min()}")
-        if ints.max() >= MAX_CLASSES:
-            raise DatasetError(f"{where}: integer label {ints.max()} means {ints.max() + 1} classes (one-hot "
+        # Checked on the Python ints: JSON's integers are unbounded, and int64 would overflow first.
+        bad = next(((f, x) for f, x in zip(fnames, labels) if not 0 <= x < MAX_CLASSES), None)
+        if bad is not None and bad[1] < 0:
+            raise DatasetError(f"{where}: integer label {bad[1]} of {bad[0]!r} is negative; class indices are >= 0")
+        if bad is not None:
+            raise DatasetError(f"{where}: integer label {bad[1]} of {bad[0]!r} means {bad[1] + 1} classes (one-hot "
                                f"vectors of that length); at most {MAX_CLASSES} are supported")
+        ints = np.asarray(labels, np.int64)
         onehot = np.zeros([len(ints), int(ints.max()) + 1], np.float32)
         onehot[np.arange(len(ints)), ints] = 1
         return onehot
@@ -222,13 +227,18 @@ class ImageFolderDataset(Dataset):
     def __init__(self, path: str, resolution: int | None = None, max_size: int | None = None,
                  use_labels: bool = False, xflip: bool = False, random_seed: int = 0):
         self._path = os.fspath(path)
+        # kwargs reopen it by absolute path: calc_metrics.py and --resume may start in another folder.
+        self._abspath = os.path.abspath(self._path)
         self._zipfile: zipfile.ZipFile | None = None
         self._zip_pid: int | None = None
         self._type = self._detect_type(self._path)
-        exts = _image_extensions()
-        self._image_fnames = sorted(f for f in self._all_names() if os.path.splitext(f)[1].lower() in exts)
+        exts = image_files.image_extensions()
+        self._image_fnames = sorted(f for f in self._all_names() if image_files.is_image_name(f, exts))
         if not self._image_fnames:
-            raise DatasetError(f"no images found in dataset {self._path}")
+            hint = ""
+            if self._type == "dir" and os.path.isfile(os.path.join(self._path, "data.mdb")):
+                hint = " (it looks like an LMDB database: convert it with dataset_tool.py first)"
+            raise DatasetError(f"no images found in dataset {self._path}{hint}")
         first = self._load_raw_image(0, expected=None)
         raw_shape = [len(self._image_fnames), *first.shape]
         if resolution is not None and resolution != raw_shape[2]:
@@ -265,12 +275,13 @@ class ImageFolderDataset(Dataset):
         return self._zipfile
 
     def _all_names(self) -> list[str]:
-        if self._type == "zip":
-            return [n for n in self._get_zipfile().namelist() if not n.endswith("/")]
-        names = []
-        for root, _dirs, files in os.walk(self._path):
-            rel = os.path.relpath(root, self._path)
-            names += [f if rel == "." else f"{rel}/{f}".replace(os.sep, "/") for f in files]
+        if self._type == "dir":
+            return list(image_files.walk_files(self._path))
+        names = [n for n in self._get_zipfile().namelist() if not n.endswith("/")]
+        dups = image_files.duplicate_names(names)
+        if dups:
+            raise DatasetError(f"{self._path}: the zip holds {len(dups)} names more than once (e.g. {dups[0]!r}; "
+                               "an archive appended to?); only the last copy of each could be read: rebuild it")
         return names
 
     def _read_bytes(self, fname: str) -> bytes:
@@ -299,6 +310,64 @@ class ImageFolderDataset(Dataset):
                                "(all images must have the same size and channels)")
         return image
 
+    def check_images(self, progress: bool = False) -> None:
+        """Read every image's header (size, channels, alpha; not the pixels) and check it against the
+        first image's: a mixed-size, non-square or RGBA image stops the run before it starts instead of
+        when a DataLoader worker reaches it, hours in. Only the images of the subset are read (≈ 60 µs
+        each; `progress`: a bar for large datasets). A whole zip's result is remembered under the cache
+        folder (keyed by its path, size and modification time), so a resumed run does not read the
+        headers again."""
+        marker = self._checked_marker()
+        if marker is not None and marker.is_file():
+            return
+        raw = np.unique(self._raw_idx)
+        expected = self.image_shape
+        bar = tqdm(total=len(raw), desc=f"checking {self._path}", unit="img", file=sys.stderr, dynamic_ncols=True,
+                   disable=not progress or len(raw) < CHECK_PROGRESS_MIN)
+        with bar:
+            for raw_idx in raw:
+                fname = self._image_fnames[raw_idx]
+                where = self._where(fname)
+                shape = self._header_shape(fname, where)
+                _check_image_shape(shape, where)
+                if shape != expected:
+                    raise DatasetError(f"{where}: image shape {shape} differs from that of the first image, "
+                                       f"{self._where(self._image_fnames[0])} ({expected}); all images must have "
+                                       "the same size and channels (dataset_tool.py --resolution converts them)")
+                bar.update(1)
+        if marker is not None and len(raw) == len(self._image_fnames):
+            try:
+                with dnnlib.util.atomic_write(marker, "w") as f:
+                    json.dump(dict(path=self._path, shape=expected, images=len(raw)), f)
+            except OSError:
+                pass  # only a cache: the next run checks again
+
+    def _header_shape(self, fname: str, where: str) -> list[int]:
+        """[C, H, W] from the image's header alone."""
+        try:
+            if self._type == "zip":
+                f = self._get_zipfile().open(fname)
+            else:
+                f = open(os.path.join(self._path, fname), "rb")
+            with f, PIL.Image.open(f) as img:
+                return [_channels_of(img, where), img.height, img.width]
+        except DatasetError:
+            raise
+        except Exception as exc:
+            raise DatasetError(f"{where}: cannot read image ({image_files.decode_error(exc)})") from None
+
+    def _checked_marker(self) -> Path | None:
+        """The cache file that says this zip (path, size, modification time) passed `check_images`."""
+        if self._type != "zip":
+            return None  # a folder's files can change one by one: checked every time
+        st = os.stat(self._path)
+        key = f"{self._abspath}|{st.st_size}|{st.st_mtime_ns}"
+        try:
+            folder = dnnlib.util.cache_dir("checked-datasets")
+        except OSError:
+            return None
+        return folder / (hashlib.sha1(key.encode()).hexdigest() + ".json")
+
     def close(self) -> None:
         if self._zipfile is not None:
             self._zipfile.close()
@@ -321,7 +390,7 @@ class ImageFolderDataset(Dataset):
 
     @property
     def kwargs(self) -> dict:
-        return dict(data=self._path, resolution=self.resolution, use_labels=self._use_labels,
+        return dict(data=self._abspath, resolution=self.resolution, use_labels=self._use_labels,
                     xflip=self._xflip_enabled, max_size=self._max_size, random_seed=self._random_seed)
 
 

@@ -7,10 +7,12 @@ import json
 import os
 import pickle
 import re
+import signal
 import struct
 import subprocess
 import sys
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -479,7 +481,8 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     assert len(errors) == 1 and "bad.jpg" in errors[0] and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("res,match", [("256x128", "square"), ("48x48", "power of two"), ("big", "WxH")])
+@pytest.mark.parametrize("res,match", [("256x128", "square"), ("48x48", "power of two"), ("big", "WxH"),
+                                       ("16x0", "positive")])
 def test_bad_resolution_refused(tmp_path, res, match):
     result = _run("--source", "synthetic:shapes", "--dest", str(tmp_path / "o.zip"), "--resolution", res)
     assert result.exit_code != 0 and match in result.output
@@ -499,13 +502,125 @@ def test_unwritable_dest_and_bad_sources(tmp_path):
     assert result.exit_code != 0 and "not empty" in result.output
 
 
-def test_mixed_sizes_without_resolution_refused(tmp_path):
+def test_mixed_sizes_without_resolution_refused_or_skipped(tmp_path):
     src = tmp_path / "mixed"
     src.mkdir()
     PIL.Image.fromarray(_images(1, 8)[0]).save(src / "a.png")
     PIL.Image.fromarray(_images(1, 16)[0]).save(src / "b.png")
-    result = _run("--source", str(src), "--dest", str(tmp_path / "m.zip"))
-    assert result.exit_code != 0 and "b.png" in result.output
+    PIL.Image.fromarray(_images(1, 8, seed=1)[0]).save(src / "c.png")
+    line = _error_line(_run("--source", str(src), "--dest", str(tmp_path / "m.zip")))
+    assert "b.png: image is 16x16 RGB but the first image" in line and "a.png" in line
+    assert "--resolution" in line and "--skip-bad" in line
+    result = _run("--source", str(src), "--dest", str(tmp_path / "m.zip"), "--skip-bad")
+    assert result.exit_code == 0, result.output
+    assert "Skipped 1 image of another size" in result.output and len(open_dataset(str(tmp_path / "m.zip"))) == 2
+
+
+@pytest.mark.parametrize("as_zip", [False, True])
+def test_greyscale_images_among_colour_ones_become_rgb(tmp_path, as_zip):
+    """Photo collections hold the odd greyscale JPEG: it is written as RGB (equal channels), also when
+    it comes first, since the source's headers are read before converting."""
+    src = tmp_path / "src"
+    src.mkdir()
+    grey = _images(1)[0][:, :, 0]
+    PIL.Image.fromarray(grey).save(src / "a.png")  # first: greyscale
+    PIL.Image.fromarray(_images(1, seed=1)[0]).save(src / "b.png")
+    if as_zip:
+        with zipfile.ZipFile(tmp_path / "src.zip", "w") as zf:
+            for name in ("a.png", "b.png"):
+                zf.write(src / name, name)
+        src = tmp_path / "src.zip"
+    result = _run("--source", str(src), "--dest", str(tmp_path / "out.zip"))
+    assert result.exit_code == 0, result.output
+    assert "Converted 1 greyscale image to RGB" in result.output
+    ds = open_dataset(str(tmp_path / "out.zip"))
+    assert ds.image_shape == [3, 8, 8] and all(np.array_equal(ds[0][0][c], grey) for c in range(3))
+    only_grey = _folder(tmp_path, [img[:, :, 0] for img in _images(2)], name="grey")
+    assert _run("--source", str(only_grey), "--dest", str(tmp_path / "grey.zip")).exit_code == 0
+    assert open_dataset(str(tmp_path / "grey.zip")).image_shape == [1, 8, 8]  # stays greyscale
+
+
+def test_outputs_get_the_umask_permissions(tmp_path):
+    """mkstemp / mkdtemp make private paths; a dataset on a shared disk must be readable by the group."""
+    old = os.umask(0o027)
+    try:
+        src = _folder(tmp_path, _images(2))
+        assert _run("--source", str(src), "--dest", str(tmp_path / "out.zip")).exit_code == 0
+        assert _run("--source", str(src), "--dest", str(tmp_path / "out")).exit_code == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.zip").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o750
+
+
+@pytest.mark.parametrize("as_zip", [False, True])
+def test_labels_of_the_folder_that_holds_every_image(tmp_path, as_zip):
+    """`zip -r data.zip data/` puts dataset.json one level down: its labels are used; a dataset.json
+    elsewhere is named in a warning, never silently dropped."""
+    images = _images(2)
+    root = tmp_path / "src"
+    (root / "data" / "deeper").mkdir(parents=True)
+    for i, img in enumerate(images):
+        PIL.Image.fromarray(img).save(root / "data" / f"{i}.png")
+    (root / "data" / "dataset.json").write_text(json.dumps({"labels": [["0.png", 1], ["1.png", 0]]}))
+    (root / "data" / "deeper" / "dataset.json").write_text(json.dumps({"labels": None}))
+    src = root
+    if as_zip:
+        src = tmp_path / "src.zip"
+        with zipfile.ZipFile(src, "w") as zf:
+            for path in sorted(root.rglob("*")):
+                if path.is_file():
+                    zf.write(path, path.relative_to(root).as_posix())
+    result = _run("--source", str(src), "--dest", str(tmp_path / "out.zip"))
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("Warning: ignoring")]
+    assert len(warnings) == 1 and "deeper/dataset.json" in warnings[0]
+    with zipfile.ZipFile(tmp_path / "out.zip") as zf:
+        assert [lab for _, lab in json.loads(zf.read("dataset.json"))["labels"]] == [1, 0]
+
+
+def test_symlinked_folders_are_converted_and_duplicate_zip_names_refused(tmp_path):
+    src = _folder(tmp_path, _images(2))
+    (tmp_path / "more").mkdir()
+    PIL.Image.fromarray(_images(1, seed=5)[0]).save(tmp_path / "more" / "x.png")
+    (src / "linked").symlink_to(tmp_path / "more")
+    result = _run("--source", str(src), "--dest", str(tmp_path / "out.zip"))
+    assert result.exit_code == 0 and "Wrote 3 images" in result.output, result.output
+    dup = tmp_path / "dup.zip"
+    with zipfile.ZipFile(dup, "w") as zf:
+        zf.write(src / "000.png", "a.png")
+    with pytest.warns(UserWarning), zipfile.ZipFile(dup, "a") as zf:
+        zf.write(src / "sub" / "001.png", "a.png")
+    line = _error_line(_run("--source", str(dup), "--dest", str(tmp_path / "d.zip")))
+    assert "dup.zip" in line and "'a.png'" in line and "more than once" in line
+
+
+def test_a_symlink_dest_is_refused_before_converting(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    line = _error_line(_run("--source", "synthetic:shapes:8", "--dest", str(tmp_path / "link"), "--max-images=2"))
+    assert "symbolic link" in line and str(tmp_path / "empty") in line
+    assert not list(tmp_path.glob(".tmp-*")) and not list((tmp_path / "empty").iterdir())
+
+
+def test_sigterm_removes_the_unfinished_output(tmp_path):
+    """`kill` (or a job's time limit) cleans up like Ctrl-C: no hidden full-size temporary file left."""
+    proc = subprocess.Popen([sys.executable, str(REPO / "dataset_tool.py"), "--source=synthetic:shapes:32",
+                             f"--dest={tmp_path / 'big.zip'}", "--max-images=100000"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        for _ in range(600):  # until it is writing
+            if any(p.stat().st_size > 0 for p in tmp_path.glob(".tmp-*.zip")):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("dataset_tool.py never started writing")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert not list(tmp_path.iterdir())
 
 
 def test_help_documents_options():

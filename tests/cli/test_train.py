@@ -186,14 +186,26 @@ def test_corrupt_image_in_zip_names_the_member(tmp_path, workers):
     with zipfile.ZipFile(path, "w") as zf:
         for i in range(3):
             zf.writestr(f"img{i}.png", png_bytes(8, 8))
-        zf.writestr("img3.png", png_bytes(8, 8)[:40])  # truncated PNG
-    # Only reading the images finds this, so it fails in the training process: run the real CLI. In a
+        zf.writestr("img3.png", png_bytes(8, 8)[:-30])  # truncated PNG: header intact, pixels cut short
+    # Only decoding the pixels finds this, so it fails in the training process: run the real CLI. In a
     # DataLoader worker the error comes back wrapped in the worker's traceback: still one line.
     line = assert_one_line_error(bad_train(tmp_path, path, f"--workers={workers}", inprocess=False), "data.zip",
                                  "img3.png")
     assert "worker" not in line
     (run_dir,) = run_dirs(tmp_path / "out")  # the run had started: its log says why it ended
     assert (run_dir / "log.txt").read_text().splitlines()[-1] == line
+
+
+def test_image_with_a_damaged_header_is_found_before_the_run_starts(tmp_path):
+    """Every image's header is read up front: a file that is no image stops the run before its directory
+    exists, naming the member and saying why in words (not PIL's in-memory buffer)."""
+    path = tmp_path / "data.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for i in range(3):
+            zf.writestr(f"img{i}.png", png_bytes(8, 8))
+        zf.writestr("img3.png", png_bytes(8, 8)[:40])  # cut inside the header
+    line = assert_one_line_error(bad_train(tmp_path, path), "data.zip:img3.png", "not a recognised image format")
+    assert "BytesIO" not in line and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("case, sizes, mode, needle", [
@@ -203,8 +215,12 @@ def test_corrupt_image_in_zip_names_the_member(tmp_path, workers):
     ("rgba", [(8, 8), (8, 8)], "RGBA", "RGBA"),
 ])
 def test_bad_image_folders(tmp_path, case, sizes, mode, needle):
+    """Found from every image's header (the bad one need not be the first) before the run directory
+    exists, by --dry-run too."""
     path = image_dir(tmp_path / case, sizes, mode)
-    assert_one_line_error(bad_train(tmp_path, path, inprocess=case != "mixed"), str(path), needle)
+    for dry in ([], ["--dry-run"]):
+        assert_one_line_error(bad_train(tmp_path, path, *dry), str(path), needle)
+        assert not (tmp_path / "out").exists()
 
 
 def test_unknown_cfg(tmp_path):

@@ -199,10 +199,115 @@ def test_huge_and_non_finite_labels_are_refused_by_name(tmp_path):
     files = _dataset_files(_images(2), labels=[[0.5], [float("nan")]])
     with pytest.raises(DatasetError, match=r"img00000001.*not finite"):
         open_dataset(_write(tmp_path, files, False, name="nan"))
+    # JSON integers are unbounded: one beyond int64 is named like any other, not an OverflowError.
+    for name, label, match in [("vast", 10 ** 30, "at most"), ("negative", -10 ** 30, ">= 0")]:
+        files = _dataset_files(_images(2), labels=[0, label])
+        with pytest.raises(DatasetError, match=rf"dataset.json.*{label}.*img00000001.*{match}"):
+            open_dataset(_write(tmp_path, files, False, name=name))
     # Large but allowed class counts are one-hot without an N x N identity matrix.
     files = _dataset_files(_images(2), labels=[3, 20000])
     ds = open_dataset(_write(tmp_path, files, False, name="many"), use_labels=True)
     assert ds.label_dim == 20001 and ds.get_label(1)[20000] == 1 and ds.get_label(1).sum() == 1
+
+
+@pytest.mark.parametrize("as_zip", [False, True])
+def test_check_images_finds_a_bad_image_anywhere_from_its_header(tmp_path, as_zip):
+    """Opening reads the first image only; check_images reads every header (not the pixels)."""
+    good = [_png(a) for a in _images(3)]
+    cases = {"size": _png(_images(1, res=16)[0]), "grey": _png(_images(1, channels=1)[0]),
+             "alpha": _png(np.zeros((8, 8, 4), np.uint8)), "header": good[0][:40]}
+    for case, bad in cases.items():
+        path = _write(tmp_path, {"a.png": good[0], "b.png": good[1], "c.png": bad, "d.png": good[2]}, as_zip, case)
+        ds = open_dataset(path)
+        with pytest.raises(DatasetError, match=r"c\.png"):
+            ds.check_images()
+    truncated = good[2][:-30]  # header intact, pixels cut short: found only when decoded
+    ds = open_dataset(_write(tmp_path, {"a.png": good[0], "b.png": truncated}, as_zip, "pixels"))
+    ds.check_images()
+    with pytest.raises(DatasetError, match=r"b\.png.*truncated"):
+        ds[1]
+
+
+def test_check_images_reads_only_the_subset(tmp_path):
+    files = {f"img{i}.png": _png(a) for i, a in enumerate(_images(6))}
+    files["img9.png"] = _png(_images(1, res=16)[0])
+    path = _write(tmp_path, files, True)
+    outcomes = set()
+    for seed in range(8):
+        ds = open_dataset(path, max_size=3, random_seed=seed)
+        has_bad = 6 in {ds.get_details(i).raw_idx for i in range(len(ds))}
+        try:
+            ds.check_images()
+            outcomes.add(("passed", has_bad))
+        except DatasetError as exc:
+            assert "img9" in str(exc)
+            outcomes.add(("failed", has_bad))
+    assert outcomes == {("passed", False), ("failed", True)}
+
+
+def test_a_checked_zip_is_not_read_again_until_it_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPATIALGAN_CACHE", str(tmp_path / "cache"))
+    path = _write(tmp_path, _dataset_files(_images(3)), True)
+    reads = []
+    original = ImageFolderDataset._header_shape
+    monkeypatch.setattr(ImageFolderDataset, "_header_shape",
+                        lambda self, *a: reads.append(a[0]) or original(self, *a))
+    open_dataset(path).check_images()
+    assert len(reads) == 3 and len(list((tmp_path / "cache" / "checked-datasets").iterdir())) == 1
+    open_dataset(path).check_images()
+    assert len(reads) == 3  # remembered: a resumed run does not read the headers again
+    open_dataset(path, max_size=2).check_images()
+    assert len(reads) == 3  # a subset is covered by the whole zip's check
+    with zipfile.ZipFile(path, "a") as zf:  # changed: size and time differ
+        zf.writestr("00000/img00000003.png", _png(_images(1, res=16)[0]))
+    with pytest.raises(DatasetError, match="img00000003"):
+        open_dataset(path).check_images()
+    assert len(reads) == 7
+    folder = _write(tmp_path, _dataset_files(_images(2)), False, name="folder")
+    for _ in range(2):  # a folder's files can change one by one: read every time
+        open_dataset(folder).check_images()
+    assert len(reads) == 11
+
+
+def test_symlinked_folders_duplicate_zip_members_and_non_images(tmp_path):
+    images = _images(3)
+    (tmp_path / "elsewhere").mkdir()
+    PIL.Image.fromarray(images[0]).save(tmp_path / "elsewhere" / "a.png")
+    root = tmp_path / "data"
+    root.mkdir()
+    PIL.Image.fromarray(images[1]).save(root / "b.png")
+    (root / "manual.pdf").write_bytes(b"%PDF-1.4 not an image")
+    (root / "clip.mpg").write_bytes(b"\x00\x00\x01\xba")
+    (root / "linked").symlink_to(tmp_path / "elsewhere")
+    ds = open_dataset(str(root))
+    assert ds.image_fnames == ["b.png", "linked/a.png"]
+    assert np.array_equal(ds[1][0], images[0].transpose(2, 0, 1))
+    path = tmp_path / "dup.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("x.png", _png(images[1]))
+        zf.writestr("y.png", _png(images[2]))
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(path, "a") as zf:
+        zf.writestr("x.png", _png(images[0]))
+    with pytest.raises(DatasetError, match=r"dup.zip.*more than once.*'x.png'"):
+        open_dataset(str(path))
+
+
+def test_items_are_writable_and_kwargs_hold_an_absolute_path(tmp_path, monkeypatch):
+    """Greyscale items came out read-only (torch warns when it wraps them); a relative --data must
+    still be found when calc_metrics.py reopens the dataset from another folder."""
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, {"a.png": _png(_images(1, channels=1)[0])}, True, name="rel")
+    ds = open_dataset("rel.zip")
+    assert ds[0][0].flags.writeable and ds.kwargs["data"] == str(tmp_path / "rel.zip")
+    monkeypatch.chdir(tmp_path.parent)
+    assert np.array_equal(open_dataset(**ds.kwargs)[0][0], ds[0][0])
+
+
+def test_an_lmdb_folder_gets_a_hint(tmp_path):
+    (tmp_path / "cat_lmdb").mkdir()
+    (tmp_path / "cat_lmdb" / "data.mdb").write_bytes(b"")
+    with pytest.raises(DatasetError, match="no images.*LMDB.*dataset_tool.py"):
+        open_dataset(str(tmp_path / "cat_lmdb"))
 
 
 # ---------------------------------------------------------------------------------------------------
