@@ -45,19 +45,12 @@ def parse_detector_option(value: str | None) -> dict[str, str]:
 
 def resolve_network(network: str) -> str:
     """A snapshot file or URL as given; a run directory -> its newest snapshot."""
-    from dnnlib.util import is_url
     from training import checkpoint
 
-    if is_url(network):
-        return network
-    if os.path.isdir(network):
-        snaps = checkpoint.list_snapshots(network)
-        if not snaps:
-            raise click.ClickException(f"--network={network}: directory holds no network-snapshot-*.pt")
-        return str(snaps[-1])
-    if not os.path.isfile(network):
-        raise click.ClickException(f"network file not found: {network}")
-    return network
+    try:
+        return checkpoint.resolve_snapshot(network)
+    except checkpoint.SnapshotError as e:
+        raise click.ClickException(f"--network: {e}") from None
 
 
 def load_generator(network: str, device: torch.device):
@@ -84,6 +77,18 @@ def dataset_kwargs_for(base: dict, data: str | None, mirror: bool | None, G) -> 
     return kwargs
 
 
+def check_synthetic_kind(trained_on: str, data: str | None, segmenter: str | None) -> None:
+    """A network trained on a built-in synthetic set compared with another kind's images, or its objects
+    looked for by another kind's segmenter, gives a number that means nothing: refused."""
+    if not trained_on.startswith("synthetic:"):
+        return
+    kind = trained_on.split(":")[1]
+    for option, value in (("--data", data), ("--segmenter", segmenter)):
+        if value and value.startswith("synthetic:") and value.split(":")[1] != kind:
+            raise click.ClickException(f"{option}={value}: this network was trained on {trained_on}; use "
+                                       f"synthetic:{kind} (or leave {option} out)")
+
+
 def run(network, metrics, data, mirror, device, detector, segmenter, segmenter_weights, verbose,
         seed, gpus) -> None:
     from dnnlib.util import is_url
@@ -102,6 +107,7 @@ def run(network, metrics, data, mirror, device, detector, segmenter, segmenter_w
     dev = pick_device(device, env.local_rank)
     G, base_kwargs = load_generator(network, dev)  # checked once here, before any process is spawned
     dataset_kwargs = dataset_kwargs_for(base_kwargs, data, mirror, G)
+    check_synthetic_kind(str(base_kwargs.get("data") or ""), data, segmenter)
     if gpus > env.world_size:
         if dev.type == "cuda" and gpus > torch.cuda.device_count():
             raise click.ClickException(f"--gpus={gpus} but only {torch.cuda.device_count()} CUDA devices are visible")
@@ -142,7 +148,8 @@ def run(network, metrics, data, mirror, device, detector, segmenter, segmenter_w
               help="Local processes to split the work over (through torchrun; not needed under torchrun)")
 @click.option("--verbose", type=bool, default=True, show_default=True, metavar="BOOL",
               help="Progress bars and summaries")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of latents, labels, heatmaps")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Seed of latents, labels, heatmaps")
 @user_errors(ValueError, OSError, RuntimeError)
 def main(**kwargs) -> None:
     run(**kwargs)

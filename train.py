@@ -23,7 +23,6 @@ import os
 import re
 import sys
 import traceback
-from pathlib import Path
 
 import click
 import torch
@@ -64,22 +63,20 @@ def resolve_resume(path: str | None) -> tuple[str | None, dict | None]:
     if path is None:
         return None, None
     from dnnlib.util import is_url
-    from training.checkpoint import list_snapshots, load_snapshot
+    from training.checkpoint import SnapshotError, load_snapshot, resolve_snapshot
 
     if is_url(path):
         return path, load_snapshot(path)  # downloaded once into the cache
     if path in UPSTREAM_RESUME_PRESETS and not os.path.exists(path):
         raise click.ClickException(f"--resume={path} is a StyleGAN2-ADA transfer-learning preset, an official "
                                    f"pickle: loading official pickles is not supported yet")
-    p = Path(path)
-    if p.is_dir():
-        snaps = list_snapshots(p)
-        if not snaps:
-            raise click.ClickException(f"--resume={path}: directory holds no network-snapshot-*.pt")
-        p = snaps[-1]
-    elif not p.is_file():
+    if not os.path.exists(path):
         raise click.ClickException(f"--resume={path}: no such file or directory")
-    return str(p), load_snapshot(p)
+    try:
+        p = resolve_snapshot(path)  # a run directory: its newest snapshot
+    except SnapshotError as e:
+        raise click.ClickException(f"--resume: {e}") from None
+    return p, load_snapshot(p)
 
 
 RESUME_SETTINGS = (("batch",), ("loss_kwargs", "r1_gamma"), ("loss_kwargs", "pl_weight"),

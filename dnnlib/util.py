@@ -141,16 +141,24 @@ class _Tee:
         return self.stream.fileno()
 
 
-def parse_int_list(text: str, name: str = "value") -> list[int]:
-    """'1,2,5-9' -> [1, 2, 5, 6, 7, 8, 9] (non-negative); ValueError naming `name` and the bad part."""
+MAX_LIST_ITEMS = 1_000_000  # a seed list longer than this is a typo, not a plan (and would fill the memory)
+
+
+def parse_int_list(text: str, name: str = "value", max_items: int = MAX_LIST_ITEMS) -> list[int]:
+    """'1,2,5-9' -> [1, 2, 5, 6, 7, 8, 9] (non-negative, at most `max_items`); ValueError naming `name`
+    and the bad part."""
     out: list[int] = []
     for part in str(text).split(","):
         bounds = part.strip().split("-")
-        if len(bounds) not in (1, 2) or not all(b.strip().isdigit() for b in bounds):
+        # isdecimal, not isdigit: '²' is a digit that int() refuses.
+        if len(bounds) not in (1, 2) or not all(b.strip().isdecimal() for b in bounds):
             raise ValueError(f"{name}: {part.strip()!r} in {text!r} is not a non-negative integer or a range like 5-9")
         lo, hi = int(bounds[0]), int(bounds[-1])
         if hi < lo:
             raise ValueError(f"{name}: range {part.strip()!r} in {text!r} is empty")
+        if len(out) + hi - lo + 1 > max_items:
+            raise ValueError(f"{name}: {text!r} names {len(out) + hi - lo + 1:,} or more values; at most "
+                             f"{max_items:,} are allowed in one run")
         out.extend(range(lo, hi + 1))
     return out
 

@@ -182,6 +182,13 @@ class Edit:
         if self.op not in EDIT_OPS:
             raise ValueError(f"Edit op={self.op!r} is not one of {list(EDIT_OPS)}")
 
+    def option(self) -> str:
+        """The edit as generate.py's option, e.g. '--move=0:1:0.1,-0.05' (what error messages name)."""
+        value = {"move": f"{self.level}:{self.index}:{self.dx:g},{self.dy:g}",
+                 "scale": f"{self.level}:{self.index}:{self.factor:g}",
+                 "remove": f"{self.level}:{self.index}", "restyle": f"{self.index}:{self.seed}"}[self.op]
+        return f"--{self.op}={value}"
+
 
 def apply_edit(spec: HeatmapSpec, edit: Edit) -> HeatmapSpec:
     """`edit` applied to `spec` (a new spec). TypeError unless `edit` is an `Edit`."""
@@ -189,13 +196,16 @@ def apply_edit(spec: HeatmapSpec, edit: Edit) -> HeatmapSpec:
         hint = (" (parse CLI strings with parse_move / parse_scale / parse_remove / parse_restyle)"
                 if isinstance(edit, str) else "")
         raise TypeError(f"an edit must be an Edit, got {type(edit).__name__} {edit!r}{hint}")
-    if edit.op == "move":
-        return move(spec, edit.level, edit.index, edit.dx, edit.dy)
-    if edit.op == "scale":
-        return scale(spec, edit.level, edit.index, edit.factor)
-    if edit.op == "remove":
-        return remove(spec, edit.index, level=edit.level)
-    return restyle(spec, edit.index, edit.seed)
+    try:
+        if edit.op == "move":
+            return move(spec, edit.level, edit.index, edit.dx, edit.dy)
+        if edit.op == "scale":
+            return scale(spec, edit.level, edit.index, edit.factor)
+        if edit.op == "remove":
+            return remove(spec, edit.index, level=edit.level)
+        return restyle(spec, edit.index, edit.seed)
+    except ValueError as e:  # with several edits, say which one
+        raise ValueError(f"{edit.option()}: {e}") from None
 
 
 def apply_edits(spec: HeatmapSpec, edits: Iterable[Edit]) -> HeatmapSpec:

@@ -317,7 +317,11 @@ def compute_comove(opts: metric_utils.MetricOptions, num_samples: int, batch_siz
                    move_fn=None) -> dict[str, float]:
     """Co-move ratio statistics over `num_samples` samples (see the module docstring)."""
     _require_spatial(opts.G)
-    segmenter = get_segmenter(default_segmenter(opts), opts.segmenter_weights, opts.device)
+    chosen = default_segmenter(opts)
+    segmenter = get_segmenter(chosen, opts.segmenter_weights, opts.device)
+    # The result line says which segmenter found the objects, as it names the feature models of FID.
+    opts.detectors_used["segmenter"] = (f"maskrcnn:{opts.segmenter_weights}" if chosen == "maskrcnn" else
+                                        chosen if isinstance(chosen, str) else getattr(chosen, "__name__", "callable"))
     move_fn = move_fn or edits.move
     counts = dict(skipped_no_move=0, skipped_no_object=0, skipped_no_match=0)
     ratios: list[float] = []

@@ -155,7 +155,8 @@ def calc_metric(metric: str, G=None, dataset_kwargs: dict | None = None, device:
                 num_gpus: int = 1, rank: int = 0, cache: bool = True, progress: bool = True,
                 detector_sources: dict | None = None, gather: Callable | None = None, **opts_kwargs) -> dict:
     """Compute one metric -> dict(results, metric, total_time, total_time_str, num_gpus, snapshot_pkl, timestamp,
-    detectors), `detectors` naming the identity of every feature model used ({} for SWD, Co-move).
+    detectors, data), `detectors` naming the identity of every feature model used ({} for SWD; Co-move's
+    segmenter) and `data` the real dataset the metric was given (None without one).
 
     With num_gpus > 1 every rank must call it; `gather=None` then means
     `torch_utils.distributed.all_gather_cat` (needs an active process group of num_gpus ranks). The
@@ -175,7 +176,8 @@ def calc_metric(metric: str, G=None, dataset_kwargs: dict | None = None, device:
     total = time.time() - start
     return dict(results=util.EasyDict(results), metric=metric, total_time=total,
                 total_time_str=util.format_time(total), num_gpus=num_gpus, snapshot_pkl=None,
-                timestamp=time.time(), detectors=dict(opts.detectors_used))
+                timestamp=time.time(), detectors=dict(opts.detectors_used),
+                data=opts.dataset_kwargs.get("data"))
 
 
 def report_metric(result: dict, run_dir: str | None = None, snapshot_path: str | None = None,

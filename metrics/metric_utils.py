@@ -244,9 +244,17 @@ def get_dataset(opts: MetricOptions, **overrides):
     return open_dataset(**{**opts.dataset_kwargs, **overrides})
 
 
+class _AllRanksBar(tqdm):
+    """Rank 0 counts its own items times the number of ranks; the last round can hold fewer batches than
+    ranks, so the count stops at the total instead of overshooting it."""
+
+    def update(self, n=1):
+        return super().update(max(0, min(n, self.total - self.n)))
+
+
 def progress_bar(opts: MetricOptions, total: int, desc: str):
     """tqdm bar on rank 0 when progress is on (a no-op bar otherwise)."""
-    return tqdm(total=total, desc=desc, unit="img", disable=not opts.progress or opts.rank != 0, leave=False)
+    return _AllRanksBar(total=total, desc=desc, unit="img", disable=not opts.progress or opts.rank != 0, leave=False)
 
 
 def rank_batches(opts: MetricOptions, num_items: int, batch_size: int | None = None) -> list[tuple[int, int]]:

@@ -71,19 +71,26 @@ def pack_module(module: torch.nn.Module) -> dict[str, Any]:
     return {"class": type(module).__name__, "init_kwargs": init_kwargs, "state_dict": state}
 
 
-def build_module(packed: dict[str, Any], device: torch.device | str = "cpu") -> torch.nn.Module:
-    """Rebuild a network from `pack_module` output (eval mode, no gradients)."""
+def build_module(packed: dict[str, Any], device: torch.device | str = "cpu",
+                 where: str = "the snapshot") -> torch.nn.Module:
+    """Rebuild a network from `pack_module` output (eval mode, no gradients); SnapshotError naming
+    `where` (the file) and the parameter when it cannot be."""
     classes = _network_classes()
     name = packed.get("class")
     if name not in classes:
-        raise SnapshotError(f"Unknown network class {name!r} in snapshot (known: {sorted(classes)})")
+        raise SnapshotError(f"{where}: unknown network class {name!r} (known: {sorted(classes)})")
     try:
         module = classes[name](**packed["init_kwargs"])
     except (TypeError, ValueError) as err:
-        raise SnapshotError(f"The snapshot's {name} cannot be rebuilt from its init_kwargs ({err})") from None
-    missing, unexpected = module.load_state_dict(packed["state_dict"], strict=False)
+        raise SnapshotError(f"{where}: its {name} cannot be rebuilt from its init_kwargs ({err})") from None
+    try:
+        missing, unexpected = module.load_state_dict(packed["state_dict"], strict=False)
+    except (RuntimeError, TypeError, AttributeError) as err:  # wrong shapes, a non-tensor value
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise SnapshotError(f"{where}: the weights of its {name} do not fit its architecture "
+                            f"({'; '.join(lines[1:3]) or lines[0] if lines else type(err).__name__})") from None
     if missing or unexpected:
-        raise SnapshotError(f"State dict of {name} does not match its architecture: "
+        raise SnapshotError(f"{where}: the state dict of its {name} does not match its architecture: "
                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     return module.eval().requires_grad_(False).to(device)
 
@@ -95,15 +102,28 @@ def save_snapshot(path: str | os.PathLike, snapshot: dict[str, Any]) -> None:
         torch.save({"format": FORMAT, "version": VERSION, **snapshot}, f)
 
 
+def resolve_snapshot(path: str | os.PathLike) -> str:
+    """A snapshot file or URL as given; a run directory -> its newest snapshot. SnapshotError naming
+    `path` when there is none."""
+    if util.is_url(str(path)):
+        return str(path)
+    if os.path.isdir(path):
+        snaps = list_snapshots(path)
+        if not snaps:
+            raise SnapshotError(f"{path}: the directory holds no network-snapshot-*.pt")
+        return str(snaps[-1])
+    if not os.path.isfile(path):
+        raise SnapshotError(f"Snapshot not found: {path}")
+    return str(path)
+
+
 def local_path(path: str | os.PathLike) -> Path:
-    """A snapshot path, or an http(s)/file URL downloaded once into the cache (`dnnlib.util.open_url`)."""
+    """A snapshot path (a run directory: its newest snapshot), or an http(s)/file URL downloaded once
+    into the cache (`dnnlib.util.open_url`)."""
     if util.is_url(str(path)):
         with util.open_url(str(path)) as f:
             return Path(f.name)
-    path = Path(path)
-    if not path.is_file():
-        raise SnapshotError(f"Snapshot not found: {path}")
-    return path
+    return Path(resolve_snapshot(path))
 
 
 def _pickle_hint(path: Path) -> str:
@@ -179,4 +199,4 @@ def network_of(data: dict[str, Any], which: str = "G_ema", device: str | torch.d
     nets = data["networks"]
     if which not in nets:
         raise SnapshotError(f"{where} has no network {which!r} (has: {sorted(nets)})")
-    return build_module(nets[which], device)
+    return build_module(nets[which], device, where)

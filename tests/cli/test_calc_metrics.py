@@ -30,7 +30,7 @@ def test_unknown_metric_lists_valid_ones(tmp_path):
 def test_missing_network_is_one_line_error(tmp_path):
     res = _invoke("--network", str(tmp_path / "missing.pt"), "--device", "cpu")
     assert res.exit_code != 0
-    assert res.output.strip() == f"Error: network file not found: {tmp_path / 'missing.pt'}"
+    assert res.output.strip() == f"Error: --network: Snapshot not found: {tmp_path / 'missing.pt'}"
 
 
 def test_corrupt_snapshot_is_one_line_error(tmp_path):
@@ -81,6 +81,16 @@ def test_run_writes_jsonl_next_to_training_options(tmp_path):
     assert res.exit_code == 0, res.output
     rows = (tmp_path / "metric-fid24.jsonl").read_text().splitlines()
     assert len(rows) == 1 and json.loads(rows[0])["snapshot_pkl"] == snap.name
+    assert json.loads(rows[0])["data"] == "synthetic:shapes:16"  # what the number compares against
+
+
+@pytest.mark.parametrize("option", ["--data=synthetic:rooms:16", "--segmenter=synthetic:rooms"])
+def test_another_synthetic_kind_than_the_training_set_is_refused(tmp_path, option):
+    snap = tmp_path / "network-snapshot-000000.pt"
+    _tiny_snapshot(snap, dict(data="synthetic:shapes:16", max_size=24))
+    res = _invoke("--network", str(snap), "--metrics", "swd16", "--device", "cpu", option)
+    assert res.exit_code != 0 and len(res.output.strip().splitlines()) == 1, res.output
+    assert option in res.output and "trained on synthetic:shapes:16" in res.output
 
 
 def test_network_as_run_dir_url_and_pickle(tmp_path):

@@ -72,6 +72,14 @@ def test_baseline_seeds_and_projection(baseline, tmp_path):
     assert np.array_equal(load(tmp_path / "b" / "proj00.png"), load(tmp_path / "a" / "seed0001.png"))
 
 
+def test_a_run_directory_means_its_newest_snapshot(baseline, tmp_path):
+    ok(baseline, tmp_path / "a", "--seeds=1")
+    ok(baseline.parent, tmp_path / "b", "--seeds=1")  # the run directory the snapshot sits in
+    assert np.array_equal(load(tmp_path / "a" / "seed0001.png"), load(tmp_path / "b" / "seed0001.png"))
+    (tmp_path / "empty").mkdir()
+    assert "holds no network-snapshot" in error(tmp_path / "empty", tmp_path / "c", "--seeds=1")
+
+
 def test_grid(spatial, tmp_path):
     ok(spatial, tmp_path / "a", "--seeds=0-2", "--grid")
     grid = load(tmp_path / "a" / "grid.png")
@@ -127,9 +135,13 @@ def test_remove_and_restyle_on_indoor(indoor, tmp_path):
 
 
 def test_out_of_range_edits_are_clear_errors(spatial, indoor, tmp_path):
-    assert "index=9 out of range" in error(spatial, tmp_path, "--seeds=0", "--move=0:9:0.1,0")
-    assert "level=7 out of range" in error(spatial, tmp_path, "--seeds=0", "--scale=7:0:2")
-    assert "index=5 out of range" in error(indoor, tmp_path, "--seeds=0", "--remove=5")
+    # Each names the option it came from: with several edits it is clear which one is wrong.
+    assert "--move=0:9:0.1,0: index=9 out of range" in error(spatial, tmp_path, "--seeds=0", "--move=0:0:0.1,0",
+                                                             "--move=0:9:0.1,0")
+    assert "--scale=7:0:2: level=7 out of range" in error(spatial, tmp_path, "--seeds=0", "--scale=7:0:2")
+    assert "--remove=0:5: index=5 out of range" in error(indoor, tmp_path, "--seeds=0", "--remove=5")
+    assert "--restyle=0:9223372036854775808: seed must be" in error(indoor, tmp_path, "--seeds=0",
+                                                                    "--restyle=0:9223372036854775808")
     assert "restyle" in error(spatial, tmp_path, "--seeds=0", "--restyle=0:1")  # no style seeds
     assert "DX,DY" in error(spatial, tmp_path, "--seeds=0", "--move=0:0:0.1")
     assert not list(tmp_path.glob("*.png"))

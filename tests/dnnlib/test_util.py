@@ -12,9 +12,15 @@ from dnnlib.util import EasyDict, atomic_write, format_time, open_url, parse_int
 def test_parse_int_list_ranges_and_errors():
     assert parse_int_list("1,2,5-7") == [1, 2, 5, 6, 7]
     assert parse_int_list("3") == [3]
-    for bad in ("a", "1-", "3-1", "1,,2", "-2"):
+    for bad in ("a", "1-", "3-1", "1,,2", "-2", "²", "1-²"):
         with pytest.raises(ValueError, match="--seeds"):
             parse_int_list(bad, "--seeds")
+    # A typo'd range would fill the memory before anything runs: refused up front, by its size.
+    with pytest.raises(ValueError, match=r"--seeds: '0-4294967295' names 4,294,967,296 or more values; at most"):
+        parse_int_list("0-4294967295", "--seeds")
+    with pytest.raises(ValueError, match="5 or more values; at most 4"):
+        parse_int_list("0-2,7-8", "--seeds", max_items=4)
+    assert parse_int_list("0-1,7-8", max_items=4) == [0, 1, 7, 8]
 
 
 def test_atomic_write_replaces_only_on_success(tmp_path):

@@ -210,3 +210,13 @@ def test_remove_takes_the_level_by_keyword_only():
     spec = build_sampler("hierarchical")(1, generator=0)
     with pytest.raises(TypeError):
         remove(spec, 0, 2)  # move/scale take (level, index) positionally; remove refuses a positional level
+
+
+def test_an_edit_names_its_option_and_a_failing_one_is_named(hier):
+    for parse, text in [(parse_move, "0:1:0.1,-0.05"), (parse_scale, "1:0:2.5"), (parse_remove, "2:3"),
+                        (parse_restyle, "1:99")]:
+        edit = parse(text)
+        assert edit.option() == f"--{edit.op}={text}" and parse(edit.option().split("=", 1)[1]) == edit
+    assert parse_remove("4").option() == "--remove=0:4"
+    with pytest.raises(ValueError, match=r"^--scale=9:0:2: level=9 out of range"):
+        apply_edits(hier, [Edit("move", dx=0.1), Edit("scale", level=9, factor=2.0)])

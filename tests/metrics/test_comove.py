@@ -52,13 +52,17 @@ def colour_segmenter(image):
     return torch.stack([red, blue]), ["red", "blue"]
 
 
-def _run(G, n=24, segmenter=colour_segmenter):
+def _run(G, n=24, segmenter=colour_segmenter, opts_out=None):
     opts = metric_utils.MetricOptions(G=G, progress=False, segmenter=segmenter, seed=1)
+    if opts_out is not None:
+        opts_out.append(opts)
     return comove.compute_comove(opts, n, batch_size=8)
 
 
 def test_generator_following_heatmap_has_ratio_one():
-    out = _run(DiscGenerator(follow=True))
+    used = []
+    out = _run(DiscGenerator(follow=True), opts_out=used)
+    assert used[0].detectors_used == {"segmenter": "colour_segmenter"}  # the result line names it
     assert out["comove_ratio"] == pytest.approx(1.0, abs=0.08)
     assert out["comove_used"] + out["comove_skipped"] == 24 and out["comove_used"] >= 20
     assert out["comove_sem"] == pytest.approx(out["comove_std"] / math.sqrt(out["comove_used"]))

@@ -32,7 +32,7 @@ def test_calc_and_report_fid(stub_G, toy_dataset, fake_detector, tmp_path):
     result = metric_main.calc_metric("fid32_full", stub_G, {}, "cpu", progress=False, dataset=toy_dataset,
                                      batch_size=16)
     assert set(result) == {"results", "metric", "total_time", "total_time_str", "num_gpus", "snapshot_pkl",
-                           "timestamp", "detectors"}
+                           "timestamp", "detectors", "data"}
     assert result["detectors"] == {"inception": fake_detector.identity}  # which model measured it
     assert result["results"]["fid32_full"] > 0 and fake_detector.images_seen == 40 + 32
 

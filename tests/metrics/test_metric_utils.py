@@ -158,3 +158,14 @@ def test_options_validate():
 def test_to_uint8_conversion():
     x = torch.tensor([-2.0, -1.0, 0.0, 1.0])
     assert metric_utils.to_uint8(x).tolist() == [0, 0, 128, 255]
+
+
+def test_progress_bar_counts_all_ranks_and_stops_at_the_total():
+    """Rank 0 adds its batch times the number of ranks; a last round with fewer batches than ranks must
+    not overshoot (16 samples on 2 ranks in one batch showed 32/16)."""
+    opts = metric_utils.MetricOptions(progress=True, num_gpus=2, rank=0)
+    with metric_utils.progress_bar(opts, 16, "test") as bar:
+        bar.update(12 * 2)
+        assert bar.n == 16
+        bar.update(4)
+        assert bar.n == 16

@@ -107,12 +107,19 @@ def test_pickle_referencing_code_is_refused_without_running_it(tmp_path):
 def test_build_module_validates_class_and_state(tmp_path):
     G, _ = tiny_nets("tiny")
     packed = checkpoint.pack_module(G)
-    with pytest.raises(SnapshotError, match="Unknown network class"):
+    with pytest.raises(SnapshotError, match="unknown network class"):
         checkpoint.build_module(dict(packed, **{"class": "Evil"}))
     state = dict(packed["state_dict"])
     state.pop(next(iter(state)))
     with pytest.raises(SnapshotError, match="does not match"):
         checkpoint.build_module(dict(packed, state_dict=state))
+    # Wrong shapes or a non-tensor value: the file and the parameter are named (no raw load_state_dict error).
+    name = next(k for k in packed["state_dict"] if k.endswith("const"))
+    for value, needle in [(packed["state_dict"][name][:1], "size mismatch"), ("junk", "expected torch.Tensor")]:
+        state = dict(packed["state_dict"], **{name: value})
+        with pytest.raises(SnapshotError, match=rf"snap.pt: the weights of its Generator .*{needle}.*{name}|"
+                                                rf"snap.pt: the weights of its Generator .*{name}.*{needle}"):
+            checkpoint.build_module(dict(packed, state_dict=state), where="snap.pt")
     with pytest.raises(TypeError, match="init_kwargs"):
         checkpoint.pack_module(torch.nn.Linear(2, 2))
     path = tmp_path / "snap.pt"
