@@ -22,7 +22,6 @@ import math
 import os
 import pickle
 import shutil
-import signal
 import struct
 import sys
 import tarfile
@@ -40,6 +39,7 @@ import numpy as np
 import PIL.Image
 from tqdm import tqdm
 
+from dnnlib.cli import interrupt_on_sigterm
 from dnnlib.util import umask
 from training import image_files, synthetic  # PIL / numpy / scipy only: the tool starts without torch
 
@@ -675,10 +675,6 @@ class _Writer:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _interrupted(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def _png_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     PIL.Image.fromarray(arr).save(buf, format="png", compress_level=0, optimize=False)
@@ -839,18 +835,16 @@ def main(source: str, dest: str, max_images: int | None, width: int | None, heig
     check_dest(dest, source)
     src = open_source(source, size[0] if size else None, max_images)
     writer = _Writer(dest)
-    previous = signal.signal(signal.SIGTERM, _interrupted)  # `kill`, a job's time limit: clean up like Ctrl-C
     try:
-        result = convert(src, writer, size, transform, resample, max_images, skip_bad)
-        writer.commit()
+        with interrupt_on_sigterm():  # `kill`, a job's time limit: clean up like Ctrl-C
+            result = convert(src, writer, size, transform, resample, max_images, skip_bad)
+            writer.commit()
     except (click.ClickException, KeyboardInterrupt):
         writer.abort()
         raise
     except (OSError, ValueError) as exc:
         writer.abort()
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     for kind, n in result.skipped.items():
         click.echo(f"Skipped {_count(n, kind)}", err=True)
     if result.dropped:

@@ -18,16 +18,18 @@ Examples:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import signal
 import sys
 import traceback
 
 import click
 import torch
 
-from dnnlib.cli import FiniteFloatRange, error_text, pick_device
+from dnnlib.cli import FiniteFloatRange, error_text, expand_paths, interrupt_on_sigterm, pick_device
 from torch_utils import distributed
 from torch_utils.misc import tune_cpu_allocator
 from training.training_loop import TrainingError
@@ -104,6 +106,23 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def check_outdir(outdir: str) -> None:
+    """What `make_run_dir` would find, without creating anything (for --dry-run): --outdir is a writable
+    directory, or can be made in the nearest existing folder above it."""
+    if os.path.exists(outdir) and not os.path.isdir(outdir):
+        raise click.ClickException(f"--outdir={outdir}: a file is in the way, not a directory")
+    existing = os.path.abspath(outdir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise click.ClickException(f"--outdir={outdir}: cannot create directory ({existing} is a file)")
+    if not os.access(existing, os.W_OK):
+        raise click.ClickException(f"--outdir={outdir}: {existing} is not writable")
+
+
+MAX_NAME_BYTES = 200  # a run directory's name (file systems allow 255 bytes; the id and margin need the rest)
+
+
 def make_run_dir(outdir: str, desc: str) -> str:
     """`<outdir>/<NNNNN>-<desc>` with the next free id."""
     try:
@@ -114,6 +133,9 @@ def make_run_dir(outdir: str, desc: str) -> str:
         raise click.ClickException(f"--outdir={outdir}: directory is not writable")
     ids = [int(m.group()) for n in os.listdir(outdir) if (m := re.match(r"^\d+", n)) and os.path.isdir(
         os.path.join(outdir, n))]
+    if len(desc.encode()) > MAX_NAME_BYTES:  # many options: keep the start, tell runs apart by a hash
+        digest = hashlib.sha1(desc.encode()).hexdigest()[:8]
+        desc = desc.encode()[:MAX_NAME_BYTES - 9].decode(errors="ignore") + "-" + digest
     run_dir = os.path.join(outdir, f"{max(ids, default=-1) + 1:05d}-{desc}")
     os.makedirs(run_dir, exist_ok=False)
     return run_dir
@@ -235,7 +257,7 @@ def check_run(args: dict, options: dict, resume: str | None, resume_data: dict |
               help="With --resume: take only its networks' weights and start a new run (transfer learning)")
 @click.option("--snap", type=click.IntRange(min=0), default=50, show_default=True, help="Snapshot every N ticks")
 @click.option("--tick", type=FiniteFloatRange(min=0, min_open=True), help="kimg per tick (default: preset, 4)")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Random seed")
 @click.option("--workers", type=click.IntRange(min=0), help="DataLoader workers [default: 3, at most the usable CPUs]")
 @click.option("--metrics", metavar="LIST", help="Metrics at each snapshot, e.g. fid50k_full,comove1k, or none")
 @click.option("--segmenter", help="Co-move segmenter for --metrics=comove*: synthetic:<kind> | maskrcnn "
@@ -282,8 +304,10 @@ def main(**args):
     env = distributed.detect()
     # Several ranks print the same failure: the prefix says which process a line comes from.
     prefix = f"[rank {env.rank}/{env.world_size}] " if env.world_size > 1 else ""
+    expand_paths(args, "outdir", "data", "resume")
     try:
-        run_training(args)
+        with interrupt_on_sigterm():  # `kill` / a job's time limit: the run stops like on Ctrl-C
+            run_training(args)
     except click.ClickException as err:
         err.message = prefix + err.message
         raise
@@ -316,6 +340,9 @@ def planned_world_size(args: dict, env: distributed.DistEnv) -> int:
 def launch_processes(gpus: int) -> None:
     """--gpus=N outside torchrun: re-run this very command in N processes through torchrun."""
     rc = distributed.launch_local(gpus, os.path.abspath(__file__), sys.argv[1:])
+    if rc in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        raise click.ClickException(f"--gpus={gpus}: interrupted; every process has stopped (continue with "
+                                   "--resume=<the run directory>)")
     if rc != 0:
         raise click.ClickException(f"--gpus={gpus}: training failed (exit code {rc}); see the messages above")
 
@@ -366,6 +393,9 @@ def run_training(args: dict) -> None:
     env = distributed.detect()
     world_size = planned_world_size(args, env)
     device = pick_device(args["device"], env.local_rank)
+    if args["dist_backend"] == "nccl" and world_size > 1 and device.type != "cuda":
+        raise click.ClickException(f"--dist-backend=nccl needs CUDA devices; this run is on {device.type} "
+                                   "(leave --dist-backend out: gloo is used there)")
     resume, resume_data = resolve_resume(args["resume"])
     if args["transfer"] and resume is None:
         raise click.ClickException("--transfer=1 needs --resume=PATH (the snapshot whose weights to start from)")
@@ -376,7 +406,11 @@ def run_training(args: dict) -> None:
     if resume_data is not None and not transfer:
         changes = changed_settings(resume_data.get("training_options") or {}, options)
     del resume_data
+    if continued_run_dir(args, options) is None:
+        check_outdir(args["outdir"])  # before any process is spawned, and for --dry-run
     if args["dry_run"]:
+        for change in changes:
+            print(f"Note: resuming with a changed setting: {change}", file=sys.stderr)
         print(json.dumps(options, indent=2))
         return
     if world_size > env.world_size:
@@ -416,7 +450,12 @@ def run_training(args: dict) -> None:
     try:
         training_loop(run_dir, options, device=device, rank=env.rank, world_size=env.world_size, resume=resume)
     except BaseException as err:
-        if logger is not None:
+        if isinstance(err, KeyboardInterrupt) and env.is_main:
+            # Not a failure: say how to go on, in the log and on the console, instead of a traceback.
+            print(f"Interrupted ({err or 'Ctrl-C'}); continue with --resume={run_dir}", file=sys.stderr)
+            if logger is not None:  # it copied the line into log.txt
+                logger.close()
+        elif logger is not None:
             # main() prints the error after the logger is closed: record why the run ended in log.txt too.
             known = isinstance(err, USER_ERRORS + (TrainingError,)) and not os.environ.get("SPATIALGAN_DEBUG")
             logger.write_file_only(f"Error: {error_text(err)}\n" if known else traceback.format_exc())

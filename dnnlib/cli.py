@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
+import signal
 import tempfile
 
 import click
@@ -35,6 +37,33 @@ class FiniteFloatRange(click.FloatRange):
         if self.min is None and self.max is None:
             return "finite"
         return super()._describe_range()
+
+
+@contextlib.contextmanager
+def interrupt_on_sigterm():
+    """Inside: SIGTERM (`kill`, a cluster's time limit) raises KeyboardInterrupt('SIGTERM') like Ctrl-C
+    does, so that cleanup code (temporary files, logs) runs instead of the process just vanishing."""
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupted)
+    except ValueError:  # not the main thread: signals cannot be caught here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def expand_paths(args: dict, *keys: str) -> None:
+    """`~` in the path options `keys` (the shell expands it only at the start of a word, not after
+    `--outdir=`); built-in `synthetic:` datasets and URLs are left alone."""
+    for key in keys:
+        value = args.get(key)
+        if isinstance(value, str) and value.startswith("~"):
+            args[key] = os.path.expanduser(value)
 
 
 def user_errors(*errors: type[BaseException]):

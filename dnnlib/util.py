@@ -179,8 +179,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs):
     (mkstemp alone would create it 0600).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
+    tmp = None
+    try:  # from the temporary file's creation on: an interrupt right after it still removes it
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, mode, **open_kwargs) as f:
             yield f
@@ -188,6 +189,6 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         raise

@@ -9,8 +9,11 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -245,14 +248,64 @@ def is_comm_error(err: BaseException) -> bool:
                                                                      "Connection reset", "Timed out"))
 
 
-def launch_local(nproc: int, script: str, argv: list[str]) -> int:
-    """Run `script argv` in `nproc` local processes through torchrun (single node); returns its exit code.
+STOP_GRACE_S = 30.0  # after SIGTERM, how long a rank may take to clean up before it is killed
 
-    torchrun sets RANK/LOCAL_RANK/WORLD_SIZE, finds a free port and stops every rank when one fails.
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_local(nproc: int, script: str, argv: list[str]) -> int:
+    """Run `script argv` in `nproc` processes on this machine, as torchrun would start them (RANK,
+    LOCAL_RANK, WORLD_SIZE, a free MASTER_PORT), and wait for all of them. Returns 0, or the exit code
+    of the first rank that failed.
+
+    No rank outlives the launcher: SIGINT / SIGTERM sent to it reach every rank as SIGTERM (they get
+    their own session, so Ctrl-C reaches them once, through here), and when one rank fails the others
+    are stopped the same way; a rank still running STOP_GRACE_S later is killed. Returns 128 + the
+    signal after an interrupt. Only the ranks' own messages are printed, not a launcher's traceback.
     """
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script,
-           *argv]
-    return subprocess.call(cmd)
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(nproc),
+               LOCAL_WORLD_SIZE=str(nproc))
+    procs = [subprocess.Popen([sys.executable, script, *argv], start_new_session=True,
+                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r))) for r in range(nproc)]
+    received: list[int] = []
+
+    def forward(signum, frame):
+        # Always as SIGTERM: a process started in the background by a non-interactive shell inherits
+        # SIGINT ignored, so a passed-on SIGINT would not stop it; the scripts treat SIGTERM like Ctrl-C.
+        received.append(signum)
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    failed, stop_at = None, None
+    try:
+        while any(p.poll() is None for p in procs):
+            for p in procs:
+                rc = p.poll()
+                if rc not in (None, 0) and failed is None:
+                    failed = rc
+            if (failed is not None or received) and stop_at is None:
+                stop_at = time.monotonic() + STOP_GRACE_S
+                if not received:  # an interrupt has already been passed on to every rank
+                    for p in procs:
+                        if p.poll() is None:
+                            p.terminate()
+            if stop_at is not None and time.monotonic() > stop_at:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+            time.sleep(0.05)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        return 128 + received[0]
+    return failed if failed is not None else next((p.returncode for p in procs if p.returncode != 0), 0)
 
 
 def shutdown() -> None:

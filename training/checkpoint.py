@@ -98,8 +98,16 @@ def build_module(packed: dict[str, Any], device: torch.device | str = "cpu",
 def save_snapshot(path: str | os.PathLike, snapshot: dict[str, Any]) -> None:
     """Write `snapshot` to `path` atomically (temp file, fsync, rename): a crash, even kill -9, at any
     moment leaves either the previous file or the complete new one."""
-    with atomic_write(path) as f:
-        torch.save({"format": FORMAT, "version": VERSION, **snapshot}, f)
+    try:
+        with atomic_write(path) as f:
+            torch.save({"format": FORMAT, "version": VERSION, **snapshot}, f)
+    except (OSError, RuntimeError) as err:
+        # torch.save reports a failed write (a full disk) as a RuntimeError from its zip writer, raised
+        # while handling the OSError: name the file and the system's reason in one line.
+        cause = err if isinstance(err, OSError) else err.__context__
+        if not isinstance(cause, OSError):
+            raise
+        raise OSError(cause.errno, f"cannot write the snapshot {path}: {cause.strerror or cause}") from None
 
 
 def resolve_snapshot(path: str | os.PathLike) -> str:

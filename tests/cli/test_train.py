@@ -149,6 +149,31 @@ def test_kill_9_leaves_a_resumable_run(tmp_path):
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]  # the killed run's leftovers are gone
 
 
+def test_sigterm_stops_a_run_cleanly_and_it_resumes(tmp_path):
+    """`kill` (a cluster's time limit) is handled like Ctrl-C: log.txt says how to go on, no temporary
+    file is left, and --resume continues."""
+    outdir = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), f"--outdir={outdir}", *SPATIAL, "--kimg=10"],
+                            cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (outdir.exists() and list(outdir.glob("*/network-snapshot-*.pt"))):
+            assert proc.poll() is None and time.time() < deadline, "training ended before a snapshot"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    (run_dir,) = run_dirs(outdir)
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    line = f"Interrupted (SIGTERM); continue with --resume={run_dir}"
+    assert line in err and (run_dir / "log.txt").read_text().rstrip().endswith(line)
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+    cur_nimg = final_progress(run_dir)["cur_nimg"]
+    assert_ok(train(f"--outdir={outdir}", *SPATIAL, f"--kimg={(cur_nimg + 4) / 1000:g}", f"--resume={run_dir}"))
+    assert final_progress(run_dir)["cur_nimg"] == cur_nimg + 4
+
+
 # ---------------------------------------------------------------------------------------------------
 # Bad input: one clear line naming the input, no traceback.
 
@@ -355,6 +380,33 @@ def test_outdir_not_writable(tmp_path):
         assert_one_line_error(train_inprocess(f"--outdir={outdir}", *SPATIAL), f"--outdir={outdir}")
     finally:
         ro.chmod(0o700)
+
+
+def test_outdir_checks_nccl_on_cpu_and_seed_range_are_found_by_dry_run(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for outdir, needle in [(tmp_path / "afile", "a file is in the way"), (tmp_path / "afile" / "sub", "is a file")]:
+        assert_one_line_error(train_inprocess(f"--outdir={outdir}", *SPATIAL, "--dry-run"), f"--outdir={outdir}",
+                              needle)
+    assert_one_line_error(train_inprocess(f"--outdir={tmp_path}", *SPATIAL, "--gpus=2", "--dist-backend=nccl",
+                                          "--dry-run"), "--dist-backend=nccl needs CUDA devices")
+    proc = train_inprocess(f"--outdir={tmp_path}", *SPATIAL, f"--seed={2**64}", "--dry-run")
+    assert proc.returncode == 2 and "--seed" in proc.stderr
+    assert not list((tmp_path).glob("0*"))
+
+
+def test_home_in_paths_and_very_long_run_names(tmp_path, monkeypatch):
+    """`--outdir=~/runs`: the shell leaves that `~` alone; a run with many options still gets a
+    directory (its name shortened, told apart by a hash)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    many = ["--aug=fixed", "--p=0.5", "--augpipe=bgcfnc", "--mirror=1", "--pl-weight=0", "--gamma=0",
+            "--style-mixing=0", "--sampler=eqgan", "--processing=fine", "--kernel-size=5", "--dilation=2",
+            "--compose=separate", "--align-weight=2", "--tau=0.3", "--cam-variant=eqgan", "--cam-score=g_loss",
+            "--desc=" + "x" * 120]
+    proc = train_inprocess("--outdir=~/runs", *SPATIAL, "--kimg=0.004", *many)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (run_dir,) = run_dirs(tmp_path / "runs")
+    assert len(run_dir.name.encode()) <= 220 and re.search(r"-[0-9a-f]{8}$", run_dir.name)
+    assert not (REPO / "~").exists()
 
 
 @pytest.mark.parametrize("flag", ["--channels-last=1", "--nhwc=1"])  # --nhwc: StyleGAN2-ADA's name

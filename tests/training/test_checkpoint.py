@@ -1,7 +1,9 @@
 """training/checkpoint.py: snapshot round trip, atomic writes, version and non-snapshot errors."""
 
+import io
 import os
 import pickle
+import re
 
 import pytest
 import torch
@@ -172,3 +174,32 @@ def test_unbuildable_init_kwargs_and_damaged_training_state(tmp_path):
     checkpoint.check_training_state(good, "x.pt")
     with pytest.raises(SnapshotError, match="progress.cur_nimg"):
         checkpoint.check_training_state(dict(good, progress=dict(good["progress"], cur_nimg="8")), "x.pt")
+
+
+def test_a_full_disk_names_the_snapshot_and_leaves_no_file(tmp_path, monkeypatch):
+    """torch.save turns a failed write into a RuntimeError from its zip writer: reported as one OSError
+    naming the file and the reason; no partial or temporary file stays."""
+    import errno
+
+    real_open = os.fdopen
+
+    class Full(io.RawIOBase):
+        def __init__(self, fd, *args, **kwargs):
+            self.inner = real_open(fd, *args, **kwargs)
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            self.inner.close()
+            super().close()
+
+    monkeypatch.setattr(os, "fdopen", Full)
+    path = tmp_path / "network-snapshot-000001.pt"
+    with pytest.raises(OSError, match=rf"cannot write the snapshot {re.escape(str(path))}: No space left") as info:
+        checkpoint.save_snapshot(path, dict(networks={}))
+    assert info.value.errno == errno.ENOSPC
+    assert not list(tmp_path.iterdir())

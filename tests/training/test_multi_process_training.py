@@ -350,5 +350,82 @@ def test_gpus_option_spawns_processes(tmp_path):
     assert snap["state"]["progress"]["world_size"] == 2 and snap["state"]["progress"]["cur_nimg"] == 4
 
 
+
+def _alive(pids: list[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(")")[-1].split()[0] != "Z":  # a zombie has ended
+                    out.append(pid)
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().split(")")[-1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process tree from /proc")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_stopping_the_launcher_stops_every_rank(tmp_path, sig):
+    """`kill -INT` / `kill` of a `--gpus=2` run (started in the background, where SIGINT is ignored)
+    stops both ranks cleanly: no process left training, one line saying how to go on, no traceback."""
+    cmd = [sys.executable, str(REPO / "train.py"), f"--outdir={tmp_path}", "--cfg=tiny", f"--data={DATA}",
+           "--device=cpu", "--batch=4", "--workers=0", "--snap=1", "--tick=0.004", "--kimg=5", "--gpus=2"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.time() + 120
+        while not list(tmp_path.glob("*/network-snapshot-*.pt")):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.1)
+        ranks = _children(proc.pid)
+        assert len(ranks) == 2
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("Error: --gpus=2: interrupted; every process has stopped"), err
+    assert not _alive(ranks)
+    (run_dir,) = list(tmp_path.iterdir())
+    assert "Interrupted (SIGTERM); continue with --resume=" in (run_dir / "log.txt").read_text()
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_launcher_sets_torchruns_variables_and_a_failing_rank_stops_the_others(tmp_path):
+    """Each rank gets RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT; when rank 1 fails, rank
+    0 (here: sleeping, as a rank waiting in a collective would) is stopped at once, and the launcher
+    returns rank 1's exit code."""
+    from torch_utils import distributed
+
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import json, os, sys, time\n"
+        "keys = ['RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT']\n"
+        "with open(os.path.join(sys.argv[1], 'env' + os.environ['RANK']), 'w') as f:\n"
+        "    json.dump({k: os.environ.get(k) for k in keys}, f)\n"
+        "if os.environ['RANK'] == '1':\n"
+        "    time.sleep(0.5)\n"
+        "    sys.exit(3)\n"
+        "time.sleep(120)\n")
+    started = time.time()
+    assert distributed.launch_local(2, str(script), [str(tmp_path)]) == 3
+    assert time.time() - started < distributed.STOP_GRACE_S
+    envs = [json.loads((tmp_path / f"env{r}").read_text()) for r in range(2)]
+    assert [(e["RANK"], e["LOCAL_RANK"], e["WORLD_SIZE"]) for e in envs] == [("0", "0", "2"), ("1", "1", "2")]
+    assert envs[0]["MASTER_PORT"] == envs[1]["MASTER_PORT"] and int(envs[0]["MASTER_PORT"]) > 0
+
 if __name__ == "__main__":
     _worker(sys.argv[1])
