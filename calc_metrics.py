@@ -10,7 +10,7 @@ Examples:
 
 Results go to `metric-<name>.jsonl` next to the snapshot when a `training_options.json` sits there,
 else they are printed as JSON lines. --network may be a URL (downloaded once into the cache) or a run
-directory (its newest snapshot). --gpus=N splits the work over N local processes (torchrun).
+directory (its newest snapshot). --gpus=N splits the work over N local processes.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def run(network, metrics, data, mirror, device, detector, segmenter, segmenter_w
 @click.option("--segmenter", default=None, help="Co-move segmenter: synthetic:<kind> | maskrcnn")
 @click.option("--segmenter-weights", default=None, metavar="FILE", help="Mask R-CNN state dict (maskrcnn)")
 @click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Local processes to split the work over (through torchrun; not needed under torchrun)")
+              help="Local processes to split the work over (started here; not needed under torchrun)")
 @click.option("--verbose", type=bool, default=True, show_default=True, metavar="BOOL",
               help="Progress bars and summaries")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,

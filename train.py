@@ -275,7 +275,7 @@ def check_run(args: dict, options: dict, resume: str | None, resume_data: dict |
 @click.option("--nobench", type=bool, default=False, metavar="BOOL", help="Disable cuDNN benchmarking")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Local processes to spawn through torchrun (not needed when launched by torchrun)")
+              help="Local processes to start (as torchrun would; not needed when launched by torchrun)")
 @click.option("--dist-backend", type=click.Choice(["nccl", "gloo"]), help="torch.distributed backend override")
 @click.option("--dist-timeout", type=FiniteFloatRange(min=0, min_open=True), envvar="SPATIALGAN_DIST_TIMEOUT",
               default=distributed.DEFAULT_TIMEOUT_S, show_default=True, metavar="SEC",
@@ -338,7 +338,7 @@ def planned_world_size(args: dict, env: distributed.DistEnv) -> int:
 
 
 def launch_processes(gpus: int) -> None:
-    """--gpus=N outside torchrun: re-run this very command in N processes through torchrun."""
+    """--gpus=N outside torchrun: re-run this very command in N local processes (`distributed.launch_local`)."""
     rc = distributed.launch_local(gpus, os.path.abspath(__file__), sys.argv[1:])
     if rc in (128 + signal.SIGINT, 128 + signal.SIGTERM):
         raise click.ClickException(f"--gpus={gpus}: interrupted; every process has stopped (continue with "
