@@ -144,9 +144,22 @@ SPATIAL_OVERRIDES = ("encoding", "sampler", "resolutions", "processing", "compos
 ALIGN_OVERRIDES = ("weight", "tau", "resolutions", "indoor", "cam_variant", "cam_score")
 
 
+# The `align` block's keys as train.py spells them (for messages).
+ALIGN_OPTIONS = {"weight": "--align-weight", "tau": "--tau", "resolutions": "--align-res", "indoor": "--align-indoor",
+                 "cam_variant": "--cam-variant", "cam_score": "--cam-score"}
+
+
 def _apply_spatial_overrides(preset: dict[str, Any], spatial: dict[str, Any], align: dict[str, Any]) -> None:
     """Table 1/4/5 switches: change the preset's `spatial` / `align` blocks in place."""
+    enabled = align.pop("enabled", None)
+    given_align = {k: v for k, v in align.items() if v is not None}
+    named = ", ".join(ALIGN_OPTIONS.get(k, k) for k in given_align)
+    if given_align and enabled is False:
+        raise ConfigError(f"{named}: no effect with --align=0 (they set the GradCAM alignment loss)")
     if spatial.get("encoding") == "none":
+        if enabled or given_align:
+            raise ConfigError(f"{named or '--align=1'}: the GradCAM alignment loss needs heatmaps, and "
+                              "--encoding=none turns them off")
         preset["spatial"], preset["align"] = None, None
         return
     given = {k: v for k, v in spatial.items() if v is not None}
@@ -157,8 +170,9 @@ def _apply_spatial_overrides(preset: dict[str, Any], spatial: dict[str, Any], al
                                  dilation=1, hidden_channels=64)
     if preset.get("spatial") is not None:
         preset["spatial"].update(given)
-    enabled = align.pop("enabled", None)
-    given_align = {k: v for k, v in align.items() if v is not None}
+    if given_align and not enabled and preset.get("spatial") is None:
+        raise ConfigError(f"{named}: no effect without heatmaps (they set the GradCAM alignment loss of a "
+                          "SpatialGAN --cfg or --encoding)")
     if enabled is False:
         preset["align"] = None
     elif (enabled or given_align) and preset.get("spatial") is not None:

@@ -155,6 +155,18 @@ def test_align_on_a_baseline_needs_an_encoding():
         resolve_options("tiny", info(32), align=dict(enabled=True))
 
 
+@pytest.mark.parametrize("cfg, spatial, align, match", [
+    ("tiny", {}, dict(tau=0.5, weight=3.0), "--align-weight, --tau: no effect without heatmaps"),
+    ("tiny-spatial", dict(encoding="none"), dict(enabled=True), "--align=1: .*--encoding=none turns them off"),
+    ("tiny-spatial", dict(encoding="none"), dict(cam_score="g_loss"), "--cam-score: .*--encoding=none"),
+    ("tiny-spatial", {}, dict(enabled=False, tau=0.3), "--tau: no effect with --align=0"),
+])
+def test_alignment_options_that_would_be_ignored_are_refused(cfg, spatial, align, match):
+    """An ablation that silently drops its alignment settings would be mislabelled (the run name lists them)."""
+    with pytest.raises(ConfigError, match=match):
+        resolve_options(cfg, info(32), spatial=spatial, align=align)
+
+
 def test_spatial_overrides_on_baseline_and_spatial_presets():
     opts = resolve_options("tiny", info(32), spatial=dict(encoding="sel_concat", resolutions=[4, 8]),
                            align=dict(enabled=True, weight=0.5))
