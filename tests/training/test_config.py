@@ -156,7 +156,7 @@ def test_align_on_a_baseline_needs_an_encoding():
 
 
 @pytest.mark.parametrize("cfg, spatial, align, match", [
-    ("tiny", {}, dict(tau=0.5, weight=3.0), "--align-weight, --tau: no effect without heatmaps"),
+    ("tiny", {}, dict(weight=3.0, tau=0.5), "--align-weight, --tau: no effect without heatmaps"),
     ("tiny-spatial", dict(encoding="none"), dict(enabled=True), "--align=1: .*--encoding=none turns them off"),
     ("tiny-spatial", dict(encoding="none"), dict(cam_score="g_loss"), "--cam-score: .*--encoding=none"),
     ("tiny-spatial", {}, dict(enabled=False, tau=0.3), "--tau: no effect with --align=0"),
