@@ -84,19 +84,22 @@ def resolve_resume(path: str | None) -> tuple[str | None, dict | None]:
 RESUME_SETTINGS = (("batch",), ("loss_kwargs", "r1_gamma"), ("loss_kwargs", "pl_weight"),
                    ("loss_kwargs", "style_mixing_prob"), ("ema_kimg",), ("ema_rampup",), ("G_opt_kwargs", "lr"),
                    ("D_opt_kwargs", "lr"), ("augment", "mode"), ("augment", "target"), ("augment", "augpipe"),
-                   ("world_size",))
+                   ("world_size",), ("dataset_kwargs", "data"), ("dataset_kwargs", "xflip"),
+                   ("dataset_kwargs", "max_size"), ("dataset_kwargs", "use_labels"), ("seed",),
+                   ("G_kwargs", "spatial_kwargs"), ("align",))
+_MISSING = object()  # a setting an older snapshot's options do not have: not reported as changed
 
 
 def changed_settings(saved: dict, options: dict) -> list[str]:
     """'name: old -> new' for the training settings a resume changes (e.g. --cfg=auto on another number of
-    GPUs derives another batch, gamma and EMA length)."""
+    GPUs derives another batch, gamma and EMA length; another dataset, seed or method setting)."""
     out = []
     for path in RESUME_SETTINGS:
         old, new = saved, options
         for key in path:
-            old = old.get(key) if isinstance(old, dict) else None
+            old = old.get(key, _MISSING) if isinstance(old, dict) else _MISSING
             new = new.get(key) if isinstance(new, dict) else None
-        if old is not None and old != new:
+        if old is not _MISSING and old != new:
             out.append(f"{'.'.join(path)}: {old} -> {new}")
     return out
 

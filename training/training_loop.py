@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dnnlib import format_time
+from dnnlib import atomic_write, format_time
 from torch_utils import distributed, training_stats
 from torch_utils.misc import nan_to_num_
 from training import checkpoint, images
@@ -207,8 +207,11 @@ def start_data(run: Run) -> None:
     """(Re)start the data iterator at the run's current position (exact resume of the data stream)."""
     opts = run.options
     per_rank = opts["batch"] // run.world_size
+    # The stream has served cur_nimg images (global steps 0 .. cur_nimg - 1); this rank's share of them is
+    # where it goes on, also when --batch or the number of processes changed on resume.
+    consumed = len(range(run.rank, run.progress.cur_nimg, run.world_size))
     sampler = InfiniteSampler(len(run.dataset), rank=run.rank, num_replicas=run.world_size, seed=opts["seed"],
-                              start=run.progress.batch_idx * per_rank)
+                              start=consumed)
     workers = int(opts["workers"])
     loader = torch.utils.data.DataLoader(run.dataset, sampler=sampler, batch_size=per_rank, num_workers=workers,
                                          pin_memory=run.device.type == "cuda",
@@ -476,17 +479,40 @@ def _status_line(run: Run, tick_time: float, total_time: float, maint: float, ti
     return " ".join(fields)
 
 
+def trim_stats(path: Path, kimg: float) -> int:
+    """Drop the stats.jsonl lines of ticks after `kimg` (rewritten atomically); returns how many."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+
+    def after(line: str) -> bool:
+        try:
+            return json.loads(line)["Progress/kimg"]["mean"] > kimg + 1e-9
+        except (ValueError, KeyError, TypeError):
+            return False  # not a tick line of ours: kept
+
+    kept = [line for line in lines if not after(line)]
+    if len(kept) < len(lines):
+        with atomic_write(path, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+    return len(lines) - len(kept)
+
+
 class RunWriter:
     """Rank 0's outputs: stats.jsonl, TensorBoard, image grids, snapshots, metrics."""
 
     def __init__(self, run_dir: str, run: Run):
         self.run_dir = Path(run_dir)
+        # A run resumed in place goes on from its snapshot: the ticks logged after it (up to --snap ticks
+        # before a kill) are dropped, so that the curves hold each tick once.
+        nimg = run.progress.cur_nimg
+        trim_stats(self.run_dir / "stats.jsonl", nimg / 1000)
         self.stats_file = open(self.run_dir / "stats.jsonl", "a")
         self.tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(self.run_dir))
+            self.tb = SummaryWriter(str(self.run_dir), purge_step=nimg + 1 if nimg > 0 else None)
         except ImportError as err:
             print(f"Skipping TensorBoard output: {err}")
         self.grid = images.setup_grid(run.dataset, run.G, seed=int(run.options["seed"]))

@@ -120,6 +120,20 @@ def test_resume_from_run_dir_continues_in_it(trained, tmp_path):
     assert "Resumed from" in (run_dir / "log.txt").read_text()
 
 
+def test_resume_notes_another_dataset_seed_or_method():
+    import train as train_cli
+
+    saved = dict(batch=4, seed=0, dataset_kwargs=dict(data="/d/shapes.zip", xflip=False), align=None,
+                 G_kwargs=dict(spatial_kwargs=dict(sampler="hierarchical")))
+    now = dict(batch=4, seed=5, dataset_kwargs=dict(data="/d/rooms.zip", xflip=True), align=dict(tau=0.25),
+               G_kwargs=dict(spatial_kwargs=dict(sampler="eqgan")))
+    changes = train_cli.changed_settings(saved, now)
+    assert changes == ["dataset_kwargs.data: /d/shapes.zip -> /d/rooms.zip", "dataset_kwargs.xflip: False -> True",
+                       "seed: 0 -> 5", "G_kwargs.spatial_kwargs: {'sampler': 'hierarchical'} -> {'sampler': 'eqgan'}",
+                       "align: None -> {'tau': 0.25}"]
+    assert train_cli.changed_settings({}, now) == []  # an older snapshot without these settings: nothing to say
+
+
 def test_kill_9_leaves_a_resumable_run(tmp_path):
     outdir = tmp_path / "out"
     args = [f"--outdir={outdir}", *SPATIAL, "--kimg=10"]  # long enough to be killed mid-run
@@ -147,6 +161,8 @@ def test_kill_9_leaves_a_resumable_run(tmp_path):
     assert f"Resumed from {snaps[-1]}" in proc2.stdout
     assert final_progress(run_dir)["cur_nimg"] == cur_nimg + 4  # continued in place
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]  # the killed run's leftovers are gone
+    kimgs = [json.loads(line)["Progress/kimg"]["mean"] for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert kimgs == sorted(set(kimgs)), kimgs  # the ticks after the snapshot were dropped, not repeated
 
 
 def test_sigterm_stops_a_run_cleanly_and_it_resumes(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import traceback
 
@@ -346,3 +348,34 @@ def test_resume_trains_with_this_runs_learning_rate():
     d_opt = next(ph.opt for ph in run.phases if ph.name == "Dmain")
     assert d_opt.param_groups[0]["lr"] == pytest.approx(opts["D_opt_kwargs"]["lr"])
     assert any(state["step"] > 0 for state in g_opt.state.values())  # the moments came back
+
+
+def test_data_resumes_at_the_images_served_also_with_another_batch():
+    """The data stream goes on after the cur_nimg images already served, whatever --batch is now (a
+    position of batch_idx × the new batch would repeat images)."""
+    from training.dataset import InfiniteSampler
+    from training.training_loop import start_data
+
+    run = build_run(tiny_options(batch=2), torch.device("cpu"))
+    run.progress.cur_nimg, run.progress.batch_idx = 12, 3  # three steps of batch 4 before the resume
+    start_data(run)
+    got = next(run.data_iter)[0]
+    order = list(itertools.islice(iter(InfiniteSampler(len(run.dataset), seed=run.options["seed"])), 14))
+
+    def batch(positions):
+        return torch.stack([torch.as_tensor(run.dataset[order[i]][0]) for i in positions])
+
+    assert torch.equal(got, batch([12, 13]))
+    assert not torch.equal(got, batch([6, 7]))
+
+
+def test_trim_stats_drops_the_ticks_after_the_resumed_snapshot(tmp_path):
+    from training.training_loop import trim_stats
+
+    path = tmp_path / "stats.jsonl"
+    lines = [json.dumps({"Progress/kimg": {"mean": k / 1000}, "Loss/G": {"mean": 1.0}}) for k in (4, 8, 12, 16, 20)]
+    path.write_text("\n".join(lines[:3] + ['{"other": 1}'] + lines[3:]) + "\n")
+    assert trim_stats(path, 0.012) == 2
+    kept = path.read_text().splitlines()
+    assert kept == lines[:3] + ['{"other": 1}']
+    assert trim_stats(path, 0.012) == 0 and trim_stats(tmp_path / "none.jsonl", 0.0) == 0
