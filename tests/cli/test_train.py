@@ -120,6 +120,30 @@ def test_resume_from_run_dir_continues_in_it(trained, tmp_path):
     assert "Resumed from" in (run_dir / "log.txt").read_text()
 
 
+@pytest.mark.parametrize("damage", ["truncated", "nan"])
+def test_a_damaged_newest_snapshot_is_skipped_with_a_warning(trained, tmp_path, damage):
+    run_dir = tmp_path / trained.name
+    shutil.copytree(trained, run_dir)
+    snaps = checkpoint.list_snapshots(run_dir)
+    assert len(snaps) >= 2
+    if damage == "truncated":
+        snaps[-1].write_bytes(snaps[-1].read_bytes()[:5000])
+    else:
+        data = torch.load(snaps[-1], weights_only=True)
+        state = data["networks"]["G_ema"]["state_dict"]
+        key = next(k for k, v in state.items() if v.is_floating_point())
+        state[key] = torch.full_like(state[key], float("nan"))
+        torch.save(data, snaps[-1])
+    proc = train_inprocess(f"--outdir={tmp_path / 'out'}", *SPATIAL, "--kimg=0.016", f"--resume={run_dir}",
+                           "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert f"Warning: skipping a damaged snapshot ({snaps[-1]}" in proc.stderr
+    assert f"resuming from {snaps[-2]}" in proc.stderr
+    # A snapshot file given by name is not replaced by another: its damage is the error.
+    assert_one_line_error(train_inprocess(f"--outdir={tmp_path / 'out'}", *SPATIAL, f"--resume={snaps[-1]}"),
+                          str(snaps[-1]))
+
+
 def test_resume_notes_another_dataset_seed_or_method():
     import train as train_cli
 
