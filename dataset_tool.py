@@ -125,7 +125,7 @@ def _labels_from_json(data: bytes | None, where: str) -> dict | None:
         return None
     try:
         table = json.loads(data.decode("utf-8")).get("labels")
-        return None if table is None else {str(k).replace("\\", "/"): v for k, v in table}
+        return None if table is None else image_files.label_table(table)
     except (ValueError, TypeError, AttributeError) as exc:
         raise click.ClickException(f"invalid labels file {where}: {exc}") from None
 

@@ -190,7 +190,9 @@ def _parse_labels(data: bytes | None, fnames: list[str], where: str) -> np.ndarr
     if table is None:
         return None
     try:
-        by_name = {str(name).replace("\\", "/"): label for name, label in table}
+        by_name = image_files.label_table(table)
+    except image_files.LabelConflict as exc:
+        raise DatasetError(f"{where}: {exc}") from None
     except (TypeError, ValueError):
         raise DatasetError(f"{where}: 'labels' must be a list of [relpath, label] pairs") from None
     missing = [f for f in fnames if f not in by_name]

@@ -1,7 +1,7 @@
-"""Finding and opening the image files of a dataset folder or zip: which files count as images, a
-recursive walk that follows symlinked folders, and decoding with readable errors. Shared by training
-(training.dataset) and dataset_tool.py, so both see the same images; no torch here (the tool starts
-without it).
+"""Reading the files of a dataset folder or zip: which files count as images, a recursive walk that
+follows symlinked folders, decoding with readable errors, and dataset.json's label table. Shared by
+training (training.dataset) and dataset_tool.py, so both see the same dataset; no torch here (the tool
+starts without it).
 """
 
 from __future__ import annotations
@@ -79,3 +79,20 @@ def open_image(data: bytes) -> PIL.Image.Image:
     if img.getexif().get(0x0112, 1) != 1:  # 0x0112: Orientation; 1 is upright
         img = PIL.ImageOps.exif_transpose(img)
     return img
+
+
+class LabelConflict(ValueError):
+    """dataset.json lists one image twice, with different labels."""
+
+
+def label_table(pairs) -> dict:
+    """dataset.json's `[[relpath, label], ...]` as {relpath: label} ('\\' read as '/'). LabelConflict
+    for a path listed twice with different labels (which one is meant cannot be known); TypeError /
+    ValueError for entries that are not pairs."""
+    table: dict = {}
+    for name, label in pairs:
+        key = str(name).replace("\\", "/")
+        if key in table and table[key] != label:
+            raise LabelConflict(f"{key!r} is listed twice, with labels {table[key]!r} and {label!r}")
+        table[key] = label
+    return table

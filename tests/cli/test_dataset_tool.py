@@ -758,6 +758,14 @@ def test_unusable_labels_refused_naming_json_and_image(tmp_path, labels, match):
     assert re.search(match, line), line
 
 
+def test_an_image_labelled_twice_differently_is_refused(tmp_path):
+    src = _folder(tmp_path, _images(2), labels=[0, 1])
+    table = json.loads((src / "dataset.json").read_text())["labels"]
+    (src / "dataset.json").write_text(json.dumps({"labels": table + [["sub/001.png", 0]]}))
+    line = _error_line(_run("--source", str(src), "--dest", str(tmp_path / "out.zip")))
+    assert str(src / "dataset.json") in line and "'sub/001.png' is listed twice, with labels 1 and 0" in line
+
+
 def test_class_label_limit_is_the_one_training_reads(tmp_path):
     from training import dataset as training_dataset
 

@@ -303,6 +303,14 @@ def test_items_are_writable_and_kwargs_hold_an_absolute_path(tmp_path, monkeypat
     assert np.array_equal(open_dataset(**ds.kwargs)[0][0], ds[0][0])
 
 
+def test_an_image_labelled_twice_differently_is_refused(tmp_path):
+    files = _dataset_files(_images(2), labels=[0, 1])
+    table = json.loads(files["dataset.json"])["labels"]
+    files["dataset.json"] = json.dumps({"labels": table + [[table[0][0], 1]]}).encode()
+    with pytest.raises(DatasetError, match=r"dataset.json: '00000/img00000000.png' is listed twice"):
+        open_dataset(_write(tmp_path, files, True), use_labels=True)
+
+
 def test_an_lmdb_folder_gets_a_hint(tmp_path):
     (tmp_path / "cat_lmdb").mkdir()
     (tmp_path / "cat_lmdb" / "data.mdb").write_bytes(b"")

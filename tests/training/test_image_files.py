@@ -61,3 +61,10 @@ def test_open_image_fails_on_truncated_pixels_and_errors_read_well():
         image_files.open_image(b"not an image")
     assert image_files.decode_error(info.value) == "not a recognised image format (or a damaged header)"
     assert image_files.decode_error(OSError("image file is truncated")) == "OSError: image file is truncated"
+
+
+def test_label_table_refuses_one_image_with_two_labels():
+    assert image_files.label_table([["a\\b.png", 1], ["c.png", [0.5]], ["a/b.png", 1]]) == {"a/b.png": 1,
+                                                                                           "c.png": [0.5]}
+    with pytest.raises(image_files.LabelConflict, match="'a/b.png' is listed twice, with labels 1 and 2"):
+        image_files.label_table([["a/b.png", 1], ["a\\b.png", 2]])
