@@ -145,7 +145,8 @@ def generate_projected(G, ws: torch.Tensor, outdir: str, noise_mode: str, spec, 
 
 
 @click.command(help=__doc__, context_settings={"max_content_width": 110})
-@click.option("--network", "network_path", required=True, metavar="PATH", help="Snapshot (.pt) or its URL to load G_ema from")
+@click.option("--network", "network_path", required=True, metavar="PATH",
+              help="Snapshot (.pt), a run directory (its newest snapshot) or a URL to load G_ema from")
 @click.option("--seeds", metavar="LIST", help="Latent seeds, e.g. 0,1,5-9 (required unless --projected-w)")
 @click.option("--heatmap-seeds", metavar="LIST",
               help="Heatmap seeds, one row of images each (default: each image uses its latent seed)")

@@ -93,7 +93,8 @@ def mix_grid(G, rows: list[int], cols: list[int], styles: list[int], specs: dict
 
 
 @click.command(help=__doc__, context_settings={"max_content_width": 110})
-@click.option("--network", "network_path", required=True, metavar="PATH", help="Snapshot (.pt) or its URL to load G_ema from")
+@click.option("--network", "network_path", required=True, metavar="PATH",
+              help="Snapshot (.pt), a run directory (its newest snapshot) or a URL to load G_ema from")
 @click.option("--rows", "row_seeds", required=True, metavar="LIST", help="Row seeds (the base latents), e.g. 0-3")
 @click.option("--cols", "col_seeds", required=True, metavar="LIST", help="Column seeds (the copied styles)")
 @click.option("--styles", metavar="LIST", help="w layers taken from the column seed  [default: 0-6, clipped]")

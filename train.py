@@ -341,6 +341,12 @@ def main(**args):
     except click.ClickException as err:
         err.message = prefix + err.message
         raise
+    except KeyboardInterrupt as err:
+        # A run that had started has said how to go on (that line stays the last one); 130 = 128 + SIGINT,
+        # the shell's code for an interrupted command.
+        if env.is_main and not getattr(err, "reported", False):
+            print(f"{prefix}Interrupted ({err or 'Ctrl-C'}) before training started", file=sys.stderr)
+        raise SystemExit(130) from None
     except USER_ERRORS + (TrainingError,) as err:
         if os.environ.get("SPATIALGAN_DEBUG"):
             raise
@@ -483,6 +489,7 @@ def run_training(args: dict) -> None:
         if isinstance(err, KeyboardInterrupt) and env.is_main:
             # Not a failure: say how to go on, in the log and on the console, instead of a traceback.
             print(f"Interrupted ({err or 'Ctrl-C'}); continue with --resume={run_dir}", file=sys.stderr)
+            err.reported = True
             if logger is not None:  # it copied the line into log.txt
                 logger.close()
         elif logger is not None:
