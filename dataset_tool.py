@@ -30,9 +30,9 @@ import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import IO
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import click
 import numpy as np
@@ -745,9 +745,10 @@ def convert(source: Source, writer: _Writer, size: tuple[int, int] | None, trans
                 continue
             try:
                 arr = transform_image(img, size, transform, resample)
-                if arr is not None and arr.ndim == 2 and (source.colour or (shape is not None and len(shape) == 3)):
+                grey_to_rgb = (arr is not None and arr.ndim == 2
+                               and (source.colour or (shape is not None and len(shape) == 3)))
+                if grey_to_rgb:
                     arr = _as_rgb(arr)  # one greyscale photo among colour ones
-                    result.to_rgb += 1
                 if arr is not None:
                     shape = _check_output_shape(arr, shape, item.name, first)
             except UnusableImage as exc:
@@ -762,6 +763,7 @@ def convert(source: Source, writer: _Writer, size: tuple[int, int] | None, trans
                 result.dropped += 1
                 continue
             first = first or item.name
+            result.to_rgb += grey_to_rgb  # counted once the image is written, not when it is skipped
             relpath = f"{result.written // 1000:05d}/img{result.written:08d}.png"
             writer.add(relpath, _png_bytes(arr))
             if labels is not None:

@@ -65,10 +65,10 @@ def resolve_resume(path: str | None) -> tuple[str | None, dict | None]:
     if path is None:
         return None, None
     from dnnlib.util import is_url
-    from training.checkpoint import SnapshotError, list_snapshots, resolve_snapshot
+    from training.checkpoint import SnapshotError, list_snapshots, load_snapshot, resolve_snapshot
 
     if is_url(path):
-        return path, load_checked(path)  # downloaded once into the cache
+        return path, load_snapshot(path)  # downloaded once into the cache
     if path in UPSTREAM_RESUME_PRESETS and not os.path.exists(path):
         raise click.ClickException(f"--resume={path} is a StyleGAN2-ADA transfer-learning preset, an official "
                                    f"pickle: loading official pickles is not supported yet")
@@ -79,13 +79,13 @@ def resolve_resume(path: str | None) -> tuple[str | None, dict | None]:
     except SnapshotError as e:
         raise click.ClickException(f"--resume: {e}") from None
     if not os.path.isdir(path):
-        return p, load_checked(p)
+        return p, load_snapshot(p)
     # Snapshots are written atomically, so a damaged one was damaged afterwards (a disk, a copy): a run
     # directory goes on from the newest snapshot that is intact, and says which one it skipped.
     first_error = None
     for snap in reversed(list_snapshots(path)):
         try:
-            data = load_checked(snap)
+            data = load_snapshot(snap)
         except SnapshotError as e:
             first_error = first_error or e
             continue
@@ -94,18 +94,6 @@ def resolve_resume(path: str | None) -> tuple[str | None, dict | None]:
                   file=sys.stderr)
         return str(snap), data
     raise first_error
-
-
-def load_checked(path) -> dict:
-    """load_snapshot, plus: every network weight finite (training never saves NaN/inf, so any is damage)."""
-    from training.checkpoint import SnapshotError, load_snapshot
-
-    data = load_snapshot(path)
-    for name, packed in data["networks"].items():
-        for key, value in packed["state_dict"].items():
-            if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
-                raise SnapshotError(f"{path}: {name}.{key} holds NaN/inf values; the file is damaged")
-    return data
 
 
 RESUME_SETTINGS = (("batch",), ("loss_kwargs", "r1_gamma"), ("loss_kwargs", "pl_weight"),

@@ -320,8 +320,10 @@ def compute_comove(opts: metric_utils.MetricOptions, num_samples: int, batch_siz
     chosen = default_segmenter(opts)
     segmenter = get_segmenter(chosen, opts.segmenter_weights, opts.device)
     # The result line says which segmenter found the objects, as it names the feature models of FID.
-    opts.detectors_used["segmenter"] = (f"maskrcnn:{opts.segmenter_weights}" if chosen == "maskrcnn" else
-                                        chosen if isinstance(chosen, str) else getattr(chosen, "__name__", "callable"))
+    if isinstance(chosen, str):
+        opts.detectors_used["segmenter"] = f"maskrcnn:{opts.segmenter_weights}" if chosen == "maskrcnn" else chosen
+    else:
+        opts.detectors_used["segmenter"] = getattr(chosen, "__name__", "callable")
     move_fn = move_fn or edits.move
     counts = dict(skipped_no_move=0, skipped_no_object=0, skipped_no_match=0)
     ratios: list[float] = []

@@ -273,13 +273,16 @@ def launch_local(nproc: int, script: str, argv: list[str]) -> int:
                               env=dict(env, RANK=str(r), LOCAL_RANK=str(r))) for r in range(nproc)]
     received: list[int] = []
 
+    def stop(kill: bool = False) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.kill() if kill else p.terminate()
+
     def forward(signum, frame):
         # Always as SIGTERM: a process started in the background by a non-interactive shell inherits
         # SIGINT ignored, so a passed-on SIGINT would not stop it; the scripts treat SIGTERM like Ctrl-C.
         received.append(signum)
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
+        stop()
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     failed, stop_at = None, None
@@ -292,13 +295,9 @@ def launch_local(nproc: int, script: str, argv: list[str]) -> int:
             if (failed is not None or received) and stop_at is None:
                 stop_at = time.monotonic() + STOP_GRACE_S
                 if not received:  # an interrupt has already been passed on to every rank
-                    for p in procs:
-                        if p.poll() is None:
-                            p.terminate()
+                    stop()
             if stop_at is not None and time.monotonic() > stop_at:
-                for p in procs:
-                    if p.poll() is None:
-                        p.kill()
+                stop(kill=True)
             time.sleep(0.05)
     finally:
         for sig, handler in previous.items():

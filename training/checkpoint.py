@@ -87,8 +87,8 @@ def build_module(packed: dict[str, Any], device: torch.device | str = "cpu",
         missing, unexpected = module.load_state_dict(packed["state_dict"], strict=False)
     except (RuntimeError, TypeError, AttributeError) as err:  # wrong shapes, a non-tensor value
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        raise SnapshotError(f"{where}: the weights of its {name} do not fit its architecture "
-                            f"({'; '.join(lines[1:3]) or lines[0] if lines else type(err).__name__})") from None
+        detail = "; ".join(lines[1:3]) or (lines[0] if lines else type(err).__name__)  # line 0: a heading
+        raise SnapshotError(f"{where}: the weights of its {name} do not fit its architecture ({detail})") from None
     if missing or unexpected:
         raise SnapshotError(f"{where}: the state dict of its {name} does not match its architecture: "
                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -176,6 +176,10 @@ def load_snapshot(path: str | os.PathLike, map_location: str | torch.device = "c
         if not (isinstance(packed, dict) and isinstance(packed.get("init_kwargs"), dict)
                 and isinstance(packed.get("state_dict"), dict)):
             raise SnapshotError(f"{where}: network {name!r} is damaged (needs 'class', 'init_kwargs' and 'state_dict')")
+        for key, value in packed["state_dict"].items():
+            # Training stops before it would save NaN/inf weights, so any in a file is damage.
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+                raise SnapshotError(f"{where}: {name}.{key} holds NaN/inf values; the file is damaged")
     return data
 
 

@@ -307,10 +307,15 @@ class ImageFolderDataset(Dataset):
         image = decode_image(self._read_bytes(fname), where)
         _check_image_shape(list(image.shape), where)
         expected = self.image_shape if expected == "dataset" else expected
-        if expected is not None and list(image.shape) != expected:
-            raise DatasetError(f"{where}: image shape {list(image.shape)} differs from the dataset's {expected} "
-                               "(all images must have the same size and channels)")
+        if expected is not None:
+            self._check_like_the_first(list(image.shape), expected, where)
         return image
+
+    def _check_like_the_first(self, shape: list[int], expected: list[int], where: str) -> None:
+        if shape != expected:
+            raise DatasetError(f"{where}: image shape {shape} differs from that of the first image, "
+                               f"{self._where(self._image_fnames[0])} ({expected}); all images must have the "
+                               "same size and channels (dataset_tool.py --resolution converts them)")
 
     def check_images(self, progress: bool = False) -> None:
         """Read every image's header (size, channels, alpha; not the pixels) and check it against the
@@ -332,10 +337,7 @@ class ImageFolderDataset(Dataset):
                 where = self._where(fname)
                 shape = self._header_shape(fname, where)
                 _check_image_shape(shape, where)
-                if shape != expected:
-                    raise DatasetError(f"{where}: image shape {shape} differs from that of the first image, "
-                                       f"{self._where(self._image_fnames[0])} ({expected}); all images must have "
-                                       "the same size and channels (dataset_tool.py --resolution converts them)")
+                self._check_like_the_first(shape, expected, where)
                 bar.update(1)
         if marker is not None and len(raw) == len(self._image_fnames):
             try:

@@ -145,10 +145,16 @@ def test_list_snapshots_sorts_numerically(tmp_path):
         "network-snapshot-000200.pt"]
 
 
+def _nan_weight(state: dict) -> None:
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = torch.full_like(state[key], float("nan"))
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda d: d["networks"]["G"].pop("init_kwargs"), "network 'G' is damaged"),
     (lambda d: d["networks"].__setitem__("D", "junk"), "network 'D' is damaged"),
     (lambda d: d.__setitem__("version", 0), "version 0"),
+    (lambda d: _nan_weight(d["networks"]["G_ema"]["state_dict"]), r"G_ema\..* holds NaN/inf values"),
 ])
 def test_damaged_snapshot_contents_are_named(tmp_path, damage, message):
     G, D = tiny_nets("tiny")
