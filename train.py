@@ -307,8 +307,10 @@ def check_run(args: dict, options: dict, resume: str | None, resume_data: dict |
 @click.option("--sel-res", metavar="LIST", help="Encoded synthesis resolutions, e.g. 4,8,16 or all")
 @click.option("--processing", type=click.Choice(["coarse", "fine"]), help="Heatmap processing (paper §3.2)")
 @click.option("--compose", type=click.Choice(["sum", "separate"]), help="Sub-heatmaps summed or as channels")
-@click.option("--kernel-size", type=click.IntRange(min=1), help="SEL heatmap kernel size (paper §4.3)")
-@click.option("--dilation", type=click.IntRange(min=1), help="SEL heatmap kernel dilation (paper §4.3)")
+@click.option("--kernel-size", type=click.IntRange(min=1),
+              help="Kernel of the convs reading the heatmap: the SEL's first one and, with --processing=fine, "
+                   "those at image resolution (paper §4.3)")
+@click.option("--dilation", type=click.IntRange(min=1), help="Dilation of those convs (paper §4.3)")
 @click.option("--align", type=bool, metavar="BOOL", help="GradCAM alignment loss on/off")
 @click.option("--align-indoor", type=bool, metavar="BOOL", help="Use L_align_indoor (Eq. 5)")
 @click.option("--align-weight", type=FiniteFloatRange(min=0), help="Alignment loss weight [default: 1]")

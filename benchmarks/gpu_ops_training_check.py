@@ -33,8 +33,9 @@ def run_child(cfg: str, res: int, steps: int, device: str = "cuda") -> dict[str,
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     ds = open_dataset(f"synthetic:shapes:{res}", max_size=64)
     info = dict(kwargs=ds.kwargs, name=ds.name, resolution=res, num_channels=3, label_dim=0)
+    # Path-length regularisation and style mixing on, so that every phase (Greg too) is compared.
     opts = resolve_options(cfg, info, 1, batch=8, batch_gpu=8, aug="noaug", workers=0, metrics=[], fp32=True,
-                           seed=7)
+                           seed=7, pl_weight=2, style_mixing=0.9)
     run = tl.build_run(opts, torch.device(device))
     tl.start_data(run)
     collector = training_stats.Collector(regex="Loss/.*")

@@ -267,11 +267,15 @@ def naive_ops() -> Iterator[None]:
 def make_options(cfg: str, res: int, batch: int = 8, world_size: int = 1, fp32: bool = True,
                  channel_base: int | None = None, channel_max: int | None = None,
                  channels_last: bool = False) -> dict[str, Any]:
-    """Resolved options: `cfg` at `res`, no augmentation, one round per phase (batch_gpu = per-rank batch)."""
+    """Resolved options: `cfg` at `res`, no augmentation, one round per phase (batch_gpu = per-rank batch).
+
+    Path-length regularisation (weight 2) and style mixing (0.9) are on whatever the preset says: every
+    config is timed on the same four-phase StyleGAN2-ADA step (the paper presets train without them)."""
     ds = open_dataset(f"synthetic:shapes:{res}", max_size=16)
     info = dict(kwargs=ds.kwargs, name=ds.name, resolution=res, num_channels=3, label_dim=0)
     opts = resolve_options(cfg, info, world_size, batch=batch, batch_gpu=batch // world_size, aug="noaug",
-                           workers=0, metrics=[], fp32=fp32, channels_last=channels_last)
+                           workers=0, metrics=[], fp32=fp32, channels_last=channels_last, pl_weight=2,
+                           style_mixing=0.9)
     for kw in (opts["G_kwargs"]["synthesis_kwargs"], opts["D_kwargs"]):
         if channel_base is not None:
             kw["channel_base"] = channel_base

@@ -146,9 +146,12 @@ def drag_centers(spec: HeatmapSpec, handle: Sequence[float] | torch.Tensor,
     for name, t in (("handle", handle_t), ("target", target_t)):
         if t.numel() != 2 or not torch.isfinite(t).all():
             raise ValueError(f"{name} must be 2 finite numbers (x, y), got {t.tolist()}")
+        if not ((t >= 0) & (t <= 1)).all():  # pixel coordinates would silently catch nothing
+            raise ValueError(f"{name} {t.tolist()} is outside the image: give (x, y) as fractions of the "
+                             "image in [0, 1] (pixels divided by the image size)")
     radius, alpha = _check_finite("radius", radius), _check_finite("alpha", alpha)
-    if radius < 0:
-        raise ValueError(f"radius must be >= 0, got {radius!r}")
+    if not 0 <= radius <= math.sqrt(2):
+        raise ValueError(f"radius must be in [0, sqrt(2)] (a fraction of the image), got {radius!r}")
     out = spec.clone()
     c = out.centers[level]
     shift = (alpha * (target_t - handle_t)).to(c)

@@ -94,10 +94,13 @@ def check_spec(G, spec: HeatmapSpec | None) -> None:
 def synthesize(G, z: torch.Tensor | np.ndarray, spec: HeatmapSpec | None = None, *, c: torch.Tensor | None = None,
                truncation_psi: float = 1.0, noise_mode: str = "const") -> torch.Tensor:
     """Image [N, C, H, W], about [-1, 1] (not clamped), for latents z [N, z_dim] (tensor or NumPy array)
-    and a spec of batch N (or 1, broadcast); c [N, c_dim] (or [1, c_dim]), default zeros."""
+    and a spec of batch N (or 1, broadcast); c [N, c_dim] (or [1, c_dim]), default zeros. A spatial
+    network needs its spec (`spec_from_seed`): G's own draw would come from the global random state."""
     device = next(G.parameters()).device
     z = _latents("z", z, [None, G.z_dim])
     n = z.shape[0]
+    if G.heatmap_sampler is not None and spec is None:
+        raise ValueError("A spatial generator needs a heatmap spec: pass spec_from_seed(G, seed) or a saved layout")
     spec = _spec_for(G, spec, n, device)
     return G(z.to(device), _labels(G, c, n).to(device), heatmaps=spec,
              truncation_psi=_psi(truncation_psi), noise_mode=noise_mode)
@@ -120,7 +123,8 @@ def map_ws(G, z: torch.Tensor | np.ndarray, spec: HeatmapSpec | None = None, *, 
 
 
 def synthesize_ws(G, ws: torch.Tensor | np.ndarray, spec: HeatmapSpec | None = None, *, noise_mode: str = "const",
-                  c: torch.Tensor | None = None, truncation_psi: float = 1.0, return_features: bool = False):
+                  c: torch.Tensor | None = None, truncation_psi: float = 1.0, return_features: bool = False,
+                  object_ws: torch.Tensor | None = None):
     """Image [N, C, H, W] from given ws [N, num_ws, w_dim] (e.g. a projected latent) and a spec.
 
     ws row i drives synthesis layer i (two convs and a ToRGB per resolution from 8² up; see
@@ -128,6 +132,8 @@ def synthesize_ws(G, ws: torch.Tensor | np.ndarray, spec: HeatmapSpec | None = N
     (before ToRGB; fp16 and channels-last in a GPU's fp16 blocks — use `.float()` for a loss).
     `c` and `truncation_psi` only matter for the per-object latents of indoor (sel_indoor) networks, which
     come from the spec's style seeds; pass the values used for `ws` to reproduce `synthesize` exactly.
+    Or pass those latents themselves, `object_ws` [N, K, num_ws, w_dim] (from `G.object_ws(spec, c, psi)`,
+    batch 1 broadcasts): computed once, they can be optimised (projection, drags) or reused between frames.
     A `flatten` network takes its heatmaps in the mapping network, so its ws already carry them: pass
     spec=None (edit the spec before `map_ws` instead)."""
     device = next(G.parameters()).device
@@ -142,7 +148,15 @@ def synthesize_ws(G, ws: torch.Tensor | np.ndarray, spec: HeatmapSpec | None = N
     n = ws.shape[0]
     spec = _spec_for(G, spec, n, device)
     c = _labels(G, c, n).to(device)
-    object_ws = G.object_ws(spec, c, _psi(truncation_psi)) if spec is not None else None
+    if object_ws is None:
+        object_ws = G.object_ws(spec, c, _psi(truncation_psi)) if spec is not None else None
+    elif getattr(G, "encoding", None) != "sel_indoor":
+        raise ValueError("object_ws are the per-object latents of an indoor (sel_indoor) network; this one has none")
+    else:
+        object_ws = _latents("object_ws", object_ws, [None, spec.centers_per_level[0], G.num_ws, G.w_dim]).to(device)
+        if object_ws.shape[0] not in (1, n):
+            raise ValueError(f"object_ws has batch {object_ws.shape[0]}, ws have batch {n}")
+        object_ws = object_ws.expand(n, -1, -1, -1)
     return G.synthesis(ws.to(device), heatmaps=spec, object_ws=object_ws, noise_mode=noise_mode,
                        return_features=return_features)
 

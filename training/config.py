@@ -170,6 +170,8 @@ def _apply_spatial_overrides(preset: dict[str, Any], spatial: dict[str, Any], al
                                  dilation=1, hidden_channels=64)
     if preset.get("spatial") is not None:
         preset["spatial"].update(given)
+        if given.get("encoding") not in (None, "sel_norm", "sel_concat"):
+            preset["spatial"]["torgb"] = False  # the ToRGB SEL of a conference preset: no SEL to put there
     if given_align and not enabled and preset.get("spatial") is None:
         raise ConfigError(f"{named}: no effect without heatmaps (they set the GradCAM alignment loss of a "
                           "SpatialGAN --cfg or --encoding)")

@@ -355,13 +355,16 @@ class SynthesisLayer(nn.Module):
 
 
 class ToRGBLayer(nn.Module):
-    """1x1 modulated conv without demodulation (style * 1/sqrt(in)), bias, clamp. -> [N, img_channels, r, r]."""
+    """[SEL] -> 1x1 modulated conv without demodulation (style * 1/sqrt(in)), bias, clamp.
+    -> [N, img_channels, r, r]. A `sel` (conference code) changes only what this layer sees: the block's
+    feature path continues without it."""
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, kernel_size: int = 1,
-                 conv_clamp: float | None = None, spatial_style: bool = False):
+                 conv_clamp: float | None = None, spatial_style: bool = False, sel: nn.Module | None = None):
         super().__init__()
         self.in_channels, self.out_channels, self.conv_clamp = in_channels, out_channels, conv_clamp
         self.spatial_style = spatial_style
+        self.sel = sel
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
         self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
         self.bias = nn.Parameter(torch.zeros([out_channels]))
@@ -369,6 +372,8 @@ class ToRGBLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True,
                 heat: torch.Tensor | None = None, object_w: torch.Tensor | None = None) -> torch.Tensor:
+        if self.sel is not None:
+            x = self.sel(x, heat)
         if self.spatial_style:
             styles = se.spatial_styles(self.affine, w, object_w, heat).scaled(self.weight_gain)
             x = se.spatially_modulated_conv2d(x, self.weight, styles, demodulate=False)
@@ -419,7 +424,8 @@ class SynthesisBlock(nn.Module):
         self.num_conv += 1
         if is_last or architecture == "skip":
             self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, conv_clamp=conv_clamp,
-                                    spatial_style=self.spatial_style)
+                                    spatial_style=self.spatial_style,
+                                    sel=sel_for(out_channels) if self.encoded and spatial.torgb else None)
             self.num_torgb += 1
         if in_channels != 0 and architecture == "resnet":
             self.skip = Conv2dLayer(in_channels, out_channels, kernel_size=1, bias=False, up=2,

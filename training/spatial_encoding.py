@@ -15,13 +15,19 @@
                           channels there, then bilinearly down-sample to the layer
     compose               'sum' (H = sum_i H_i, one channel per level, paper) or 'separate'
                           (sub-maps as channels, conference; required by sel_indoor)
-    kernel_size, dilation, hidden_channels   the SEL heatmap conv (3, 1, 64)
+    kernel_size, dilation   the convs that read the heatmap (3, 1): the SEL's first conv and, with
+                          'fine' processing, the two convs at image resolution (paper §4.3's
+                          receptive-field ablation enlarges the convs that see the full-size heatmap)
+    hidden_channels       channels of the SEL's first conv (64)
+    torgb                 also a SEL on the input of every ToRGB of an encoded block, feeding only the
+                          RGB branch (conference code; sel_norm / sel_concat only; default False)
     level_for_resolution  {block resolution: level | [levels] | "all"}; default: block 4 -> level 0,
                           8 -> 1, 16 -> 2, ..., and blocks past the last level get all levels concatenated
                           (conference routing; a one-level sampler thus uses level 0 everywhere)
 
 Placement: SEL_norm / SEL_concat act on the *input* of every SynthesisLayer of an encoded block (conv0
-sees the block input at half resolution, conv1 the block resolution); the heatmap for a layer is the
+sees the block input at half resolution, conv1 the block resolution), and with `torgb` on the input of
+its ToRGB; the heatmap for a layer is the
 block's level(s) at the layer's resolution. SEL_indoor replaces the style of conv0, conv1 and ToRGB of
 encoded blocks by a per-pixel style map.
 """
@@ -52,7 +58,7 @@ ENCODINGS = ("sel_norm", "sel_concat", "sel_indoor", "flatten")
 PROCESSINGS = ("coarse", "fine")
 COMPOSES = ("sum", "separate")
 SPATIAL_KEYS = ("encoding", "sampler", "sampler_kwargs", "resolutions", "processing", "compose", "kernel_size",
-                "dilation", "hidden_channels", "level_for_resolution")
+                "dilation", "hidden_channels", "level_for_resolution", "torgb")
 FINE_CHANNELS = (16, 32)   # conference heatmap projection: in -> 16 -> 32 at image resolution
 RESIDUAL_GAIN = 0.1        # SEL_norm residual scale (empirical, for stability; peers facts §1.4)
 
@@ -80,6 +86,7 @@ class SpatialConfig:
     dilation: int = 1
     hidden_channels: int = 64
     level_for_resolution: dict[int, list[int]] = field(default_factory=dict)
+    torgb: bool = False
 
     def __post_init__(self) -> None:
         misc.check_choice("encoding", self.encoding, ENCODINGS)
@@ -89,6 +96,10 @@ class SpatialConfig:
             misc.check_positive_int(name, getattr(self, name))
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
+        if not isinstance(self.torgb, bool):
+            raise ValueError(f"torgb must be true or false, got {self.torgb!r}")
+        if self.torgb and self.encoding not in ("sel_norm", "sel_concat"):
+            raise ValueError(f"torgb=True adds a SEL_norm / SEL_concat to ToRGB; encoding={self.encoding!r} has none")
         self.resolutions = _parse_resolutions(self.resolutions, self.img_resolution)
         self.level_for_resolution = _parse_routing(self.level_for_resolution, self.num_levels)
         if self.encoding == "sel_indoor":
@@ -312,8 +323,8 @@ class HeatmapEncoder(nn.Module):
             c1, c2 = FINE_CHANNELS
             for lvl in cfg.used_levels():
                 self.fine[f"level{lvl}"] = nn.Sequential(
-                    EqualizedConv2d(cfg.level_channels(lvl), c1, 3, activation="lrelu"),
-                    EqualizedConv2d(c1, c2, 3, activation="lrelu", gain=math.sqrt(0.5)))
+                    EqualizedConv2d(cfg.level_channels(lvl), c1, cfg.kernel_size, cfg.dilation, activation="lrelu"),
+                    EqualizedConv2d(c1, c2, cfg.kernel_size, cfg.dilation, activation="lrelu", gain=math.sqrt(0.5)))
 
     def forward(self, spec: hm.HeatmapSpec) -> HeatmapInputs:
         if not isinstance(spec, hm.HeatmapSpec):

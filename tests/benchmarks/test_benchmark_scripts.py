@@ -328,3 +328,14 @@ def test_targets_compare_each_path_at_its_best():
     assert ts.target_row("c", speeds)[5] == "not met"
     del speeds[(True, "cuda", False, False)]  # a missing row: its ratios are unknown, not guessed
     assert ts.target_row("c", speeds)[1] is None and ts.target_row("c", speeds)[6:8] == [None, None]
+
+
+@pytest.mark.parametrize("cfg", ["baseline256", "lsun-cat256", "lsun-bedroom256"])
+def test_speed_benchmarks_time_the_four_phase_step(cfg):
+    """The paper presets train without PL and style mixing; the benchmarks keep timing the full step
+    (Greg included), so that their figures compare across presets and with earlier runs."""
+    assert config_values(ts.make_options(cfg, 32, batch=2)) == (2, 0.9, "noaug")
+
+
+def config_values(opts: dict) -> tuple:
+    return opts["loss_kwargs"]["pl_weight"], opts["loss_kwargs"]["style_mixing_prob"], opts["augment"]["mode"]

@@ -96,9 +96,15 @@ def test_drag_centers_eq6():
     again, caught = drag_centers(spec, handle=(0.2, 0.21), target=(0.4, 0.31), radius=0.1, alpha=0.5,
                                  return_moved=True)
     assert caught.tolist() == [[True, True, False]] and torch.equal(again.centers[0], out.centers[0])
-    # Pixel coordinates instead of fractions catch nothing: the caller can tell and say so.
-    _, caught = drag_centers(spec, handle=(8, 8), target=(12, 8), radius=2, return_moved=True)
-    assert not caught.any()
+    # Pixel coordinates instead of fractions would catch nothing, silently: refused.
+    with pytest.raises(ValueError, match=r"handle \[8.0, 8.0\] is outside the image: .*fractions"):
+        drag_centers(spec, handle=(8, 8), target=(12, 8), radius=0.1)
+    with pytest.raises(ValueError, match=r"target \[0.5, -0.25\] is outside the image"):
+        drag_centers(spec, handle=(0.5, 0.5), target=(0.5, -0.25), radius=0.1)
+    with pytest.raises(ValueError, match=r"radius must be in \[0, sqrt\(2\)\]"):
+        drag_centers(spec, handle=(0.5, 0.5), target=(0.5, 0.6), radius=3)
+    _, caught = drag_centers(spec, handle=(1.0, 0.0), target=(0.0, 1.0), radius=0.05, return_moved=True)
+    assert not caught.any()  # the image's corners are valid points
     hier = build_sampler("hierarchical")(2, generator=3)
     c0 = hier.centers[0][0, 0].tolist()
     moved = drag_centers(hier, handle=c0, target=(c0[0] + 0.1, c0[1]), radius=1e-4, alpha=1.0)
@@ -203,7 +209,7 @@ def test_edits_refuse_invalid_specs_and_results(hier):
     with pytest.raises(ValueError, match=r"scale by factor=1e\+300"):
         scale(hier, 1, 0, 1e300)
     with pytest.raises(ValueError, match=r"drag_centers gives an invalid spec"):
-        drag_centers(hier, handle=(0.5, 0.5), target=(0.6, 0.5), radius=2.0, alpha=1e300)
+        drag_centers(hier, handle=(0.5, 0.5), target=(0.6, 0.5), radius=1.0, alpha=1e300)
 
 
 def test_remove_takes_the_level_by_keyword_only():

@@ -83,6 +83,35 @@ def test_synthesize_ws_needs_a_spec_on_spatial_networks(G_spatial):
         synthesis.synthesize_ws(G_spatial, ws)
 
 
+def test_synthesize_needs_a_spec_on_spatial_networks(G_spatial):
+    """G's own draw would come from the global random state: two calls would differ."""
+    with pytest.raises(ValueError, match=r"needs a heatmap spec: pass spec_from_seed"):
+        synthesis.synthesize(G_spatial, synthesis.z_from_seed(G_spatial, 0))
+
+
+def test_synthesize_ws_takes_per_object_latents():
+    """Indoor: the per-object latents computed once reproduce `synthesize`, reach the image and train."""
+    G = tiny_G("tiny-spatial-indoor")
+    z, spec = synthesis.z_from_seed(G, 3), synthesis.spec_from_seed(G, 4)
+    ws = synthesis.map_ws(G, z, spec, truncation_psi=0.5)
+    object_ws = G.object_ws(spec, None, 0.5)
+    assert object_ws.shape == (1, 3, G.num_ws, G.w_dim)
+    direct = synthesis.synthesize(G, z, spec, truncation_psi=0.5)
+    torch.testing.assert_close(synthesis.synthesize_ws(G, ws, spec, object_ws=object_ws), direct)
+    assert not torch.allclose(synthesis.synthesize_ws(G, ws, spec), direct, atol=1e-3)  # psi 1 for the objects
+    object_ws.requires_grad_(True)
+    synthesis.synthesize_ws(G, ws.repeat(2, 1, 1), spec, object_ws=object_ws).square().sum().backward()
+    assert object_ws.grad is not None and object_ws.grad.abs().sum() > 0   # batch-1 latents broadcast
+    with pytest.raises(ValueError, match=r"object_ws has batch 2, ws have batch 3"):
+        synthesis.synthesize_ws(G, ws.repeat(3, 1, 1), spec, object_ws=object_ws.detach().repeat(2, 1, 1, 1))
+    with pytest.raises(ValueError, match=r"object_ws has size 2 in dimension 1, expected 3"):
+        synthesis.synthesize_ws(G, ws, spec, object_ws=object_ws.detach()[:, :2])
+    G_norm = tiny_G("tiny-spatial")
+    with pytest.raises(ValueError, match=r"indoor \(sel_indoor\) network; this one has none"):
+        synthesis.synthesize_ws(G_norm, synthesis.map_ws(G_norm, z, synthesis.spec_from_seed(G_norm, 4)),
+                                synthesis.spec_from_seed(G_norm, 4), object_ws=object_ws.detach())
+
+
 def test_baseline_has_no_heatmaps():
     G = tiny_G("tiny")
     with pytest.raises(ValueError, match="no heatmap encoding"):

@@ -190,3 +190,30 @@ def test_channels_last_reaches_both_networks_only_with_fp16_blocks():
     assert "fp16_channels_last" not in plain["G_kwargs"]["synthesis_kwargs"] and "block_kwargs" not in plain["D_kwargs"]
     fp32 = resolve_options("paper256", info(256), channels_last=True, fp32=True)  # no fp16 blocks: nothing to do
     assert "block_kwargs" not in fp32["D_kwargs"]
+
+
+PAPER_PRESETS = ["baseline256", "ffhq256", "lsun-cat256", "lsun-church256", "lsun-bedroom256", "eqgan-sa256"]
+TRAINING_BLOCK = ["batch", "gamma", "lrate", "ema_kimg", "ema_rampup", "kimg", "mbstd", "fmaps", "map_layers",
+                  "pl_weight", "style_mixing", "aug", "num_fp16_res", "conv_clamp", "d_architecture", "z_dim",
+                  "w_dim", "channel_max"]
+
+
+def test_paper_presets_share_one_training_block():
+    """The paper keeps the hyper-parameters unchanged between its rows (§4.1): only the method differs.
+    The block is the conference code's command (no augmentation, PL or style mixing)."""
+    presets = {name: config.load_preset(name) for name in PAPER_PRESETS}
+    for key in TRAINING_BLOCK:
+        values = {name: p.get(key) for name, p in presets.items()}
+        assert len(set(map(json.dumps, values.values()))) == 1, (key, values)
+    first = presets["baseline256"]
+    assert (first["aug"], first["pl_weight"], first["style_mixing"], first["batch"]) == ("noaug", 0, 0, 64)
+    assert config.load_preset("paper256")["aug"] == "ada"  # StyleGAN2-ADA's own preset is unchanged
+
+
+def test_conference_preset_sels_on_torgb_dropped_with_another_encoding():
+    opts = resolve_options("eqgan-sa256", info(256))
+    assert opts["G_kwargs"]["spatial_kwargs"]["torgb"] is True
+    indoor = resolve_options("eqgan-sa256", info(256), spatial=dict(encoding="sel_indoor", sampler="multi_object"))
+    assert indoor["G_kwargs"]["spatial_kwargs"]["torgb"] is False
+    concat = resolve_options("eqgan-sa256", info(256), spatial=dict(encoding="sel_concat"))
+    assert concat["G_kwargs"]["spatial_kwargs"]["torgb"] is True

@@ -26,11 +26,12 @@ def tiny_G(res=16, spatial_kwargs=None, **synthesis_kwargs):
 VARIANTS = [
     dict(encoding="sel_norm"),
     dict(encoding="sel_norm", processing="fine", resolutions="all", compose="separate"),
+    dict(encoding="sel_norm", processing="fine", resolutions="all", compose="separate", torgb=True),
     dict(encoding="sel_concat"),
     dict(encoding="sel_indoor"),
     dict(encoding="flatten"),
 ]
-IDS = ["norm-coarse", "norm-fine-all", "concat", "indoor", "flatten"]
+IDS = ["norm-coarse", "norm-fine-all", "conference", "concat", "indoor", "flatten"]
 
 
 def _perturbed(spec: hm.HeatmapSpec, dx: float = 0.3) -> hm.HeatmapSpec:
@@ -150,6 +151,56 @@ def test_fine_processing_builds_level_convs_and_differs_from_coarse():
     assert heat.get(16, 8).shape == (2, 32, 8, 8)     # block 16, conv0 at 8 px
     coarse = G_coarse.synthesis.heatmap_encoder(spec).get(16, 8)
     torch.testing.assert_close(coarse, hm.compose(hm.render(spec, 8, 2), "sum"))
+
+
+def test_fine_processing_kernel_size_and_dilation_reach_the_image_resolution_convs():
+    """Paper §4.3 enlarges the receptive field of the convs that see the full-size heatmap."""
+    G = tiny_G(16, dict(encoding="sel_norm", processing="fine", kernel_size=7, dilation=2))
+    for conv in G.synthesis.heatmap_encoder.fine["level1"]:
+        assert (conv.kernel_size, conv.dilation, conv.weight.shape[-1]) == (7, 2, 7)
+    assert (G.synthesis.b8.conv1.sel.shared.kernel_size, G.synthesis.b8.conv1.sel.shared.dilation) == (7, 2)
+    heat = G.synthesis.heatmap_encoder(G.heatmap_sampler(2, generator=0))
+    assert heat.get(16, 16).shape == (2, 32, 16, 16)   # 'same' padding keeps the image size
+
+
+def test_torgb_sel_feeds_only_the_rgb_branch():
+    """Conference code: a SEL on every ToRGB input too, whose output reaches the image but not the
+    block's feature path (x is what the next block sees)."""
+    kwargs = dict(encoding="sel_norm", processing="fine", resolutions="all", compose="separate")
+    torch.manual_seed(0)
+    plain = tiny_G(16, kwargs).eval()
+    torch.manual_seed(0)
+    conf = tiny_G(16, dict(kwargs, torgb=True)).eval()
+    syn = conf.synthesis
+    assert all(getattr(syn, f"b{r}").torgb.sel is not None for r in syn.block_resolutions)
+    assert plain.synthesis.b8.torgb.sel is None
+    missing, unexpected = conf.load_state_dict(plain.state_dict(), strict=False)
+    assert unexpected == [] and missing and all(".torgb.sel." in name for name in missing)
+    with torch.no_grad():
+        for name, p in conf.named_parameters():
+            if name.endswith("torgb.sel.out.weight"):
+                p.mul_(5)  # make the (small) residual visible in the image
+    spec = conf.heatmap_sampler(2, generator=0)
+    ws = torch.randn(2, 2, 8)
+    for res in (4, 8):
+        blocks = getattr(plain.synthesis, f"b{res}"), getattr(syn, f"b{res}")
+        heats = [g.synthesis.heatmap_encoder(spec) for g in (plain, conf)]
+        x_in = None if res == 4 else torch.randn(2, blocks[0].in_channels, res // 2, res // 2)
+        img_in = None if res == 4 else torch.randn(2, 3, res // 2, res // 2)
+        w = ws[:, :blocks[0].num_conv + blocks[0].num_torgb].expand(2, -1, -1) if res == 4 else \
+            torch.randn(2, blocks[0].num_conv + blocks[0].num_torgb, 8)
+        with torch.no_grad():
+            (x_a, img_a), (x_b, img_b) = [b(x_in, img_in, w, heat=h, noise_mode="const")
+                                          for b, h in zip(blocks, heats)]
+        torch.testing.assert_close(x_a, x_b, rtol=0, atol=0)
+        assert (img_a - img_b).abs().max() > 1e-4
+
+
+def test_torgb_sel_only_with_a_sel_encoding():
+    with pytest.raises(ValueError, match="torgb=True"):
+        tiny_G(16, dict(encoding="sel_indoor", torgb=True))
+    with pytest.raises(ValueError, match="torgb must be true or false"):
+        tiny_G(16, dict(encoding="sel_norm", torgb="yes"))
 
 
 def test_sel_norm_is_identity_plus_small_residual():
