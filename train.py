@@ -298,7 +298,7 @@ def check_run(args: dict, options: dict, resume: str | None, resume_data: dict |
 @click.option("--dist-timeout", type=FiniteFloatRange(min=0, min_open=True), envvar="SPATIALGAN_DIST_TIMEOUT",
               default=distributed.DEFAULT_TIMEOUT_S, show_default=True, metavar="SEC",
               help="Fail when a collective waits longer (a rank died or hangs); env SPATIALGAN_DIST_TIMEOUT")
-@click.option("--pl-weight", type=FiniteFloatRange(min=0), help="Path-length weight (default: preset, 2)")
+@click.option("--pl-weight", type=FiniteFloatRange(min=0), help="Path-length weight (default: preset)")
 @click.option("--style-mixing", type=FiniteFloatRange(0, 1), help="Style-mixing probability (default: preset)")
 @click.option("--encoding", type=click.Choice(["none", "sel_norm", "sel_concat", "sel_indoor", "flatten"]),
               help="Heatmap encoding (Table 5); none = StyleGAN2 baseline")

@@ -67,6 +67,18 @@ def copy_params_and_buffers(src: torch.nn.Module, dst: torch.nn.Module, require_
             raise KeyError(f"Source module has no tensor named {name!r}")
 
 
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """`t` on `device`. Host to GPU goes through pinned memory and is queued like a kernel: a plain copy
+    from pageable memory waits for everything already queued on the stream (a host sync per call, which
+    at every step would stall the host until the previous step's kernels finished). A tensor that requires
+    gradients (a drag's heatmap centres) takes the plain copy: one sync per call, outside training.
+    An already pinned `t` is copied from directly: don't change it until the copy has run."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu" and not t.requires_grad:
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def nan_to_num_(grads: Iterable[torch.Tensor | None], bound: float = 1e5) -> None:
     """Sanitise gradients in place: NaN -> 0, +-inf -> +-bound (as StyleGAN2-ADA does before a step)."""
     for g in grads:

@@ -84,10 +84,11 @@ def _matrix(rows: list[list], n: int, device: torch.device) -> torch.Tensor:
     return torch.stack(entries, dim=1).reshape(n, len(rows), len(rows[0]))
 
 
-@functools.lru_cache(maxsize=64)
+@functools.cache
 def _constant(values: tuple, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """`torch.tensor(values)` on `device`, copied there once per (values, device, dtype) rather than on
-    every call (see above). Shared: never modify the result in place."""
+    every call (see above). Shared: never modify the result in place. Never evicted: a captured CUDA
+    graph reads it by address for as long as the run lasts (the keys are a handful per image size)."""
     return torch.tensor(values, dtype=dtype, device=device)
 
 

@@ -169,9 +169,14 @@ def _apply_spatial_overrides(preset: dict[str, Any], spatial: dict[str, Any], al
                                  resolutions=[4, 8, 16], processing="coarse", compose="sum", kernel_size=3,
                                  dilation=1, hidden_channels=64)
     if preset.get("spatial") is not None:
-        preset["spatial"].update(given)
+        spatial = preset["spatial"]
+        spatial.update(given)
         if given.get("encoding") not in (None, "sel_norm", "sel_concat"):
-            preset["spatial"]["torgb"] = False  # the ToRGB SEL of a conference preset: no SEL to put there
+            spatial.pop("torgb", None)  # the ToRGB SEL of a conference preset: no SEL to put there
+        if spatial.get("processing") == "fine":  # §4.3: the receptive field of the full-size heatmap's convs
+            for key in ("kernel_size", "dilation"):
+                if key in given:
+                    spatial[f"fine_{key}"] = given[key]
     if given_align and not enabled and preset.get("spatial") is None:
         raise ConfigError(f"{named}: no effect without heatmaps (they set the GradCAM alignment loss of a "
                           "SpatialGAN --cfg or --encoding)")

@@ -175,9 +175,10 @@ class HeatmapSpec:
             kind=self.kind, hierarchical=self.hierarchical)
 
     def to(self, device: torch.device | str) -> HeatmapSpec:
-        """The maps' tensors on `device`. `style_seeds` stay where they are: they only seed host-side
-        random generators, and reading them back from a GPU would cost a sync per generator pass."""
-        return self._map(lambda t: t.to(device), seeds_fn=lambda seeds: seeds)
+        """The maps' tensors on `device` (from the host without a sync: `misc.to_device`). `style_seeds`
+        stay where they are: they only seed host-side random generators, and reading them back from a GPU
+        would cost a sync per generator pass."""
+        return self._map(lambda t: misc.to_device(t, device), seeds_fn=lambda seeds: seeds)
 
     def clone(self) -> HeatmapSpec:
         return self._map(torch.clone)

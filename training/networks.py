@@ -628,10 +628,7 @@ class Generator(nn.Module):
             raise ValueError("spec.style_seeds is None, but encoding='sel_indoor' needs one seed per object")
         seeds = spec.style_seeds.detach().cpu().numpy()
         z = torch.from_numpy(se.seeds_to_z(seeds, self.z_dim)).to(torch.float32).reshape(*seeds.shape, self.z_dim)
-        device = spec.device
-        if device.type == "cuda":  # pinned memory: the copy is queued with the kernels, not waited for
-            z = z.pin_memory()
-        return z.to(device, non_blocking=True)
+        return misc.to_device(z, spec.device)
 
     def object_ws(self, spec, c: torch.Tensor | None = None, truncation_psi: float = 1,
                   truncation_cutoff: int | None = None, style_z: torch.Tensor | None = None) -> torch.Tensor | None:

@@ -15,8 +15,9 @@
                           channels there, then bilinearly down-sample to the layer
     compose               'sum' (H = sum_i H_i, one channel per level, paper) or 'separate'
                           (sub-maps as channels, conference; required by sel_indoor)
-    kernel_size, dilation   the convs that read the heatmap (3, 1): the SEL's first conv and, with
-                          'fine' processing, the two convs at image resolution (paper §4.3's
+    kernel_size, dilation   the SEL's first conv, which reads the heatmap (3, 1)
+    fine_kernel_size, fine_dilation   the two 'fine' convs at image resolution (3, 1); train.py's
+                          --kernel-size / --dilation set them too with fine processing (paper §4.3's
                           receptive-field ablation enlarges the convs that see the full-size heatmap)
     hidden_channels       channels of the SEL's first conv (64)
     torgb                 also a SEL on the input of every ToRGB of an encoded block, feeding only the
@@ -58,7 +59,7 @@ ENCODINGS = ("sel_norm", "sel_concat", "sel_indoor", "flatten")
 PROCESSINGS = ("coarse", "fine")
 COMPOSES = ("sum", "separate")
 SPATIAL_KEYS = ("encoding", "sampler", "sampler_kwargs", "resolutions", "processing", "compose", "kernel_size",
-                "dilation", "hidden_channels", "level_for_resolution", "torgb")
+                "dilation", "hidden_channels", "level_for_resolution", "torgb", "fine_kernel_size", "fine_dilation")
 FINE_CHANNELS = (16, 32)   # conference heatmap projection: in -> 16 -> 32 at image resolution
 RESIDUAL_GAIN = 0.1        # SEL_norm residual scale (empirical, for stability; peers facts §1.4)
 
@@ -87,15 +88,18 @@ class SpatialConfig:
     hidden_channels: int = 64
     level_for_resolution: dict[int, list[int]] = field(default_factory=dict)
     torgb: bool = False
+    fine_kernel_size: int = 3
+    fine_dilation: int = 1
 
     def __post_init__(self) -> None:
         misc.check_choice("encoding", self.encoding, ENCODINGS)
         misc.check_choice("processing", self.processing, PROCESSINGS)
         misc.check_choice("compose", self.compose, COMPOSES)
-        for name in ("kernel_size", "dilation", "hidden_channels"):
+        for name in ("kernel_size", "dilation", "hidden_channels", "fine_kernel_size", "fine_dilation"):
             misc.check_positive_int(name, getattr(self, name))
-        if self.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
+        for name in ("kernel_size", "fine_kernel_size"):
+            if getattr(self, name) % 2 == 0:
+                raise ValueError(f"{name} must be odd, got {getattr(self, name)}")
         if not isinstance(self.torgb, bool):
             raise ValueError(f"torgb must be true or false, got {self.torgb!r}")
         if self.torgb and self.encoding not in ("sel_norm", "sel_concat"):
@@ -323,8 +327,10 @@ class HeatmapEncoder(nn.Module):
             c1, c2 = FINE_CHANNELS
             for lvl in cfg.used_levels():
                 self.fine[f"level{lvl}"] = nn.Sequential(
-                    EqualizedConv2d(cfg.level_channels(lvl), c1, cfg.kernel_size, cfg.dilation, activation="lrelu"),
-                    EqualizedConv2d(c1, c2, cfg.kernel_size, cfg.dilation, activation="lrelu", gain=math.sqrt(0.5)))
+                    EqualizedConv2d(cfg.level_channels(lvl), c1, cfg.fine_kernel_size, cfg.fine_dilation,
+                                    activation="lrelu"),
+                    EqualizedConv2d(c1, c2, cfg.fine_kernel_size, cfg.fine_dilation, activation="lrelu",
+                                    gain=math.sqrt(0.5)))
 
     def forward(self, spec: hm.HeatmapSpec) -> HeatmapInputs:
         if not isinstance(spec, hm.HeatmapSpec):

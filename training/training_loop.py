@@ -21,7 +21,7 @@ import torch
 
 from dnnlib import atomic_write, format_time
 from torch_utils import distributed, training_stats
-from torch_utils.misc import nan_to_num_
+from torch_utils.misc import nan_to_num_, to_device
 from training import checkpoint, images
 from training.dataset import DatasetError, InfiniteSampler, open_dataset
 from training.loss import AlignOptions, StyleGAN2Loss
@@ -151,6 +151,26 @@ def check_options(options: dict[str, Any], resume: dict[str, Any] | None = None,
         _check_resume(options, resume, resume_path, {"G": G, "D": D, "G_ema": G})
 
 
+def _setting_differences(saved, ours, path: str, limit: int = 5) -> list[str]:
+    """'path: saved -> ours' for the leaves of two option dicts that differ (a key the snapshot's options
+    lack, e.g. added by a newer version of a preset, shows as 'absent'); [] when `saved` is unknown."""
+    if not isinstance(saved, dict):
+        return []
+    out = []
+    for key in sorted(set(saved) | set(ours)):
+        a, b = saved.get(key, "absent"), ours.get(key, "absent")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _setting_differences(a, b, f"{path}.{key}", limit)
+        elif a != b:
+            out.append(f"{path}.{key}: {_short(a)} -> {_short(b)}")
+    return out[:limit]
+
+
+def _short(value, width: int = 60) -> str:
+    text = str(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def _check_resume(options: dict[str, Any], snap: dict[str, Any], path: str, nets: dict[str, torch.nn.Module]) -> None:
     saved = snap.get("training_options") or {}
     for name, module in nets.items():
@@ -161,10 +181,15 @@ def _check_resume(options: dict[str, Any], snap: dict[str, Any], path: str, nets
                      if k not in ours or k not in theirs or tuple(ours[k].shape) != tuple(theirs[k].shape)), None)
         if diff is not None:
             shapes = [tuple(d[diff].shape) if diff in d else "absent" for d in (theirs, ours)]
+            changed = _setting_differences(saved.get(f"{name[0]}_kwargs"), options[f"{name[0]}_kwargs"],
+                                           f"{name[0]}_kwargs")
+            hint = (f" (network settings that differ: {'; '.join(changed)}; for a setting without an option, "
+                    "use a copy of the preset that has the snapshot's value)" if changed else "")
             raise ValueError(f"--resume={path}: its {name} does not fit this run ({diff}: {shapes[0]} in the snapshot, "
                              f"{shapes[1]} here). The snapshot was trained with cfg {saved.get('cfg', '?')!r} at "
                              f"{saved.get('resolution', '?')}px; this run is cfg {options['cfg']!r} at "
-                             f"{options['resolution']}px: pass the --cfg, --data and network options it was trained with")
+                             f"{options['resolution']}px: pass the --cfg, --data and network options it was trained "
+                             f"with{hint}")
     state = snap.get("state")
     if state is None or options.get("transfer"):
         return  # transfer learning: the weights start a fresh run
@@ -250,7 +275,7 @@ def _sample_batch(run: Run, due: list[bool] | None = None):
         sub_spec = spec.select(rows).to(run.device) if spec is not None else None
         # SEL_indoor's per-object z come from seeds on the host: drawn here, so that a phase is GPU work only.
         style_z = run.G.style_z(sub_spec) if sub_spec is not None else None
-        out.append((z[rows].to(run.device), c[rows].to(run.device), sub_spec, style_z))
+        out.append((to_device(z[rows], run.device), to_device(c[rows], run.device), sub_spec, style_z))
     return out
 
 
@@ -321,8 +346,9 @@ def train_step(run: Run) -> None:
     """One minibatch: every due phase, then the EMA and ADA updates."""
     opts, prog = run.options, run.progress
     real_img, real_c = _next_batch(run)
-    real_img = real_img.to(run.device).to(torch.float32) / 127.5 - 1
-    real_c = real_c.to(run.device)
+    # The loader pins its batches (on CUDA): these copies are queued, not waited for (see to_device).
+    real_img = real_img.to(run.device, non_blocking=True).to(torch.float32) / 127.5 - 1
+    real_c = real_c.to(run.device, non_blocking=True)
     due = [prog.batch_idx % phase.interval == 0 for phase in run.phases]
     for phase, gen, now in zip(run.phases, _sample_batch(run, due), due):
         if not now:

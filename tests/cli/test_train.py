@@ -527,20 +527,24 @@ def test_train_resume_generate_with_mixed_precision(tmp_path, device):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_train_with_cuda_graphs(tmp_path):
-    """train.py --cuda-graphs=1 on a GPU: SpatialGAN with mixed precision and the CUDA kernels; the phases
-    are captured after their warm-up (no "graphs off" line) and the run trains to finite losses."""
+    """train.py --cuda-graphs=1 on a GPU: SpatialGAN with mixed precision, the CUDA kernels, cuDNN
+    benchmarking, a DataLoader worker and the geometric augmentations (static padding); all four phases
+    are captured after their warm-up and replayed (Dreg at its 4th run, step 48 of 50), with no "graphs
+    off" line, and the run trains to finite losses."""
     cfg = json.loads((REPO / "configs" / "tiny-spatial.json").read_text())
     cfg.update(num_fp16_res=2, conv_clamp=256)
     cfg_file = tmp_path / "spatial-fp16.json"
     cfg_file.write_text(json.dumps(cfg))
     proc = subprocess.run([sys.executable, str(REPO / "train.py"), f"--outdir={tmp_path / 'runs'}", f"--cfg={cfg_file}",
-                           "--data=synthetic:shapes:32", "--device=cuda", "--cuda-graphs=1", "--aug=noaug",
-                           "--kimg=0.2", "--tick=0.1", "--snap=1", "--metrics=none", "--batch=8", "--workers=1"],
+                           "--data=synthetic:shapes:32", "--device=cuda", "--cuda-graphs=1", "--aug=fixed", "--p=0.2",
+                           "--kimg=0.4", "--tick=0.1", "--snap=1", "--metrics=none", "--batch=8", "--workers=1"],
                           cwd=REPO, env=dict(env(), SPATIALGAN_OPS="cuda"), capture_output=True, text=True, timeout=300)
     assert_ok(proc)
     assert "CUDA graphs off" not in proc.stdout + proc.stderr
+    ticks = [line for line in proc.stdout.splitlines() if line.startswith("tick ")]
+    assert ticks and ticks[-1].endswith("graphs 4"), ticks
     (run_dir,) = run_dirs(tmp_path / "runs")
-    assert final_progress(run_dir)["cur_nimg"] == 200
+    assert final_progress(run_dir)["cur_nimg"] == 400
     stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
     losses = {k: s[k]["mean"] for s in stats for k in s if k.startswith("Loss/")}
     assert {"Loss/G/loss", "Loss/G/align", "Loss/D/loss", "Loss/G/reg", "Loss/D/reg"} <= set(losses), sorted(losses)

@@ -30,3 +30,30 @@ def test_copy_params_and_buffers():
     assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
     with pytest.raises(KeyError):
         misc.copy_params_and_buffers(torch.nn.Linear(2, 2, bias=False), torch.nn.Linear(2, 2))
+
+
+def test_to_device_pins_only_host_to_gpu_copies(monkeypatch):
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("pin_memory called for a copy that stays off the GPU")
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", refuse)
+    x = torch.arange(6.0).reshape(2, 3)
+    y = misc.to_device(x, "cpu")
+    assert torch.equal(y, x) and y.device.type == "cpu"
+    assert misc.to_device(x, torch.device("meta")).device.type == "meta"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_to_device_queues_the_copy_without_waiting_for_the_gpu():
+    """A step's inputs reach the GPU while it still runs the previous step: no host sync."""
+    x = torch.randn(64, 512)
+    torch.cuda.synchronize()
+    torch.cuda._sleep(2_000_000_000)  # about a second of GPU time queued ahead of the copy
+    y = misc.to_device(x, "cuda")
+    gpu_still_busy = not torch.cuda.current_stream().query()
+    torch.cuda.synchronize()
+    assert gpu_still_busy and y.device.type == "cuda" and torch.equal(y.cpu(), x)
+    leaf = x.clone().requires_grad_(True)
+    (misc.to_device(leaf, "cuda") * 3).sum().backward()   # drags optimise host-side heatmap centres
+    assert torch.equal(leaf.grad, torch.full_like(x, 3.0))

@@ -214,6 +214,17 @@ def test_conference_preset_sels_on_torgb_dropped_with_another_encoding():
     opts = resolve_options("eqgan-sa256", info(256))
     assert opts["G_kwargs"]["spatial_kwargs"]["torgb"] is True
     indoor = resolve_options("eqgan-sa256", info(256), spatial=dict(encoding="sel_indoor", sampler="multi_object"))
-    assert indoor["G_kwargs"]["spatial_kwargs"]["torgb"] is False
+    assert "torgb" not in indoor["G_kwargs"]["spatial_kwargs"]
     concat = resolve_options("eqgan-sa256", info(256), spatial=dict(encoding="sel_concat"))
     assert concat["G_kwargs"]["spatial_kwargs"]["torgb"] is True
+
+
+def test_kernel_options_reach_the_fine_convs_only_with_fine_processing():
+    """Paper §4.3 enlarges the convs that see the full-size heatmap; an older snapshot's options (without
+    the fine_* keys) keep rebuilding its 3x3 fine convs."""
+    fine = resolve_options("lsun-cat256", info(256), spatial=dict(processing="fine", kernel_size=7, dilation=2))
+    sk = fine["G_kwargs"]["spatial_kwargs"]
+    assert (sk["kernel_size"], sk["dilation"], sk["fine_kernel_size"], sk["fine_dilation"]) == (7, 2, 7, 2)
+    coarse = resolve_options("lsun-cat256", info(256), spatial=dict(kernel_size=7))
+    assert coarse["G_kwargs"]["spatial_kwargs"]["kernel_size"] == 7
+    assert "fine_kernel_size" not in coarse["G_kwargs"]["spatial_kwargs"]

@@ -154,13 +154,19 @@ def test_fine_processing_builds_level_convs_and_differs_from_coarse():
 
 
 def test_fine_processing_kernel_size_and_dilation_reach_the_image_resolution_convs():
-    """Paper §4.3 enlarges the receptive field of the convs that see the full-size heatmap."""
-    G = tiny_G(16, dict(encoding="sel_norm", processing="fine", kernel_size=7, dilation=2))
+    """Paper §4.3 enlarges the receptive field of the convs that see the full-size heatmap
+    (fine_kernel_size / fine_dilation); kernel_size / dilation are the SEL's first conv, as before."""
+    G = tiny_G(16, dict(encoding="sel_norm", processing="fine", kernel_size=5, dilation=3, fine_kernel_size=7,
+                        fine_dilation=2))
     for conv in G.synthesis.heatmap_encoder.fine["level1"]:
         assert (conv.kernel_size, conv.dilation, conv.weight.shape[-1]) == (7, 2, 7)
-    assert (G.synthesis.b8.conv1.sel.shared.kernel_size, G.synthesis.b8.conv1.sel.shared.dilation) == (7, 2)
+    assert (G.synthesis.b8.conv1.sel.shared.kernel_size, G.synthesis.b8.conv1.sel.shared.dilation) == (5, 3)
     heat = G.synthesis.heatmap_encoder(G.heatmap_sampler(2, generator=0))
     assert heat.get(16, 16).shape == (2, 32, 16, 16)   # 'same' padding keeps the image size
+    older = tiny_G(16, dict(encoding="sel_norm", processing="fine", kernel_size=7, dilation=2))  # no fine_* keys
+    assert all((conv.kernel_size, conv.dilation) == (3, 1) for conv in older.synthesis.heatmap_encoder.fine["level1"])
+    with pytest.raises(ValueError, match="fine_kernel_size must be odd, got 4"):
+        tiny_G(16, dict(encoding="sel_norm", processing="fine", fine_kernel_size=4))
 
 
 def test_torgb_sel_feeds_only_the_rgb_branch():

@@ -13,7 +13,7 @@ import torch
 from training import checkpoint
 from training.config import load_preset, resolve_options
 from training.dataset import open_dataset
-from training.training_loop import (TrainingError, build_run, make_snapshot, restore, train_step,
+from training.training_loop import (TrainingError, _setting_differences, build_run, make_snapshot, restore, train_step,
                                     training_loop, update_ema)
 
 
@@ -379,3 +379,14 @@ def test_trim_stats_drops_the_ticks_after_the_resumed_snapshot(tmp_path):
     kept = path.read_text().splitlines()
     assert kept == lines[:3] + ['{"other": 1}']
     assert trim_stats(path, 0.012) == 0 and trim_stats(tmp_path / "none.jsonl", 0.0) == 0
+
+
+def test_setting_differences_name_the_changed_leaves():
+    """A resume that does not fit names what differs, e.g. a key a newer preset added ('absent')."""
+    saved = dict(a=1, spatial=dict(encoding="sel_norm", kernel_size=3), long="x" * 100)
+    ours = dict(a=1, spatial=dict(encoding="sel_norm", kernel_size=7, torgb=True), long="y" * 100)
+    diffs = _setting_differences(saved, ours, "G_kwargs")
+    assert diffs[1:] == ["G_kwargs.spatial.kernel_size: 3 -> 7", "G_kwargs.spatial.torgb: absent -> True"]
+    assert diffs[0].startswith("G_kwargs.long: xxx") and diffs[0].count("...") == 2  # long values shortened
+    assert _setting_differences(None, ours, "G_kwargs") == []  # options unknown (a weights-only file)
+    assert len(_setting_differences({str(i): i for i in range(9)}, {}, "x", limit=5)) == 5
