@@ -137,6 +137,11 @@ def synthesize_ws(G, ws: torch.Tensor | np.ndarray, spec: HeatmapSpec | None = N
     A `flatten` network takes its heatmaps in the mapping network, so its ws already carry them: pass
     spec=None (edit the spec before `map_ws` instead)."""
     device = next(G.parameters()).device
+    if isinstance(ws, (torch.Tensor, np.ndarray)) and tuple(ws.shape[1:]) != (G.num_ws, G.w_dim):
+        # A [N, w_dim] w is the usual slip: say how to get the per-layer ws.
+        raise ValueError(f"ws has shape {list(ws.shape)}, this network takes [N, num_ws={G.num_ws}, "
+                         f"w_dim={G.w_dim}]: one w per synthesis layer, as map_ws returns (repeat a single w "
+                         f"[N, {G.w_dim}] with w[:, None].repeat(1, {G.num_ws}, 1))")
     ws = _latents("ws", ws, [None, G.num_ws, G.w_dim])
     if getattr(G, "encoding", None) == "flatten":
         if spec is not None:

@@ -12,7 +12,10 @@ graph capture show up on the CPU as well:
   from host data, which fails during a CUDA capture, raises `CaptureError` here too, as does a random
   draw from an explicit (host) generator;
 * like a CUDA capture, `capture()` has no effect on the tensors that existed before it: what it wrote
-  into them is undone at its end (also when it fails), and the global random generator is restored.
+  into them is undone at its end (also when it fails), and the global random generator is restored;
+* the tensors it created (the graph's gradients, its real logits, anything first made inside it) hold
+  NaN (integers 7, booleans True) until the first replay: on a GPU they hold whatever the graph's
+  memory pool held, so code that reads them before a replay is caught here too.
 
 Collectives (`torch.distributed` with gloo) are dispatched ops too: they are recorded and replayed like
 the others, so several processes can check captured all-reduces. Unlike a CUDA capture, the emulated
@@ -26,6 +29,7 @@ anything about streams, memory pools or the kernels themselves. Used by the test
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -68,6 +72,15 @@ class TraceGraph:
                 for tensor, before in reversed(recorder.saved):
                     tensor.copy_(before)
             torch.set_rng_state(rng)
+        self._poison(recorder.new_storages)
+
+    def _poison(self, new_storages: set[int]) -> None:
+        """What the capture created is undefined until a replay writes it (see the module docstring)."""
+        with torch.no_grad():
+            for _, _, _, outs in self.ops:
+                for t in outs:
+                    if isinstance(t, torch.Tensor) and t.numel() and _storage(t) in new_storages:
+                        t.fill_(math.nan if t.is_floating_point() else True if t.dtype == torch.bool else 7)
 
     def replay(self) -> None:
         with torch.no_grad():

@@ -112,6 +112,16 @@ def test_synthesize_ws_takes_per_object_latents():
                                 synthesis.spec_from_seed(G_norm, 4), object_ws=object_ws.detach())
 
 
+def test_synthesize_ws_shape_error_says_how_to_get_ws(G_spatial):
+    spec = synthesis.spec_from_seed(G_spatial, 0)
+    w = torch.zeros(1, G_spatial.w_dim)
+    with pytest.raises(ValueError, match=rf"ws has shape \[1, {G_spatial.w_dim}\], this network takes \[N, "
+                                         rf"num_ws={G_spatial.num_ws}, .*as map_ws returns"):
+        synthesis.synthesize_ws(G_spatial, w, spec)
+    ws = w[:, None].repeat(1, G_spatial.num_ws, 1)   # what the message suggests works
+    assert synthesis.synthesize_ws(G_spatial, ws, spec).shape == (1, 3, 16, 16)
+
+
 def test_baseline_has_no_heatmaps():
     G = tiny_G("tiny")
     with pytest.raises(ValueError, match="no heatmap encoding"):

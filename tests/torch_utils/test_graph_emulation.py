@@ -25,6 +25,18 @@ def test_emulated_graph_replays_on_the_captured_tensors_without_capture_side_eff
     assert not torch.equal(y, first) and torch.equal(state, first + y)
 
 
+def test_what_a_capture_creates_is_undefined_until_the_first_replay():
+    """On a GPU the capture runs nothing: its outputs hold the pool's garbage until a replay writes them.
+    The emulation fills them with NaN (floats), True (booleans) and 7 (integers)."""
+    x = torch.arange(4.0)
+    graph = TraceGraph()
+    with graph.capture():
+        y, mask, idx = x * 2, x > 1, x.long() + 1
+    assert y.isnan().all() and mask.all() and idx.eq(7).all()
+    graph.replay()
+    assert torch.equal(y, x * 2) and torch.equal(mask, x > 1) and torch.equal(idx, x.long() + 1)
+
+
 def test_a_failed_capture_has_no_effect_either():
     """A capture that fails halfway (here: a host read after an update) leaves no trace, as on a GPU
     where nothing runs during capture."""
