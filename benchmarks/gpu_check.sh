@@ -66,10 +66,14 @@ step build 60 bash -c build_ops
 # -m gpu over tests/: the kernel tests, the op benchmark's smoke test, train.py -> resume -> generate.py with
 # mixed precision (tests/cli/test_train.py), and the training phases captured as CUDA graphs
 # (tests/training/test_phase_graphs.py, train.py --cuda-graphs=1).
-wanted tests && step tests 160 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
-wanted training && step training 45 "$PY" benchmarks/gpu_ops_training_check.py --steps=4
-wanted ops && step ops 30 "$PY" benchmarks/ops_speed.py --device=cuda --out "$OUTDIR/ops_speed.md"
-wanted speed && step speed 220 "$PY" benchmarks/train_speed.py --device=cuda --sections=D --reps=2 \
+# Two test processes when pytest-xdist is there: most GPU tests wait on the host, not on the GPU.
+XDIST=""
+"$PY" -c "import xdist" >/dev/null 2>&1 && XDIST="-n 2 --dist=loadfile"
+# shellcheck disable=SC2086  # $XDIST is a list of options
+wanted tests && step tests 180 "$PY" -m pytest -q -m gpu -p no:cacheprovider $XDIST tests
+wanted training && step training 40 "$PY" benchmarks/gpu_ops_training_check.py --steps=4
+wanted ops && step ops 25 "$PY" benchmarks/ops_speed.py --device=cuda --out "$OUTDIR/ops_speed.md"
+wanted speed && step speed 215 "$PY" benchmarks/train_speed.py --device=cuda --sections=D --reps=2 \
   --cfg=baseline256 --cfg=lsun-cat256 \
   --out "$OUTDIR/train_speed.md"
 # The profiles are appended to one file as each finishes (the step's log gets them too).
@@ -85,7 +89,7 @@ profiles() {
 }
 export -f profiles
 export OUTDIR
-wanted profile && step profile 55 bash -c profiles
+wanted profile && step profile 50 bash -c profiles
 
 if wanted ops; then
   { echo; cat "$OUTDIR/ops_speed.md" 2>/dev/null || echo "(no op timings: see steps.log)"; } >> "$SUMMARY"
