@@ -72,9 +72,11 @@ def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     from pageable memory waits for everything already queued on the stream (a host sync per call, which
     at every step would stall the host until the previous step's kernels finished). A tensor that requires
     gradients (a drag's heatmap centres) takes the plain copy: one sync per call, outside training.
-    An already pinned `t` is copied from directly: don't change it until the copy has run."""
+    An already pinned `t` is copied from directly: don't change it until the copy has run. An empty `t`
+    (the labels [N, 0] of an unconditional network) has nothing to copy and is not pinned: some PyTorch
+    versions refuse to pin a zero-element tensor of non-zero shape."""
     device = torch.device(device)
-    if device.type == "cuda" and t.device.type == "cpu" and not t.requires_grad:
+    if device.type == "cuda" and t.device.type == "cpu" and not t.requires_grad and t.numel():
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
 

@@ -181,8 +181,8 @@ def _check_resume(options: dict[str, Any], snap: dict[str, Any], path: str, nets
                      if k not in ours or k not in theirs or tuple(ours[k].shape) != tuple(theirs[k].shape)), None)
         if diff is not None:
             shapes = [tuple(d[diff].shape) if diff in d else "absent" for d in (theirs, ours)]
-            changed = _setting_differences(saved.get(f"{name[0]}_kwargs"), options[f"{name[0]}_kwargs"],
-                                           f"{name[0]}_kwargs")
+            kwargs = f"{name[0]}_kwargs"  # G and G_ema are built from G_kwargs, D from D_kwargs
+            changed = _setting_differences(saved.get(kwargs), options[kwargs], kwargs)
             hint = (f" (network settings that differ: {'; '.join(changed)}; for a setting without an option, "
                     "use a copy of the preset that has the snapshot's value)" if changed else "")
             raise ValueError(f"--resume={path}: its {name} does not fit this run ({diff}: {shapes[0]} in the snapshot, "

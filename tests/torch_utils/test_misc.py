@@ -54,6 +54,8 @@ def test_to_device_queues_the_copy_without_waiting_for_the_gpu():
     gpu_still_busy = not torch.cuda.current_stream().query()
     torch.cuda.synchronize()
     assert gpu_still_busy and y.device.type == "cuda" and torch.equal(y.cpu(), x)
+    labels = misc.to_device(torch.zeros(64, 0), "cuda")   # an unconditional network's labels
+    assert labels.shape == (64, 0) and labels.device.type == "cuda"
     leaf = x.clone().requires_grad_(True)
     (misc.to_device(leaf, "cuda") * 3).sum().backward()   # drags optimise host-side heatmap centres
     assert torch.equal(leaf.grad, torch.full_like(x, 3.0))
