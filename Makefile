@@ -17,12 +17,13 @@ $(VENV)/.installed: requirements-dev.txt setup.py
 
 install: $(VENV)/.installed
 
+# Whole files per worker, in the order tests/conftest.py gives them (the longest first).
 test: install
-	$(VPY) -m pytest -q -n 2 --dist=loadfile
+	$(VPY) -m pytest -q -n 2 --dist=loadfile --no-loadscope-reorder
 
 # While iterating: skip the tests marked slow (real-Inception FID, every preset, kernel builds).
 test-fast: install
-	$(VPY) -m pytest -q -n 2 --dist=loadfile -m "not slow"
+	$(VPY) -m pytest -q -n 2 --dist=loadfile --no-loadscope-reorder -m "not slow"
 
 # On a CUDA machine: only the GPU tests (kernels vs reference, CUDA graphs, the CLIs on the GPU).
 test-gpu: install

@@ -316,8 +316,9 @@ def check_run(args: dict, options: dict, resume: str | None, resume_data: dict |
 @click.option("--align-weight", type=FiniteFloatRange(min=0), help="Alignment loss weight [default: 1]")
 @click.option("--align-res", metavar="LIST", help="D resolutions used for GradCAM [default: 4,8,16]")
 @click.option("--tau", type=FiniteFloatRange(min=0), help="Alignment truncation threshold [default: 0.25]")
-@click.option("--cam-variant", type=click.Choice(["canonical", "eqgan"]), help="ReLU after/before channel sum")
-@click.option("--cam-score", type=click.Choice(["logit", "g_loss"]), help="GradCAM score: D logit or G loss")
+@click.option("--cam-variant", type=click.Choice(["canonical", "eqgan"]),
+              help="GradCAM's ReLU per channel (eqgan) or after the channel sum [default: eqgan]")
+@click.option("--cam-score", type=click.Choice(["logit", "g_loss"]), help="GradCAM score: G loss or D logit [default: g_loss]")
 @click.option("--desc", help="Extra text for the run directory name")
 @click.option("-n", "--dry-run", is_flag=True, help="Print the resolved options and exit")
 def main(**args):

@@ -71,12 +71,17 @@ def _setup_cuda_env() -> None:
 
 
 def _digest(files: Sequence[Path], flags: Sequence[str]) -> str:
-    """MD5 over everything that changes the binary: file contents, flags, torch/CUDA versions, archs."""
+    """MD5 over everything that changes the binary: file contents, flags, torch/CUDA versions, archs, and
+    the Python and torch installations whose headers and libraries the build uses."""
     md5 = hashlib.md5()
     for path in files:
         md5.update(path.name.encode())
         md5.update(path.read_bytes())
-    for item in (*flags, torch.__version__, str(torch.version.cuda), os.environ.get("TORCH_CUDA_ARCH_LIST", "")):
+    # Two environments (e.g. two virtualenvs with the same torch) sharing one cache would otherwise share
+    # one build directory: ninja sees the other's include paths in its command lines and rebuilds each time.
+    install = (sys.prefix, os.path.dirname(torch.__file__))
+    for item in (*flags, torch.__version__, str(torch.version.cuda), os.environ.get("TORCH_CUDA_ARCH_LIST", ""),
+                 *install):
         md5.update(b"\0" + str(item).encode())
     return md5.hexdigest()
 

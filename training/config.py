@@ -185,7 +185,7 @@ def _apply_spatial_overrides(preset: dict[str, Any], spatial: dict[str, Any], al
     elif (enabled or given_align) and preset.get("spatial") is not None:
         if preset.get("align") is None:
             preset["align"] = dict(weight=1.0, tau=0.25, resolutions=[4, 8, 16], indoor=False,
-                                   cam_variant="canonical", cam_score="logit")
+                                   cam_variant="eqgan", cam_score="g_loss")
         preset["align"].update(given_align)
     elif enabled and preset.get("spatial") is None:
         raise ConfigError("--align=true needs a heatmap encoding (--encoding or a SpatialGAN --cfg)")

@@ -31,8 +31,11 @@ class AlignOptions:
     tau: float = 0.25
     resolutions: list[int] = field(default_factory=lambda: [4, 8, 16])  # D feature maps used for GradCAM
     indoor: bool = False            # Eq. 5: min over {H_1..H_n, H}
-    cam_variant: str = "canonical"  # 'canonical' (ReLU after the channel sum) | 'eqgan' (ReLU per channel)
-    cam_score: str = "logit"        # 'logit' (maximise D, paper) | 'g_loss' (softplus(-D), conference)
+    # The conference code's GradCAM. The journal's canonical one (ReLU after the channel sum, of D's logit)
+    # is all zero on many of the fakes D rejects, where the loss then has no gradient; a CPU run trained
+    # no steerability with it (README, "GradCAM variant").
+    cam_variant: str = "eqgan"      # 'eqgan' (ReLU per channel) | 'canonical' (ReLU after the channel sum)
+    cam_score: str = "g_loss"       # 'g_loss' (softplus(-D), conference) | 'logit' (maximise D, paper §3.1)
 
     def __post_init__(self) -> None:
         check_choice("align.cam_variant", self.cam_variant, ("canonical", "eqgan"))

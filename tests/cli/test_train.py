@@ -440,7 +440,7 @@ def test_home_in_paths_and_very_long_run_names(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     many = ["--aug=fixed", "--p=0.5", "--augpipe=bgcfnc", "--mirror=1", "--pl-weight=0", "--gamma=0",
             "--style-mixing=0", "--sampler=eqgan", "--processing=fine", "--kernel-size=5", "--dilation=2",
-            "--compose=separate", "--align-weight=2", "--tau=0.3", "--cam-variant=eqgan", "--cam-score=g_loss",
+            "--compose=separate", "--align-weight=2", "--tau=0.3", "--cam-variant=canonical", "--cam-score=logit",
             "--desc=" + "x" * 120]
     proc = train_inprocess("--outdir=~/runs", *SPATIAL, "--kimg=0.004", *many)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -88,6 +88,16 @@ def test_digest_changes_only_with_content(tmp_path):
     assert custom_ops._digest([src], ["--use_fast_math"]) != first
 
 
+def test_digest_differs_between_python_environments(tmp_path, monkeypatch):
+    """Two virtualenvs sharing the cache build with different include paths: separate build directories,
+    or each would rebuild over the other's objects."""
+    src = tmp_path / "k.cu"
+    src.write_text("int a;")
+    first = custom_ops._digest([src], [])
+    monkeypatch.setattr(custom_ops.sys, "prefix", str(tmp_path / "other-venv"))
+    assert custom_ops._digest([src], []) != first
+
+
 def test_failed_build_is_remembered_and_not_retried(monkeypatch, tmp_path):
     calls = []
 

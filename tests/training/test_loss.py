@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from torch_utils import training_stats
+from training import gradcam
 from training.config import CONFIG_DIR, list_presets, resolve_options
 from training.dataset import open_dataset
 from training.loss import AlignOptions, StyleGAN2Loss, level_for_resolution, mix_styles
@@ -156,6 +157,37 @@ def test_alignment_loss_trains_G_and_never_D(spatial, indoor):
     assert not torch.allclose(grads[0.0], grads[1.0]), "the alignment term changed no gradient of G"
     if indoor:  # Eq. 5's choice per sample (the full map or one object's), logged as a fraction of 4
         assert collect("Align/picked_full_4") * 4 in (0, 1, 2, 3, 4)
+
+
+def test_default_gradcam_still_sees_the_fakes_that_D_rejects():
+    """Why the conference code's GradCAM is the default: once D rejects the fakes (as it soon does in
+    training), the canonical GradCAM of D's logit, ReLU(sum_c w_c A_c), is all zero on many of them, so
+    L_align has no gradient there. The default (ReLU per channel, of the G loss) keeps a map for each."""
+    torch.manual_seed(0)
+    G, D = tiny_G(SPATIAL), tiny_D()
+    data = open_dataset("synthetic:shapes:16", max_size=64)
+    reals = torch.stack([torch.as_tensor(data[i][0]) for i in range(64)]).float() / 127.5 - 1
+    c = torch.zeros(8, 0)
+    opt = torch.optim.Adam(D.parameters(), lr=0.002, betas=(0.0, 0.99))
+    for step in range(50):  # D alone, on fresh fakes of a fixed G
+        with torch.no_grad():
+            fakes = G(torch.randn(8, 16), c, heatmaps=G.heatmap_sampler(8))
+        loss = F.softplus(D(fakes, c)).mean() + F.softplus(-D(reals[torch.randint(0, 64, (8,))], c)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        fakes = G(torch.randn(16, 16), c.new_zeros(16, 0), heatmaps=G.heatmap_sampler(16))
+
+    def all_zero_cams(variant: str, score: str) -> int:
+        logits, feats = D(fakes, c.new_zeros(16, 0), return_features=True)
+        assert logits.mean() < -2, "D should reject the fakes"
+        cams = gradcam.gradcam(gradcam.cam_score(logits, score), feats, [4, 8], variant=variant)
+        return sum(int((cam.flatten(1).amax(1) == 0).sum()) for cam in cams.values())
+
+    default = AlignOptions()
+    assert all_zero_cams(default.cam_variant, default.cam_score) == 0
+    assert all_zero_cams("canonical", "logit") >= 4
 
 
 def test_align_disabled_gives_baseline_loss():
