@@ -254,7 +254,8 @@ def check_run(args: dict, options: dict, resume: str | None, resume_data: dict |
 
 
 @click.command(help=__doc__, context_settings={"max_content_width": 110})
-@click.option("--outdir", required=True, metavar="DIR", help="Where to make the run directory")
+@click.option("--outdir", metavar="DIR",
+              help="Where to make the run directory (not needed by --resume=<run dir>, which continues in it)")
 @click.option("--cfg", default="auto", show_default=True, help="Preset name (configs/*.json) or a JSON file")
 @click.option("--data", required=True, metavar="PATH", help="Dataset dir/zip, or synthetic:shapes|rooms[:RES]")
 @click.option("--cond", type=bool, default=False, metavar="BOOL", help="Train conditionally on dataset.json labels")
@@ -434,6 +435,9 @@ def run_training(args: dict) -> None:
         changes = changed_settings(resume_data.get("training_options") or {}, options)
     del resume_data
     if continued_run_dir(args, options) is None:
+        if args["outdir"] is None:
+            raise click.ClickException("--outdir=DIR is required: where to make the run directory (only "
+                                       "--resume=<run directory> goes on without it, in that directory)")
         check_outdir(args["outdir"])  # before any process is spawned, and for --dry-run
     if args["dry_run"]:
         for change in changes:

@@ -111,8 +111,8 @@ def test_resume_from_run_dir_continues_in_it(trained, tmp_path):
     assert len(stats) == lines_before + 2 and stats[-1]["Progress/kimg"]["mean"] == pytest.approx(0.016)
     assert "changed settings" not in proc.stdout
     # The same command with a longer --kimg continues from 0.016, not from the snapshot it first resumed;
-    # a changed training setting is pointed out.
-    proc = train(f"--outdir={outdir}", *SPATIAL, "--kimg=0.020", f"--resume={run_dir}", "--gamma=0.7")
+    # a changed training setting is pointed out. --outdir is not needed to continue a run directory.
+    proc = train(*SPATIAL, "--kimg=0.020", f"--resume={run_dir}", "--gamma=0.7")
     assert_ok(proc)
     assert "kimg 0.016" in proc.stdout and final_progress(run_dir)["cur_nimg"] == 20
     assert "changed settings (loss_kwargs.r1_gamma: " in proc.stdout and "-> 0.7)" in proc.stdout
@@ -142,6 +142,13 @@ def test_a_damaged_newest_snapshot_is_skipped_with_a_warning(trained, tmp_path, 
     # A snapshot file given by name is not replaced by another: its damage is the error.
     assert_one_line_error(train_inprocess(f"--outdir={tmp_path / 'out'}", *SPATIAL, f"--resume={snaps[-1]}"),
                           str(snaps[-1]))
+
+
+def test_outdir_is_required_unless_a_run_directory_is_continued(trained, tmp_path):
+    assert_one_line_error(train_inprocess(*SPATIAL, "--dry-run"), "--outdir=DIR is required")
+    snapshot = checkpoint.list_snapshots(trained)[-1]  # a snapshot file starts a new run directory
+    assert_one_line_error(train_inprocess(*SPATIAL, "--kimg=0.016", f"--resume={snapshot}", "--dry-run"),
+                          "--outdir=DIR is required")
 
 
 def test_resume_notes_another_dataset_seed_or_method():
