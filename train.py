@@ -13,7 +13,7 @@ Examples:
   python train.py --outdir=runs --cfg=tiny --data=synthetic:shapes:32 --gpus=2
 \b
   # Continue an interrupted run in its own directory (from its newest snapshot)
-  python train.py --outdir=runs --cfg=lsun-cat256 --data=cat256.zip --resume=runs/00003-cat256-lsun-cat256
+  python train.py --cfg=lsun-cat256 --data=cat256.zip --resume=runs/00003-cat256-lsun-cat256
 """
 
 from __future__ import annotations
@@ -255,7 +255,7 @@ def check_run(args: dict, options: dict, resume: str | None, resume_data: dict |
 
 @click.command(help=__doc__, context_settings={"max_content_width": 110})
 @click.option("--outdir", metavar="DIR",
-              help="Where to make the run directory (not needed by --resume=<run dir>, which continues in it)")
+              help="Where to make the run directory (ignored by --resume=<run dir>, which continues in it)")
 @click.option("--cfg", default="auto", show_default=True, help="Preset name (configs/*.json) or a JSON file")
 @click.option("--data", required=True, metavar="PATH", help="Dataset dir/zip, or synthetic:shapes|rooms[:RES]")
 @click.option("--cond", type=bool, default=False, metavar="BOOL", help="Train conditionally on dataset.json labels")
@@ -317,9 +317,11 @@ def check_run(args: dict, options: dict, resume: str | None, resume_data: dict |
 @click.option("--align-weight", type=FiniteFloatRange(min=0), help="Alignment loss weight [default: 1]")
 @click.option("--align-res", metavar="LIST", help="D resolutions used for GradCAM [default: 4,8,16]")
 @click.option("--tau", type=FiniteFloatRange(min=0), help="Alignment truncation threshold [default: 0.25]")
-@click.option("--cam-variant", type=click.Choice(["canonical", "eqgan"]),
-              help="GradCAM's ReLU per channel (eqgan) or after the channel sum [default: eqgan]")
-@click.option("--cam-score", type=click.Choice(["logit", "g_loss"]), help="GradCAM score: G loss or D logit [default: g_loss]")
+@click.option("--cam-variant", type=click.Choice(["eqgan", "canonical"]),
+              help="GradCAM's ReLU per channel (eqgan, conference code) or after the sum (canonical) "
+                   "[default: eqgan]")
+@click.option("--cam-score", type=click.Choice(["g_loss", "logit"]),
+              help="GradCAM score: the G loss (g_loss) or D's logit (logit) [default: g_loss]")
 @click.option("--desc", help="Extra text for the run directory name")
 @click.option("-n", "--dry-run", is_flag=True, help="Print the resolved options and exit")
 def main(**args):
@@ -428,6 +430,9 @@ def run_training(args: dict) -> None:
     if args["transfer"] and resume is None:
         raise click.ClickException("--transfer=1 needs --resume=PATH (the snapshot whose weights to start from)")
     transfer = resume_data is not None and (args["transfer"] or resume_data.get("state") is None)
+    if args["outdir"] is None and (transfer or not os.path.isdir(args["resume"] or "")):
+        raise click.ClickException("--outdir=DIR is required: where to make the run directory (only "
+                                   "--resume=<run directory> without --transfer continues in place)")
     options = build_options(args, world_size, transfer)  # validated here, before any process is spawned
     check_run(args, options, resume, resume_data)
     changes = []
@@ -435,9 +440,6 @@ def run_training(args: dict) -> None:
         changes = changed_settings(resume_data.get("training_options") or {}, options)
     del resume_data
     if continued_run_dir(args, options) is None:
-        if args["outdir"] is None:
-            raise click.ClickException("--outdir=DIR is required: where to make the run directory (only "
-                                       "--resume=<run directory> goes on without it, in that directory)")
         check_outdir(args["outdir"])  # before any process is spawned, and for --dry-run
     if args["dry_run"]:
         for change in changes:

@@ -1,8 +1,9 @@
 """Build CUDA extensions on first use (ninja + nvcc via `torch.utils.cpp_extension.load`) with a cache.
 
 `get_plugin(name, sources)` compiles into
-`cache_dir('torch_extensions', '<name>-<md5 of sources, headers, flags, torch/CUDA versions>')`, so a
-build is reused across processes and redone only when something that affects the binary changes.
+`cache_dir('torch_extensions', '<name>-<md5 of sources, headers, flags, torch/CUDA versions, Python
+environment>')`, so a build is reused across processes and redone only when something that affects the
+binary changes.
 A file lock lets one of several ranks build while the others wait and then load the result. Each
 plugin is built at most once per process; a failed build is remembered and never retried.
 

@@ -142,6 +142,10 @@ def optimizer_kwargs(lr: float, reg_interval: int | None) -> dict[str, Any]:
 
 SPATIAL_OVERRIDES = ("encoding", "sampler", "resolutions", "processing", "compose", "kernel_size", "dilation")
 ALIGN_OVERRIDES = ("weight", "tau", "resolutions", "indoor", "cam_variant", "cam_score")
+# What a preset's `align` block leaves out (training.loss.AlignOptions' defaults; a test keeps the two equal).
+# Filled into the resolved options, so that a snapshot records every setting it trained with.
+ALIGN_DEFAULTS = dict(weight=1.0, tau=0.25, resolutions=[4, 8, 16], indoor=False, cam_variant="eqgan",
+                      cam_score="g_loss")
 
 
 # The `align` block's keys as train.py spells them (for messages).
@@ -184,8 +188,7 @@ def _apply_spatial_overrides(preset: dict[str, Any], spatial: dict[str, Any], al
         preset["align"] = None
     elif (enabled or given_align) and preset.get("spatial") is not None:
         if preset.get("align") is None:
-            preset["align"] = dict(weight=1.0, tau=0.25, resolutions=[4, 8, 16], indoor=False,
-                                   cam_variant="eqgan", cam_score="g_loss")
+            preset["align"] = copy.deepcopy(ALIGN_DEFAULTS)
         preset["align"].update(given_align)
     elif enabled and preset.get("spatial") is None:
         raise ConfigError("--align=true needs a heatmap encoding (--encoding or a SpatialGAN --cfg)")
@@ -279,7 +282,8 @@ def resolve_options(cfg: str, dataset: dict[str, Any], world_size: int = 1, **ov
         G_reg_interval=G_reg, D_reg_interval=D_reg,
         loss_kwargs=dict(r1_gamma=preset["gamma"], style_mixing_prob=preset["style_mixing"],
                          pl_weight=preset["pl_weight"], pl_batch_shrink=2, pl_decay=0.01),
-        align=copy.deepcopy(preset.get("align")) if preset.get("spatial") else None,
+        align=(copy.deepcopy({**ALIGN_DEFAULTS, **preset["align"]})
+               if preset.get("spatial") and preset.get("align") is not None else None),
         augment=dict(mode=aug, augpipe=get("augpipe", preset.get("augpipe", "bgc")), p=p, target=target,
                      interval=4, kimg=get("ada_kimg", 100 if transfer else 500)),
         batch=batch, batch_gpu=batch_gpu, world_size=world_size, kimg=kimg,

@@ -12,7 +12,7 @@ Procedure, for each requested resolution r with block-output activations A = fea
 The CAM stays differentiable w.r.t. A, hence w.r.t. the image and G.
 
 Sign convention of the score (`cam_score`): the paper's maps use gradients that MAXIMISE D(x), i.e.
-score = sum_i D(x_i) ('logit', default); the conference code differentiates the G loss
+score = sum_i D(x_i) ('logit', this module's default); the conference code differentiates the G loss
 sum_i softplus(-D(x_i)) ('g_loss'), whose gradient is the same up to a negative per-sample factor
 -sigmoid(-D(x_i)). Per sample that flips the sign of every w_c, which changes which channels survive
 the ReLU; the paper reports the maps to be almost the same either way.
@@ -35,8 +35,9 @@ SCORE_CONVENTIONS = ("logit", "g_loss")
 def cam_score(logits: torch.Tensor, convention: str = "logit") -> torch.Tensor:
     """Scalar whose gradient defines the CAM weights. logits [N] or [N, 1] (D outputs).
 
-    'logit':  sum_i D(x_i)                  (maximise D; paper §3.1; default)
-    'g_loss': sum_i softplus(-D(x_i))       (G non-saturating loss; conference code)
+    'logit':  sum_i D(x_i)                  (maximise D; paper §3.1; this function's default)
+    'g_loss': sum_i softplus(-D(x_i))       (G non-saturating loss; conference code; training's default,
+                                             see AlignOptions)
     """
     misc.check_choice("convention", convention, SCORE_CONVENTIONS)
     if convention == "logit":

@@ -149,6 +149,8 @@ def test_outdir_is_required_unless_a_run_directory_is_continued(trained, tmp_pat
     snapshot = checkpoint.list_snapshots(trained)[-1]  # a snapshot file starts a new run directory
     assert_one_line_error(train_inprocess(*SPATIAL, "--kimg=0.016", f"--resume={snapshot}", "--dry-run"),
                           "--outdir=DIR is required")
+    assert_one_line_error(train_inprocess(*SPATIAL, f"--resume={trained}", "--transfer=1", "--dry-run"),
+                          "--outdir=DIR is required")
 
 
 def test_resume_notes_another_dataset_seed_or_method():

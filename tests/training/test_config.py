@@ -1,11 +1,12 @@
 """training/config.py: presets resolve at their resolution; auto formulas, lazy-reg correction, overrides."""
 
+import dataclasses
 import json
 
 import pytest
 
 from training import config
-from training.config import ConfigError, resolve_options
+from training.config import CONFIG_DIR, ConfigError, resolve_options
 
 
 def info(resolution: int, channels: int = 3, label_dim: int = 0) -> dict:
@@ -148,6 +149,21 @@ def test_align_false_keeps_the_encoding():
     assert opts["align"] is None
     default = resolve_options("tiny-spatial", info(32))
     assert default["align"] is not None and default["align"]["weight"] == 1.0
+
+
+def test_an_align_block_is_completed_with_the_loss_defaults(tmp_path):
+    """A user preset's `align` block may leave keys out: the options (and so the snapshots) get the
+    loss's own defaults written out, so that a later change of a default shows up on resume."""
+    from training.loss import AlignOptions
+
+    preset = json.loads((CONFIG_DIR / "tiny-spatial.json").read_text())
+    preset["align"] = {"weight": 2.0}
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(preset))
+    align = resolve_options(str(path), info(32))["align"]
+    defaults = dataclasses.asdict(AlignOptions())
+    del defaults["enabled"]
+    assert align == {**defaults, "weight": 2.0}
 
 
 def test_align_on_a_baseline_needs_an_encoding():

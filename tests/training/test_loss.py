@@ -188,6 +188,7 @@ def test_default_gradcam_still_sees_the_fakes_that_D_rejects():
     default = AlignOptions()
     assert all_zero_cams(default.cam_variant, default.cam_score) == 0
     assert all_zero_cams("canonical", "logit") >= 4
+    assert all_zero_cams("canonical", "g_loss") == 0  # the G loss flips the weights' sign on such a fake
 
 
 def test_align_disabled_gives_baseline_loss():
