@@ -142,8 +142,8 @@ def optimizer_kwargs(lr: float, reg_interval: int | None) -> dict[str, Any]:
 
 SPATIAL_OVERRIDES = ("encoding", "sampler", "resolutions", "processing", "compose", "kernel_size", "dilation")
 ALIGN_OVERRIDES = ("weight", "tau", "resolutions", "indoor", "cam_variant", "cam_score")
-# What a preset's `align` block leaves out (training.loss.AlignOptions' defaults; a test keeps the two equal).
-# Filled into the resolved options, so that a snapshot records every setting it trained with.
+# The alignment loss's defaults (training.loss.AlignOptions takes them from here): what a preset's `align`
+# block leaves out is filled into the resolved options, so that a snapshot records every setting it used.
 ALIGN_DEFAULTS = dict(weight=1.0, tau=0.25, resolutions=[4, 8, 16], indoor=False, cam_variant="eqgan",
                       cam_score="g_loss")
 

@@ -18,6 +18,7 @@ from torch_utils import training_stats
 from torch_utils.misc import check_choice
 from torch_utils.ops.conv2d_grad import no_weight_gradients
 from training import alignment, gradcam, heatmaps
+from training.config import ALIGN_DEFAULTS
 
 PHASES = ("Gmain", "Greg", "Gboth", "Dmain", "Dreg", "Dboth")
 
@@ -27,15 +28,16 @@ class AlignOptions:
     """SpatialGAN alignment loss options (paper §3.3; conference code differences noted)."""
 
     enabled: bool = True
-    weight: float = 1.0
-    tau: float = 0.25
-    resolutions: list[int] = field(default_factory=lambda: [4, 8, 16])  # D feature maps used for GradCAM
-    indoor: bool = False            # Eq. 5: min over {H_1..H_n, H}
+    # Defaults from training.config.ALIGN_DEFAULTS (one source: the resolved options write them out).
+    weight: float = ALIGN_DEFAULTS["weight"]
+    tau: float = ALIGN_DEFAULTS["tau"]
+    resolutions: list[int] = field(default_factory=lambda: list(ALIGN_DEFAULTS["resolutions"]))  # D's maps
+    indoor: bool = ALIGN_DEFAULTS["indoor"]  # Eq. 5: min over {H_1..H_n, H}
     # The conference code's GradCAM. The journal's canonical one (ReLU after the channel sum, of D's logit)
     # is all zero on many of the fakes D rejects, where the loss then has no gradient; a CPU run trained
     # no steerability with it (README, "GradCAM variant").
-    cam_variant: str = "eqgan"      # 'eqgan' (ReLU per channel) | 'canonical' (ReLU after the channel sum)
-    cam_score: str = "g_loss"       # 'g_loss' (softplus(-D), conference) | 'logit' (maximise D, paper §3.1)
+    cam_variant: str = ALIGN_DEFAULTS["cam_variant"]  # 'eqgan' (ReLU per channel) | 'canonical' (after the sum)
+    cam_score: str = ALIGN_DEFAULTS["cam_score"]  # 'g_loss' (softplus(-D), conference) | 'logit' (maximise D)
 
     def __post_init__(self) -> None:
         check_choice("align.cam_variant", self.cam_variant, ("canonical", "eqgan"))

@@ -28,8 +28,8 @@
 
 Placement: SEL_norm / SEL_concat act on the *input* of every SynthesisLayer of an encoded block (conv0
 sees the block input at half resolution, conv1 the block resolution), and with `torgb` on the input of
-its ToRGB; the heatmap for a layer is the block's level(s) at the layer's resolution. SEL_indoor replaces the style of conv0, conv1 and ToRGB of
-encoded blocks by a per-pixel style map.
+its ToRGB; the heatmap for a layer is the block's level(s) at the layer's resolution. SEL_indoor replaces
+the style of conv0, conv1 and ToRGB of encoded blocks by a per-pixel style map.
 """
 
 from __future__ import annotations
