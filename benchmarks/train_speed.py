@@ -523,7 +523,8 @@ def section_d(device: torch.device, quick: bool, reps: int, batch: int,
     name, peaks = peak_tflops(device)
     emit(f"## D. GPU: {name}, batch {batch}, noaug; peak TFLOP/s used: {peaks} "
          "(fp32 rows vs fp32 peak with TF32 off, mixed rows vs fp16 peak); peak mem = all memory allocated on "
-         "the GPU during one step of every phase, after autotuning\n")
+         "the GPU during one step of every phase, after autotuning (— with CUDA graphs: this count "
+         "misses the graphs' memory pool, set aside at capture)\n")
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     res = 64 if quick else 256
@@ -555,7 +556,8 @@ def section_d(device: torch.device, quick: bool, reps: int, batch: int,
                 and _cuda._status else "ref"
             precision = "fp32" if fp32 else ("mixed, channels-last" if channels_last else "mixed")
             precision += ", CUDA graphs" if graphs and run.graphs.off is None else ""
-            table_row([f"{cfg} @{res}²", precision, f"{ops} ({used})", sec * 1000 / batch, batch / sec, t["_mem"],
+            table_row([f"{cfg} @{res}²", precision, f"{ops} ({used})", sec * 1000 / batch, batch / sec,
+                       None if graphs else t["_mem"],
                        flops / 1e9, frac])
             if used == ("cuda" if ops == "auto" else "ref") and (not graphs or run.graphs.off is None):
                 speeds.setdefault(cfg, {})[(fp32, used, channels_last, graphs)] = batch / sec

@@ -565,3 +565,19 @@ def test_cuda_graphs_option(tmp_path):
                            "--dry-run")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads(proc.stdout)["cuda_graphs"] is True
+
+
+@pytest.mark.parametrize("device, extra, expected", [
+    ("cpu", [], False),
+    ("cuda", [], True),                            # one GPU: on by default
+    ("cuda", ["--gpus=2"], False),                 # several processes: only when asked
+    ("cuda", ["--gpus=2", "--cuda-graphs=1"], True),
+    ("cuda", ["--cuda-graphs=0"], False),
+])
+def test_cuda_graphs_default_follows_the_device_and_the_process_count(tmp_path, monkeypatch, device, extra, expected):
+    import train as train_cli
+
+    monkeypatch.setattr(train_cli, "pick_device", lambda *_: torch.device(device))  # no GPU needed: a dry run
+    proc = train_inprocess(f"--outdir={tmp_path}", "--cfg=tiny", "--data=synthetic:shapes:32", "--dry-run", *extra)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["cuda_graphs"] is expected

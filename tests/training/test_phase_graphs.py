@@ -69,21 +69,28 @@ def loss_stats() -> dict[str, torch.Tensor]:
     return {name: training_stats._total(name) for name in training_stats._counters if not name.startswith("Timing/")}
 
 
-def assert_same_state(a: tl.Run, b: tl.Run, exact: bool = True) -> None:
+def assert_same_state(a: tl.Run, b: tl.Run) -> None:
+    """Networks, optimiser states and the path-length mean, bit for bit."""
     for net in ("G", "D", "G_ema"):
         sa, sb = getattr(a, net).state_dict(), getattr(b, net).state_dict()
         for key in sa:
-            if exact:
-                assert torch.equal(sa[key], sb[key]), f"{net}.{key} differs"
-            else:
-                torch.testing.assert_close(sb[key], sa[key], rtol=1e-3, atol=1e-4, msg=f"{net}.{key} differs")
+            diff = (sa[key].float() - sb[key].float()).abs().max() if sa[key].shape == sb[key].shape else "shape"
+            assert torch.equal(sa[key], sb[key]), f"{net}.{key} differs (max |diff| {diff})"
     for pa, pb in zip(a.phases, b.phases):
         for (ka, va), (kb, vb) in zip(pa.opt.state.items(), pb.opt.state.items()):
             for name in va:
-                close = torch.equal if exact else (lambda x, y: torch.allclose(x, y, rtol=1e-3, atol=1e-6))
-                assert close(va[name].cpu(), vb[name].cpu()), f"{pa.name} optimiser {name} differs"
-    pl_a, pl_b = a.loss.pl_mean.cpu(), b.loss.pl_mean.cpu()
-    assert torch.equal(pl_a, pl_b) if exact else torch.allclose(pl_a, pl_b, rtol=1e-3, atol=1e-6)
+                assert torch.equal(va[name].cpu(), vb[name].cpu()), f"{pa.name} optimiser {name} differs"
+    assert torch.equal(a.loss.pl_mean.cpu(), b.loss.pl_mean.cpu())
+
+
+def state_distance(a: tl.Run, b: tl.Run) -> float:
+    """The largest absolute difference over networks, optimiser states and the path-length mean."""
+    pairs = [(sa[k], getattr(b, net).state_dict()[k]) for net in ("G", "D", "G_ema")
+             for sa in [getattr(a, net).state_dict()] for k in sa]
+    pairs += [(va[n], vb[n]) for pa, pb in zip(a.phases, b.phases)
+              for va, vb in zip(pa.opt.state.values(), pb.opt.state.values()) for n in va]
+    pairs.append((a.loss.pl_mean, b.loss.pl_mean))
+    return max(float((x.double() - y.double()).abs().max()) if x.numel() else 0.0 for x, y in pairs)
 
 
 @pytest.mark.parametrize("cfg, clamp, extra", [
@@ -248,12 +255,22 @@ def test_changed_input_shapes_are_refused():
 def test_each_captured_phase_matches_its_eager_step(cfg, clamp, aug, device, monkeypatch):
     """Every phase captured (Dreg too) after its warm-up, then two more runs of every phase from identical
     networks, optimiser states, inputs and RNG state, replayed in one run and eager in a copy of it: the
-    same updates (bit for bit when emulated; up to float reordering with CUDA graphs). The compared runs
-    get new images and latents, which must reach the graph's input buffers. The second case has
-    heatmaps, GradCAM, clamps and the geometric augmentations, the third SEL_indoor."""
+    same updates, bit for bit. The compared runs get new images and latents, which must reach the graph's
+    input buffers. The second case has heatmaps, GradCAM, clamps and the geometric augmentations, the
+    third SEL_indoor.
+
+    On a GPU the geometric augmentations' backward (PyTorch's grid-sampler kernel) adds with atomics, so
+    there two eager runs from the same state differ too (on an H100 the replay differed from the eager
+    run by 2.5e-4 in one weight after two steps); the replay must then be no further from the eager run
+    than a second eager run is (x4). A replay that read a stale input or a baked-in random draw is as far off as another
+    batch: about the learning rate per step."""
     on_gpu = device == "cuda"
-    if on_gpu:  # as train.py runs (cuDNN picks its algorithms in the warm-up runs, before the capture)
-        monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    if on_gpu:
+        # Deterministic cuDNN algorithms: with train.py's autotuned ones two EAGER runs from the same state
+        # already differ (D's gradients by up to 10 % on an H100, Adam amplifying atomics' reordering), so
+        # only bit equality can tell a replay that reads a stale input from one that is right.
+        monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+        monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     opts = options(cfg, clamp, batch=8, batch_gpu=4, **aug)
     graphs = phase_graphs.PhaseGraphs(backend=None if on_gpu else TraceBackend(), log=None)
     run = tl.build_run(opts, torch.device(device))
@@ -266,20 +283,25 @@ def test_each_captured_phase_matches_its_eager_step(cfg, clamp, aug, device, mon
             tl._run_phase(run, phase, real, c, gen)
     assert graphs.off is None and {name for name, _ in graphs.captured} == {"Gmain", "Greg", "Dmain", "Dreg"}
     run.graphs = None
-    eager = copy.deepcopy(run)  # the same state, without graphs
+    eager, eager2 = copy.deepcopy(run), copy.deepcopy(run)  # the same state, without graphs
     run.graphs = graphs
     get_rng, set_rng = (torch.cuda.get_rng_state, torch.cuda.set_rng_state) if on_gpu else \
         (torch.get_rng_state, torch.set_rng_state)
     for _ in range(2):
         real = torch.rand(8, 3, 16, 16, device=device) * 2 - 1
-        for phase, eager_phase, gen in zip(run.phases, eager.phases, tl._sample_batch(run)):
+        for phases in zip(run.phases, eager.phases, eager2.phases, tl._sample_batch(run)):
             rng = get_rng()
-            tl._run_phase(run, phase, real, c, gen)
-            set_rng(rng)
-            tl._run_phase(eager, eager_phase, real, c, gen)
+            for which, phase in zip((run, eager, eager2), phases[:3]):
+                set_rng(rng)
+                tl._run_phase(which, phase, real, c, phases[3])
     if on_gpu:
         torch.cuda.synchronize()
-    assert_same_state(eager, run, exact=not on_gpu)
+    if on_gpu and aug:
+        noise, off = state_distance(eager, eager2), state_distance(eager, run)
+        assert off <= 4 * noise, f"replay vs eager {off:.3g}, eager vs eager {noise:.3g}"
+    else:
+        assert_same_state(eager, run)
+        assert_same_state(eager, eager2)
     assert all(torch.isfinite(p).all() for p in run.G.parameters())
 
 
