@@ -22,6 +22,7 @@ import torch
 from dnnlib import atomic_write, format_time
 from torch_utils import distributed, training_stats
 from torch_utils.misc import nan_to_num_, to_device
+from torch_utils.phase_timer import PhaseTimer
 from training import checkpoint, images
 from training.dataset import DatasetError, InfiniteSampler, open_dataset
 from training.loss import AlignOptions, StyleGAN2Loss
@@ -68,6 +69,7 @@ class Run:
     progress: Progress = field(default_factory=Progress)
     data_iter: Any = None
     graphs: Any = None  # training.phase_graphs.PhaseGraphs when the phases run as CUDA graphs
+    timer: PhaseTimer | None = None  # Timing/<phase>; set by build_run
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -220,7 +222,7 @@ def build_run(options: dict[str, Any], device: torch.device, rank: int = 0, worl
     if world_size > 1:
         _seed_rank_streams(seed, rank)
     run = Run(options, device, rank, world_size, dataset, G, D, G_ema, loss, build_phases(options, G, D),
-              augment_pipe, ada, batch_gen)
+              augment_pipe, ada, batch_gen, timer=PhaseTimer(device))
     if options.get("cuda_graphs"):
         from training.phase_graphs import PhaseGraphs
 
@@ -350,12 +352,12 @@ def train_step(run: Run) -> None:
     real_img = real_img.to(run.device, non_blocking=True).to(torch.float32) / 127.5 - 1
     real_c = real_c.to(run.device, non_blocking=True)
     due = [prog.batch_idx % phase.interval == 0 for phase in run.phases]
+    run.timer.flush()  # the earlier steps' phases that the GPU has finished
     for phase, gen, now in zip(run.phases, _sample_batch(run, due), due):
         if not now:
             continue
-        t0 = time.perf_counter()
-        _run_phase(run, phase, real_img, real_c, gen)
-        training_stats.report(f"Timing/{phase.name}", time.perf_counter() - t0)
+        with run.timer.measure(f"Timing/{phase.name}"):
+            _run_phase(run, phase, real_img, real_c, gen)
     update_ema(run)
     prog.cur_nimg += opts["batch"]
     prog.batch_idx += 1
@@ -491,6 +493,9 @@ def _status_line(run: Run, tick_time: float, total_time: float, maint: float, ti
         pass
     if run.device.type == "cuda":
         fields.append(f"gpumem {torch.cuda.max_memory_allocated(run.device) / 2**30:<6.2f}")
+        # What the process holds on the GPU, cache included; with CUDA graphs the larger part: a replay
+        # works in the memory pool set aside at its capture, which `gpumem` (allocations) never sees.
+        fields.append(f"reserved {torch.cuda.memory_reserved(run.device) / 2**30:<6.2f}")
         torch.cuda.reset_peak_memory_stats(run.device)
     p = run.augment_pipe.p_value() if run.augment_pipe is not None else 0.0
     fields.append(f"augment {p:.3f}")
@@ -657,6 +662,7 @@ def training_loop(run_dir: str, options: dict[str, Any], device: torch.device | 
         if bar is not None:
             bar.close()
             bar = None
+        run.timer.flush(wait=True)  # the tick's time includes the work still queued on the GPU
         tick_time = time.time() - tick_start_time
         line = _status_line(run, tick_time, time.time() - start_time, maint, prog.cur_nimg - prog.tick_start_nimg)
         if rank == 0:

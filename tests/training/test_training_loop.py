@@ -74,6 +74,10 @@ def test_run_dir_contents(tmp_path):
     assert any(n.startswith("events.out.tfevents") for n in names)
     lines = (tmp_path / "stats.jsonl").read_text().splitlines()
     assert len(lines) >= 2 and "Loss/G/loss" in lines[-1]
+    for line in lines:  # one step per tick here: each phase timed once (Dreg at step 0 of 16)
+        stats = json.loads(line)
+        assert stats["Timing/Gmain"]["num"] == stats["Timing/Dmain"]["num"] == 1
+        assert stats["Timing/Gmain"]["mean"] > 0
 
 
 def test_training_changes_parameters_and_keeps_them_finite():
