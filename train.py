@@ -434,8 +434,8 @@ def run_training(args: dict) -> None:
         raise click.ClickException("--outdir=DIR is required: where to make the run directory (only "
                                    "--resume=<run directory> without --transfer continues in place)")
     if args["cuda_graphs"] is None:
-        # On where it was measured (one GPU: 1.6-1.7x the img/s of eager steps). Several processes capture
-        # NCCL collectives, which have not run on GPUs yet: there graphs are asked for with --cuda-graphs=1.
+        # On where it was measured (one H100: 1.5-1.8x the img/s of the best eager setting). With several
+        # processes the graphs capture NCCL collectives, which have not run on GPUs yet: asked for with =1.
         args["cuda_graphs"] = device.type == "cuda" and world_size == 1
     options = build_options(args, world_size, transfer)  # validated here, before any process is spawned
     check_run(args, options, resume, resume_data)

@@ -557,7 +557,7 @@ def section_d(device: torch.device, quick: bool, reps: int, batch: int,
             precision = "fp32" if fp32 else ("mixed, channels-last" if channels_last else "mixed")
             precision += ", CUDA graphs" if graphs and run.graphs.off is None else ""
             table_row([f"{cfg} @{res}²", precision, f"{ops} ({used})", sec * 1000 / batch, batch / sec,
-                       None if graphs else t["_mem"],
+                       None if graphs and run.graphs.off is None else t["_mem"],
                        flops / 1e9, frac])
             if used == ("cuda" if ops == "auto" else "ref") and (not graphs or run.graphs.off is None):
                 speeds.setdefault(cfg, {})[(fp32, used, channels_last, graphs)] = batch / sec

@@ -69,7 +69,7 @@ class Run:
     progress: Progress = field(default_factory=Progress)
     data_iter: Any = None
     graphs: Any = None  # training.phase_graphs.PhaseGraphs when the phases run as CUDA graphs
-    timer: PhaseTimer | None = None  # Timing/<phase>; set by build_run
+    timer: PhaseTimer = field(default_factory=lambda: PhaseTimer(torch.device("cpu")))  # build_run: the run's device
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -493,9 +493,10 @@ def _status_line(run: Run, tick_time: float, total_time: float, maint: float, ti
         pass
     if run.device.type == "cuda":
         fields.append(f"gpumem {torch.cuda.max_memory_allocated(run.device) / 2**30:<6.2f}")
-        # What the process holds on the GPU, cache included; with CUDA graphs the larger part: a replay
-        # works in the memory pool set aside at its capture, which `gpumem` (allocations) never sees.
-        fields.append(f"reserved {torch.cuda.memory_reserved(run.device) / 2**30:<6.2f}")
+        # What the process holds on the GPU, cache included. With CUDA graphs that is the figure to read: a
+        # replay works in the memory pool set aside at its capture, which `gpumem` (allocations) counts
+        # only on the tick of the capture.
+        fields.append(f"reserved {torch.cuda.max_memory_reserved(run.device) / 2**30:<6.2f}")
         torch.cuda.reset_peak_memory_stats(run.device)
     p = run.augment_pipe.p_value() if run.augment_pipe is not None else 0.0
     fields.append(f"augment {p:.3f}")

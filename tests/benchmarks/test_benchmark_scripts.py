@@ -85,12 +85,14 @@ def test_gpu_check_script_parses():
 
 
 def test_gpu_check_step_limits_fit_one_device_call():
-    """The steps' limits add up to the total the header states, under the 600 s a device command gets."""
+    """The steps' limits add up to the total the header states; with each step's grace period to be killed,
+    that stays under the 600 s a device command gets."""
     text = (BENCH / "gpu_check.sh").read_text()
     limits = {m[0]: int(m[1]) for m in re.findall(r"\bstep (\w+) (\d+) ", text)}
     assert set(limits) == {"versions", "build", "tests", "training", "ops", "speed", "profile"}
     total = int(re.search(r"\((\d+) s in all", text)[1])
-    assert sum(limits.values()) == total <= 590
+    grace = int(re.search(r"timeout --kill-after=(\d+) ", text)[1])
+    assert sum(limits.values()) == total and total + grace * len(limits) <= 600
 
 
 # Stands in for python3 in gpu_check.sh: echoes its arguments, writes a row to any --out file, and fails

@@ -496,14 +496,15 @@ def test_freezed_option_and_its_run_name(tmp_path):
 def test_train_resume_generate_with_mixed_precision(tmp_path, device):
     """The user's path on `device`: an indoor SpatialGAN (SEL_indoor, GradCAM alignment, ADA) with fp16
     blocks and conv_clamp, trained, resumed and sampled through the CLIs. On a GPU that is mixed
-    precision with the CUDA kernels (SPATIALGAN_OPS=cuda: kernels or an error, no silent fallback);
-    on the CPU the fp16 blocks are switched off automatically and the same run must still work."""
+    precision with the CUDA kernels (SPATIALGAN_OPS=cuda: kernels or an error, no silent fallback) and
+    eager phases (`--cuda-graphs=0`; test_train_with_cuda_graphs runs the graphs); on the CPU the fp16
+    blocks are switched off automatically and the same run must still work."""
     cfg = json.loads((REPO / "configs" / "tiny-spatial-indoor.json").read_text())
     cfg.update(num_fp16_res=2, conv_clamp=256, aug="ada")
     cfg_file = tmp_path / "indoor-fp16.json"
     cfg_file.write_text(json.dumps(cfg))
     common = [f"--cfg={cfg_file}", "--data=synthetic:rooms:32", f"--device={device}", "--tick=0.008", "--snap=1",
-              "--metrics=none", "--batch=8", "--workers=0"]
+              "--metrics=none", "--batch=8", "--workers=0", *(["--cuda-graphs=0"] if device == "cuda" else [])]
     e = dict(env(), SPATIALGAN_OPS="cuda" if device == "cuda" else "auto")
 
     def run(script, *args):

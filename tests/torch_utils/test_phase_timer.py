@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 
 import pytest
@@ -43,7 +44,8 @@ class FakeEvent:
         self.t = None
         self.synced = False
 
-    def record(self):
+    def record(self, stream=None):
+        assert stream == "stream of cuda"
         FakeEvent.clock += 1.0
         self.t = FakeEvent.clock
 
@@ -59,6 +61,7 @@ class FakeEvent:
 
 def test_a_gpu_reports_each_phase_once_the_gpu_has_passed_it(monkeypatch):
     monkeypatch.setattr(phase_timer.torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(phase_timer.torch.cuda, "current_stream", lambda device: f"stream of {device}")
     FakeEvent.clock, FakeEvent.done_until = 0.0, 0.0
     timer = PhaseTimer(torch.device("cuda"))
     for name in ("Timing/a", "Timing/b", "Timing/c"):
@@ -71,6 +74,10 @@ def test_a_gpu_reports_each_phase_once_the_gpu_has_passed_it(monkeypatch):
     assert reported("Timing/c")[0] == 0 and [n for n, *_ in timer.pending] == ["Timing/c"]
     timer.flush(wait=True)  # the tick: waits for the rest
     assert reported("Timing/c") == (1, 1.0) and not timer.pending
+    with timer.measure("Timing/d"):
+        pass
+    copied = copy.deepcopy(timer)  # a copied run: events cannot be copied, so nothing is pending there
+    assert copied.cuda and not copied.pending and len(timer.pending) == 1
 
 
 @pytest.mark.gpu

@@ -83,16 +83,6 @@ def assert_same_state(a: tl.Run, b: tl.Run) -> None:
     assert torch.equal(a.loss.pl_mean.cpu(), b.loss.pl_mean.cpu())
 
 
-def state_distance(a: tl.Run, b: tl.Run) -> float:
-    """The largest absolute difference over networks, optimiser states and the path-length mean."""
-    pairs = [(sa[k], getattr(b, net).state_dict()[k]) for net in ("G", "D", "G_ema")
-             for sa in [getattr(a, net).state_dict()] for k in sa]
-    pairs += [(va[n], vb[n]) for pa, pb in zip(a.phases, b.phases)
-              for va, vb in zip(pa.opt.state.values(), pb.opt.state.values()) for n in va]
-    pairs.append((a.loss.pl_mean, b.loss.pl_mean))
-    return max(float((x.double() - y.double()).abs().max()) if x.numel() else 0.0 for x, y in pairs)
-
-
 @pytest.mark.parametrize("cfg, clamp, extra", [
     ("tiny", None, {}),
     pytest.param("tiny-spatial", 0.5, {}, marks=pytest.mark.slow),                  # heatmaps, GradCAM, clamps
@@ -248,26 +238,27 @@ def test_changed_input_shapes_are_refused():
 # -- every phase, one step from identical states: real CUDA graphs (and the same check emulated) ------------
 
 
-@pytest.mark.parametrize("cfg, clamp, aug", [("tiny", None, {}),
-                                             ("tiny-spatial", 256.0, dict(aug="fixed", p=0.5, augpipe="bgc")),
+@pytest.mark.parametrize("cfg, clamp, aug", [("tiny", None, {}), ("tiny-spatial", 256.0, {}),
+                                             ("tiny", None, dict(aug="fixed", p=0.5, augpipe="bgc")),
                                              pytest.param("tiny-spatial-indoor", None, {}, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
 def test_each_captured_phase_matches_its_eager_step(cfg, clamp, aug, device, monkeypatch):
     """Every phase captured (Dreg too) after its warm-up, then two more runs of every phase from identical
     networks, optimiser states, inputs and RNG state, replayed in one run and eager in a copy of it: the
     same updates, bit for bit. The compared runs get new images and latents, which must reach the graph's
-    input buffers. The second case has heatmaps, GradCAM, clamps and the geometric augmentations, the
-    third SEL_indoor.
+    input buffers. The second case has heatmaps, GradCAM and clamps, the third the geometric
+    augmentations, the fourth SEL_indoor.
 
     On a GPU the geometric augmentations' backward (PyTorch's grid-sampler kernel) adds with atomics, so
-    there two eager runs from the same state differ too (on an H100 the replay differed from the eager
-    run by 2.5e-4 in one weight after two steps); the replay must then be no further from the eager run
-    than a second eager run is (x4). A replay that read a stale input or a baked-in random draw is as far off as another
-    batch: about the learning rate per step."""
+    eager runs from the same state differ in their last bits, and Adam turns that into differences up to
+    the learning rate within a step or two (on an H100 the replay and the eager run were at least 2.5e-4
+    apart, in `G.synthesis.b4.const`, after two steps). There the check is the first replay's gradients,
+    taken from identical states: within 1e-3 of the eager ones, relative to each tensor's largest. A
+    replay that read a stale input or a baked-in random draw would be off by the order of the gradients."""
     on_gpu = device == "cuda"
     if on_gpu:
         # Deterministic cuDNN algorithms: with train.py's autotuned ones two EAGER runs from the same state
-        # already differ (D's gradients by up to 10 % on an H100, Adam amplifying atomics' reordering), so
+        # already differ (D's gradients by about 11 % on an H100, Adam amplifying the reordered sums), so
         # only bit equality can tell a replay that reads a stale input from one that is right.
         monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
         monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
@@ -283,25 +274,31 @@ def test_each_captured_phase_matches_its_eager_step(cfg, clamp, aug, device, mon
             tl._run_phase(run, phase, real, c, gen)
     assert graphs.off is None and {name for name, _ in graphs.captured} == {"Gmain", "Greg", "Dmain", "Dreg"}
     run.graphs = None
-    eager, eager2 = copy.deepcopy(run), copy.deepcopy(run)  # the same state, without graphs
+    eager = copy.deepcopy(run)  # the same state, without graphs
     run.graphs = graphs
     get_rng, set_rng = (torch.cuda.get_rng_state, torch.cuda.set_rng_state) if on_gpu else \
         (torch.get_rng_state, torch.set_rng_state)
+    first_grads = None  # Gmain's gradients in the first compared step: replayed and eager, from one state
     for _ in range(2):
         real = torch.rand(8, 3, 16, 16, device=device) * 2 - 1
-        for phases in zip(run.phases, eager.phases, eager2.phases, tl._sample_batch(run)):
+        for phase, eager_phase, gen in zip(run.phases, eager.phases, tl._sample_batch(run)):
             rng = get_rng()
-            for which, phase in zip((run, eager, eager2), phases[:3]):
-                set_rng(rng)
-                tl._run_phase(which, phase, real, c, phases[3])
+            tl._run_phase(run, phase, real, c, gen)
+            set_rng(rng)
+            tl._run_phase(eager, eager_phase, real, c, gen)
+            if first_grads is None:
+                pairs = list(zip(phase.module.named_parameters(), eager_phase.module.parameters()))
+                assert [p.grad is None for _, p in pairs] == [q.grad is None for _, q in pairs]
+                first_grads = [(name, p.grad.clone(), q.grad.clone()) for (name, p), q in pairs if p.grad is not None]
     if on_gpu:
         torch.cuda.synchronize()
     if on_gpu and aug:
-        noise, off = state_distance(eager, eager2), state_distance(eager, run)
-        assert off <= 4 * noise, f"replay vs eager {off:.3g}, eager vs eager {noise:.3g}"
+        assert len(first_grads) > 10
+        for name, replayed, eager_grad in first_grads:
+            scale = float(eager_grad.abs().max())
+            assert scale > 0 and float((replayed - eager_grad).abs().max()) <= 1e-3 * scale, name
     else:
         assert_same_state(eager, run)
-        assert_same_state(eager, eager2)
     assert all(torch.isfinite(p).all() for p in run.G.parameters())
 
 

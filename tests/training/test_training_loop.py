@@ -5,12 +5,14 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import time
 import traceback
 
 import pytest
 import torch
 
 from training import checkpoint
+from training import training_loop as training_loop_module
 from training.config import load_preset, resolve_options
 from training.dataset import open_dataset
 from training.training_loop import (TrainingError, _setting_differences, build_run, make_snapshot, restore, train_step,
@@ -78,6 +80,41 @@ def test_run_dir_contents(tmp_path):
         stats = json.loads(line)
         assert stats["Timing/Gmain"]["num"] == stats["Timing/Dmain"]["num"] == 1
         assert stats["Timing/Gmain"]["mean"] > 0
+
+
+class QueuedEvent:
+    """A CUDA event that the GPU reaches only when waited for (the host runs ahead of it)."""
+
+    def __init__(self, enable_timing: bool = False):
+        self.t = 0.0
+
+    def record(self, stream=None):
+        self.t = time.perf_counter()
+
+    def query(self) -> bool:
+        return False
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, end: QueuedEvent) -> float:
+        return (end.t - self.t) * 1000
+
+
+def test_phase_times_still_queued_on_the_gpu_reach_their_tick(tmp_path, monkeypatch):
+    """On a GPU the phases' events are read once the GPU has passed them; the tick waits for those it
+    has not passed yet before writing its stats, so every phase of the tick is counted in it."""
+    from torch_utils import phase_timer
+
+    monkeypatch.setattr(phase_timer.torch.cuda, "Event", QueuedEvent)
+    monkeypatch.setattr(phase_timer.torch.cuda, "current_stream", lambda device: None)
+    monkeypatch.setattr(training_loop_module, "PhaseTimer", lambda device: phase_timer.PhaseTimer(torch.device("cuda")))
+    training_loop(str(tmp_path), tiny_options(kimg=0.008), progress_bar=False)
+    lines = (tmp_path / "stats.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        stats = json.loads(line)
+        assert stats["Timing/Gmain"]["num"] == stats["Timing/Dmain"]["num"] == 1
 
 
 def test_training_changes_parameters_and_keeps_them_finite():
