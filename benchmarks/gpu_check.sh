@@ -63,7 +63,7 @@ build_ops() {
 }
 export -f build_ops
 export PY
-step build 75 bash -c build_ops
+step build 65 bash -c build_ops
 # -m gpu over tests/: the kernel tests, the op benchmark's smoke test, train.py -> resume -> generate.py with
 # mixed precision (tests/cli/test_train.py), and the training phases captured as CUDA graphs
 # (tests/training/test_phase_graphs.py, train.py --cuda-graphs=1).
@@ -74,7 +74,7 @@ XDIST=""
 wanted tests && step tests 140 "$PY" -m pytest -q -m gpu -p no:cacheprovider $XDIST tests
 wanted training && step training 35 "$PY" benchmarks/gpu_ops_training_check.py --steps=4
 wanted ops && step ops 25 "$PY" benchmarks/ops_speed.py --device=cuda --out "$OUTDIR/ops_speed.md"
-wanted speed && step speed 185 "$PY" benchmarks/train_speed.py --device=cuda --sections=D --reps=2 \
+wanted speed && step speed 200 "$PY" benchmarks/train_speed.py --device=cuda --sections=D --reps=2 \
   --cfg=baseline256 --cfg=lsun-cat256 \
   --out "$OUTDIR/train_speed.md"
 # The profiles are appended to one file as each finishes (the step's log gets them too).
@@ -90,7 +90,7 @@ profiles() {
 }
 export -f profiles
 export OUTDIR
-wanted profile && step profile 85 bash -c profiles
+wanted profile && step profile 80 bash -c profiles
 
 if wanted ops; then
   { echo; cat "$OUTDIR/ops_speed.md" 2>/dev/null || echo "(no op timings: see steps.log)"; } >> "$SUMMARY"

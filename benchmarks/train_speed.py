@@ -266,14 +266,16 @@ def naive_ops() -> Iterator[None]:
 
 def make_options(cfg: str, res: int, batch: int = 8, world_size: int = 1, fp32: bool = True,
                  channel_base: int | None = None, channel_max: int | None = None,
-                 channels_last: bool = False) -> dict[str, Any]:
-    """Resolved options: `cfg` at `res`, no augmentation, one round per phase (batch_gpu = per-rank batch).
+                 channels_last: bool = False, augment_p: float | None = None) -> dict[str, Any]:
+    """Resolved options: `cfg` at `res`, one round per phase (batch_gpu = per-rank batch), no augmentation
+    unless `augment_p` (then ADA's `bgc` pipe at that fixed p).
 
     Path-length regularisation (weight 2) and style mixing (0.9) are on whatever the preset says: every
     config is timed on the same four-phase StyleGAN2-ADA step (the paper presets train without them)."""
     ds = open_dataset(f"synthetic:shapes:{res}", max_size=16)
     info = dict(kwargs=ds.kwargs, name=ds.name, resolution=res, num_channels=3, label_dim=0)
-    opts = resolve_options(cfg, info, world_size, batch=batch, batch_gpu=batch // world_size, aug="noaug",
+    aug = dict(aug="fixed", p=augment_p, augpipe="bgc") if augment_p is not None else dict(aug="noaug")
+    opts = resolve_options(cfg, info, world_size, batch=batch, batch_gpu=batch // world_size, **aug,
                            workers=0, metrics=[], fp32=fp32, channels_last=channels_last, pl_weight=2,
                            style_mixing=0.9)
     for kw in (opts["G_kwargs"]["synthesis_kwargs"], opts["D_kwargs"]):
@@ -514,6 +516,7 @@ def count_flops(run: tl.Run) -> float:
 
 
 SECTION_D_CONFIGS = ("baseline256", "lsun-cat256", "lsun-bedroom256")
+AUGMENT_P = 0.5  # section D's augmented rows: ADA's bgc pipe at this fixed p
 
 
 def section_d(device: torch.device, quick: bool, reps: int, batch: int,
@@ -530,18 +533,24 @@ def section_d(device: torch.device, quick: bool, reps: int, batch: int,
     res = 64 if quick else 256
     # Rows stream out as measured, most wanted first: the baseline's four (ops x precision) rows give
     # both targets (CUDA ops vs reference, mixed vs fp32); channels-last and the SpatialGAN configs follow.
-    # (fp32, ops, channels-last fp16 blocks, CUDA graphs); graphs last: they are the newest rows.
-    variants = [(True, "ref", False, False), (True, "auto", False, False), (False, "ref", False, False),
-                (False, "auto", False, False), (False, "ref", True, False), (False, "auto", True, False),
-                (False, "ref", False, True), (False, "auto", False, True), (False, "auto", True, True)]
+    # (fp32, ops, channels-last fp16 blocks, CUDA graphs, augmented); graphs last: they are the newest rows,
+    # then the pair that times graphs with the geometric augmentations (static padding, see phase_graphs).
+    variants = [(True, "ref", False, False, False), (True, "auto", False, False, False),
+                (False, "ref", False, False, False), (False, "auto", False, False, False),
+                (False, "ref", True, False, False), (False, "auto", True, False, False),
+                (False, "ref", False, True, False), (False, "auto", False, True, False),
+                (False, "auto", True, True, False), (False, "auto", False, False, True),
+                (False, "auto", False, True, True)]
     table_header(["config", "precision", "ops (used)", "s/kimg", "img/s", "peak mem GiB", "GFLOP/img (amortised)",
                   "fraction of peak"])
     speeds: dict[str, dict[tuple, float]] = {}
+    augmented: dict[str, dict[bool, float]] = {}  # img/s with augmentation, keyed by CUDA graphs
     for cfg in configs:
         flops = None
-        for fp32, ops, channels_last, graphs in variants:
+        for fp32, ops, channels_last, graphs, aug in variants:
             os.environ["SPATIALGAN_OPS"] = ops
-            run = build(make_options(cfg, res, batch=batch, fp32=fp32, channels_last=channels_last), device)
+            run = build(make_options(cfg, res, batch=batch, fp32=fp32, channels_last=channels_last,
+                                     augment_p=AUGMENT_P if aug else None), device)
             if flops is None:
                 flops = count_flops(run)
             if graphs:
@@ -556,10 +565,15 @@ def section_d(device: torch.device, quick: bool, reps: int, batch: int,
                 and _cuda._status else "ref"
             precision = "fp32" if fp32 else ("mixed, channels-last" if channels_last else "mixed")
             precision += ", CUDA graphs" if graphs and run.graphs.off is None else ""
+            precision += f", bgc p={AUGMENT_P}" if aug else ""
             table_row([f"{cfg} @{res}²", precision, f"{ops} ({used})", sec * 1000 / batch, batch / sec,
                        None if graphs and run.graphs.off is None else t["_mem"],
                        flops / 1e9, frac])
-            if used == ("cuda" if ops == "auto" else "ref") and (not graphs or run.graphs.off is None):
+            if graphs and run.graphs.off is not None:
+                pass  # an eager step labelled as one: counts for nothing
+            elif aug:  # graphs vs eager on the same ops, whichever ran
+                augmented.setdefault(cfg, {})[graphs] = batch / sec
+            elif used == ("cuda" if ops == "auto" else "ref"):
                 speeds.setdefault(cfg, {})[(fp32, used, channels_last, graphs)] = batch / sec
             del run
             torch.cuda.empty_cache()
@@ -569,6 +583,11 @@ def section_d(device: torch.device, quick: bool, reps: int, batch: int,
     emit("### D. Against the targets (ratios of img/s above; — where a row is missing: kernels unavailable, a "
          "capture failed, or the run was cut short)\n")
     table(TARGET_HEADER, [target_row(f"{cfg} @{res}²", speeds.get(cfg, {})) for cfg in configs])
+    emit(f"\n### D. CUDA graphs with the geometric augmentations (mixed, ops 'auto', bgc at p = {AUGMENT_P}: "
+         "the graphs pad to the largest reach, eager steps read this batch's)\n")
+    table(["config", "eager img/s", "CUDA graphs img/s", "graphs / eager"],
+          [[f"{cfg} @{res}²", augmented.get(cfg, {}).get(False), augmented.get(cfg, {}).get(True),
+            _ratio(augmented.get(cfg, {}).get(True), augmented.get(cfg, {}).get(False))] for cfg in configs])
 
 
 TARGET_HEADER = ["config", "CUDA ops / ref, fp32", "CUDA ops / ref, mixed", "best / best, eager",

@@ -279,9 +279,9 @@ def test_ops_speed_times_every_kernel(kernel_device, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_gpu_section_runs_every_row(monkeypatch, tmp_path):
-    """Section D's loop (3 configs x 9 precision/ops/layout/graph variants, FLOP count, fraction of peak) on
-    the CPU at 64² with tiny widths, the CUDA graphs emulated: the GPU session must not be the first to
-    run it."""
+    """Section D's loop (3 configs x 11 precision/ops/layout/graph/augmentation variants, FLOP count, fraction
+    of peak) on the CPU at 64² with tiny widths, the CUDA graphs emulated: the GPU session must not be the
+    first to run it."""
     from torch_utils.graph_emulation import TraceBackend
     from training import heatmaps, phase_graphs
 
@@ -296,9 +296,10 @@ def test_gpu_section_runs_every_row(monkeypatch, tmp_path):
     ts.section_d(torch.device("cpu"), quick=True, reps=1, batch=2)
     text = (tmp_path / "d.md").read_text()
     measured, targets_table = text.split("### D. Against the targets")
+    targets_table, augmented_table = targets_table.split("### D. CUDA graphs with the geometric augmentations")
     rows = [line.split(" | ") for line in measured.splitlines() if "@64²" in line]
     assert [r[0].removeprefix("| ") for r in rows] == [f"{cfg} @64²" for cfg in
-                                                       ("baseline256", "lsun-cat256", "lsun-bedroom256") for _ in range(9)]
+                                                       ("baseline256", "lsun-cat256", "lsun-bedroom256") for _ in range(11)]
     for r in rows:
         s_per_kimg, img_s, gflop, frac = (float(v) for v in (r[3], r[4], r[6], r[7].rstrip(" |")))
         assert s_per_kimg > 0 and img_s > 0 and gflop > 0 and frac > 0
@@ -310,11 +311,16 @@ def test_gpu_section_runs_every_row(monkeypatch, tmp_path):
                                                 ("mixed", "auto (ref)"), ("mixed, channels-last", "ref (ref)"),
                                                 ("mixed, channels-last", "auto (ref)"),
                                                 ("mixed, CUDA graphs", "ref (ref)"), ("mixed, CUDA graphs", "auto (ref)"),
-                                                ("mixed, channels-last, CUDA graphs", "auto (ref)")]
+                                                ("mixed, channels-last, CUDA graphs", "auto (ref)"),
+                                                ("mixed, bgc p=0.5", "auto (ref)"),
+                                                ("mixed, CUDA graphs, bgc p=0.5", "auto (ref)")]
     assert "CUDA graphs off" not in text
     # No kernels on the CPU: every target compares against the CUDA ops, so the table says "unknown".
     targets = [line for line in targets_table.splitlines() if line.startswith("| baseline256 @64²")]
     assert len(targets) == 1 and targets[0].count("—") == len(ts.TARGET_HEADER) - 1, targets
+    # The augmented pair compares the reference path with itself here (no kernels): both img/s and a ratio.
+    augmented = [line.split(" | ") for line in augmented_table.splitlines() if "@64²" in line]
+    assert len(augmented) == 3 and all(float(v.rstrip(" |")) > 0 for r in augmented for v in r[1:]), augmented
 
 
 def test_targets_compare_each_path_at_its_best():
