@@ -524,7 +524,7 @@ def section_d(device: torch.device, quick: bool, reps: int, batch: int,
     from torch_utils.ops import _cuda
 
     name, peaks = peak_tflops(device)
-    emit(f"## D. GPU: {name}, batch {batch}, noaug; peak TFLOP/s used: {peaks} "
+    emit(f"## D. GPU: {name}, batch {batch}, no augmentation but in the bgc rows; peak TFLOP/s used: {peaks} "
          "(fp32 rows vs fp32 peak with TF32 off, mixed rows vs fp16 peak); peak mem = all memory allocated on "
          "the GPU during one step of every phase, after autotuning (— with CUDA graphs: this count "
          "misses the graphs' memory pool, set aside at capture)\n")
